@@ -1,0 +1,295 @@
+"""One provider call: its options, its deadline and its retry policy.
+
+A provider's ``generate`` receives a :class:`Call` and does all its HTTP through it, so every
+provider gets the same shared sessions, proxies, timeouts, retries and typed errors for free.
+
+Retries wrap only the opening of a request (send, check the status, read a buffered body),
+never an iteration that has yielded text: see ``StreamInterrupted``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+from tenacity.stop import stop_base
+
+from . import errors
+from ._proxy import ProxyURL, proxy_for
+from ._redact import redact
+from ._transport import HTTPResponse, Timeouts, get_transport
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["DEFAULT_MAX_RETRIES", "DEFAULT_TIMEOUT", "Call", "RetryPolicy"]
+
+log = logging.getLogger("llmrelay")
+T = TypeVar("T")
+
+#: Total seconds a call may take, retries included (``LLMRELAY_TIMEOUT`` overrides).
+DEFAULT_TIMEOUT = 120.0
+#: Retries after the first attempt for transient failures (``LLMRELAY_MAX_RETRIES`` overrides).
+DEFAULT_MAX_RETRIES = 2
+
+
+def _env_number(name: str, default: float, kind: Callable[[str], float]) -> float | None:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() == "none" and kind is float:
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise errors.ConfigError(
+            f"{name}={raw!r} is not a number; set it to e.g. {kind(str(int(default)))}"
+        ) from None
+    if value < 0:
+        raise errors.ConfigError(f"{name}={raw!r} must not be negative")
+    return value
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How transient failures are retried.
+
+    ``max_retries`` counts retries after the first attempt. Backoff is exponential with jitter,
+    starting near ``backoff`` seconds and capped at ``max_backoff``. A provider's Retry-After is
+    honoured up to ``max_retry_after``; a longer wait fails at once with ``retry_after`` set.
+    """
+
+    max_retries: int = DEFAULT_MAX_RETRIES
+    backoff: float = 0.5
+    max_backoff: float = 8.0
+    jitter: float = 0.25
+    max_retry_after: float = 60.0
+
+
+@dataclass
+class Call:
+    """The context of one provider call: who, where through, how long, which options."""
+
+    provider: str
+    base_url: str
+    proxy: str | None = None
+    timeout: float | None = DEFAULT_TIMEOUT
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    options: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+    _deadline: float | None = field(default=None, init=False, repr=False)
+
+    def url(self, endpoint: str = "") -> str:
+        """An absolute URL: the base URL (``url`` or ``base_url=``) joined with ``endpoint``."""
+        if not endpoint:
+            return self.base_url
+        return f"{self.base_url.rstrip('/')}/{endpoint.lstrip('/')}"
+
+    def proxy_for(self, url: str) -> ProxyURL | None:
+        return proxy_for(url, self.proxy)
+
+    def start(self) -> None:
+        """Start the total deadline; called when the provider's generator first runs."""
+        if self._deadline is None and self.timeout is not None:
+            self._deadline = asyncio.get_running_loop().time() + self.timeout
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline, or None when the call has none."""
+        if self._deadline is None:
+            return None
+        return self._deadline - asyncio.get_running_loop().time()
+
+    def _deadline_error(self) -> errors.ProviderTimeout:
+        return errors.ProviderTimeout(
+            f"deadline of {self.timeout:g}s exceeded after {self.attempts} attempt(s)",
+            provider=self.provider,
+            retryable=False,
+        )
+
+    async def _bounded(self, awaitable: Awaitable[T]) -> T:
+        remaining = self.remaining()
+        if remaining is None:
+            return await awaitable
+        if remaining <= 0:
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()
+            raise self._deadline_error()
+        try:
+            async with asyncio.timeout(remaining):
+                return await awaitable
+        except TimeoutError as exc:
+            if isinstance(exc, errors.ProviderTimeout) and not self._expired():
+                raise
+            raise self._deadline_error() from None
+
+    def _expired(self) -> bool:
+        remaining = self.remaining()
+        return remaining is not None and remaining <= 0
+
+    async def with_retries(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run ``attempt`` with the retry policy and within the deadline."""
+        self.start()
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.retry.max_retries + 1) | stop_when(self._stop_at_deadline),
+            wait=self._wait,
+            retry=retry_if_exception(self._should_retry),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        async for attempt_state in retrying:
+            with attempt_state:
+                self.attempts += 1
+                return await self._bounded(attempt())
+        raise AssertionError(
+            "unreachable: tenacity either returns or re-raises"
+        )  # pragma: no cover
+
+    def _should_retry(self, exc: BaseException) -> bool:
+        if not isinstance(exc, errors.ProviderError) or not exc.retryable:
+            return False
+        return exc.retry_after is None or exc.retry_after <= self.retry.max_retry_after
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            return float(retry_after)
+        backoff = wait_exponential_jitter(
+            multiplier=self.retry.backoff, max=self.retry.max_backoff, jitter=self.retry.jitter
+        )
+        return float(backoff(state))
+
+    def _stop_at_deadline(self, state: RetryCallState) -> bool:
+        remaining = self.remaining()
+        sleep = state.upcoming_sleep or 0.0
+        return remaining is not None and remaining <= sleep
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.debug(
+            "%s: attempt %d failed (status=%s: %s); retrying in %.2fs",
+            self.provider,
+            state.attempt_number,
+            getattr(exc, "status", None),
+            redact(str(exc)),
+            state.upcoming_sleep,
+        )
+
+    # -- HTTP helpers for providers -----------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        json_body: Any = None,
+    ) -> HTTPResponse:
+        """Send a request and read the whole answer, with retries, within the deadline.
+
+        ``json_body`` is serialised here (UTF-8, not ASCII-escaped) so the bytes sent are the
+        bytes recorded in a cassette.
+        """
+        data, headers = _encode(json_body, headers)
+        proxy = self.proxy_for(url)
+        transport = get_transport()
+
+        async def attempt() -> HTTPResponse:
+            log.debug("%s: %s %s (attempt %d)", self.provider, method, redact(url), self.attempts)
+            return await transport.request(
+                self.provider,
+                method,
+                url,
+                headers=headers,
+                data=data,
+                proxy=proxy,
+                timeouts=self.timeouts,
+            )
+
+        return await self.with_retries(attempt)
+
+    async def post_json(
+        self, url: str, payload: Any, *, headers: Mapping[str, str] | None = None
+    ) -> Any:
+        """POST ``payload`` as JSON and return the decoded JSON answer."""
+        response = await self.request("POST", url, headers=headers, json_body=payload)
+        return response.json(self.provider)
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        json_body: Any = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Open a streamed response (retrying the opening only) and yield it unread."""
+        data, headers = _encode(json_body, headers)
+        proxy = self.proxy_for(url)
+        transport = get_transport()
+        stack = contextlib.AsyncExitStack()
+
+        async def attempt() -> aiohttp.ClientResponse:
+            return await stack.enter_async_context(
+                transport.open(
+                    self.provider,
+                    method,
+                    url,
+                    headers=headers,
+                    data=data,
+                    proxy=proxy,
+                    timeouts=self.timeouts,
+                )
+            )
+
+        async with stack:
+            yield await self.with_retries(attempt)
+
+    async def read(self, awaitable: Awaitable[T]) -> T:
+        """Await one read of an open stream within the deadline (for providers that stream)."""
+        return await self._bounded(awaitable)
+
+
+class stop_when(stop_base):
+    """A tenacity stop strategy from a predicate, so it composes with ``|``."""
+
+    def __init__(self, predicate: Callable[[RetryCallState], bool]) -> None:
+        self.predicate = predicate
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.predicate(retry_state)
+
+
+def _encode(
+    json_body: Any, headers: Mapping[str, str] | None
+) -> tuple[bytes | None, dict[str, str]]:
+    merged = dict(headers or {})
+    if json_body is None:
+        return None, merged
+    if not any(k.lower() == "content-type" for k in merged):
+        merged["Content-Type"] = "application/json"
+    return json.dumps(json_body, ensure_ascii=False).encode("utf-8"), merged
+
+
+def default_timeout() -> float | None:
+    return _env_number("LLMRELAY_TIMEOUT", DEFAULT_TIMEOUT, float)
+
+
+def default_max_retries() -> int:
+    value = _env_number("LLMRELAY_MAX_RETRIES", DEFAULT_MAX_RETRIES, int)
+    return int(value or 0)

@@ -1,0 +1,153 @@
+"""Record and replay provider traffic with vcrpy, under llmrelay's rules.
+
+The rules, the same for the CLI (``llmrelay chat --replay``), this repo's tests and plugin
+authors' tests:
+
+- replay matches the method, the full URL and the JSON body (key order ignored);
+- a request with no recorded answer raises :class:`~llmrelay.errors.CassetteMismatch` naming the
+  cassette and showing the request; replay never falls through to the network;
+- recording happens only when asked for, and refuses to overwrite a cassette unless told to;
+- secrets are scrubbed from headers, query strings and bodies before anything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from . import errors
+from ._redact import REDACTED, SECRET_HEADERS, redact
+
+__all__ = ["MATCH_ON", "cassette", "vcr_config"]
+
+#: What a replayed request must share with a recorded one.
+MATCH_ON = ("method", "scheme", "host", "port", "path", "query", "json_body")
+
+_SECRET_QUERY = ("key", "api_key", "apikey", "api-key", "token", "access_token")
+_SECRET_BODY_FIELDS = ("api_key", "apikey", "password", "token", "access_token")
+
+
+def _normalise_body(body: Any) -> Any:
+    if isinstance(body, bytes | bytearray):
+        body = bytes(body).decode("utf-8", errors="replace")
+    if isinstance(body, str) and body:
+        try:
+            return json.loads(body)
+        except ValueError:
+            return body
+    return body or None
+
+
+def json_body(r1: Any, r2: Any) -> None:
+    """vcrpy matcher: equal JSON bodies match whatever their key order or encoding."""
+    b1, b2 = _normalise_body(r1.body), _normalise_body(r2.body)
+    if b1 != b2:
+        raise AssertionError(f"JSON bodies differ: {_short(b1)} != {_short(b2)}")
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _scrub_request(request: Any, rewrite: tuple[str, str] | None) -> Any:
+    if rewrite is not None and request.uri.startswith(rewrite[0]):
+        request.uri = rewrite[1] + request.uri[len(rewrite[0]) :]
+    body = _normalise_body(request.body)
+    if isinstance(body, dict):
+        for key in _SECRET_BODY_FIELDS:
+            if key in body:
+                body[key] = REDACTED
+        request.body = json.dumps(body, ensure_ascii=False).encode("utf-8")
+    elif isinstance(body, str):
+        request.body = redact(body).encode("utf-8")
+    return request
+
+
+def _scrub_response(response: dict[str, Any]) -> dict[str, Any]:
+    headers = response.get("headers", {})
+    for name in list(headers):
+        if name.lower() in SECRET_HEADERS:
+            del headers[name]
+    body = response.get("body", {}).get("string")
+    if isinstance(body, bytes):
+        text = body.decode("utf-8", errors="surrogateescape")
+        scrubbed = redact(text)
+        if scrubbed != text:
+            response["body"]["string"] = scrubbed.encode("utf-8", errors="surrogateescape")
+    return response
+
+
+def vcr_config(rewrite: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The keyword arguments llmrelay hands to ``vcr.VCR`` (record mode excluded).
+
+    ``rewrite=(from_prefix, to_prefix)`` rewrites recorded URLs, so a cassette recorded against
+    a local replica carries the real service's URL and replays for the real provider.
+    """
+    return {
+        "serializer": "yaml",
+        "match_on": list(MATCH_ON),
+        "filter_headers": [(name, REDACTED) for name in sorted(SECRET_HEADERS)],
+        "filter_query_parameters": [(name, REDACTED) for name in _SECRET_QUERY],
+        "before_record_request": lambda request: _scrub_request(request, rewrite),
+        "before_record_response": _scrub_response,
+        "decode_compressed_response": True,
+    }
+
+
+@contextlib.contextmanager
+def cassette(
+    path: str | os.PathLike[str],
+    *,
+    mode: Literal["replay", "record", "overwrite"] = "replay",
+    rewrite: tuple[str, str] | None = None,
+) -> Iterator[Any]:
+    """Replay (default) or record the HTTP traffic inside the ``with`` block.
+
+    ``mode="record"`` writes a new cassette and refuses an existing one; ``"overwrite"``
+    replaces it. Yields vcrpy's ``Cassette`` (``.play_count``, ``.all_played``, ...).
+
+    Raises:
+        CassetteMismatch: replaying, and the cassette is missing or holds no answer for a
+            request made inside the block.
+        FileExistsError: recording over an existing cassette without ``mode="overwrite"``.
+    """
+    import vcr
+    from vcr.errors import CannotOverwriteExistingCassetteException
+
+    target = Path(path)
+    if mode == "replay" and not target.is_file():
+        raise errors.CassetteMismatch(f"cassette {str(target)!r} does not exist")
+    if mode == "record" and target.exists():
+        raise FileExistsError(
+            f"cassette {str(target)!r} already exists; choose another path or overwrite it"
+        )
+    if mode == "overwrite" and target.exists():
+        target.unlink()
+    recorder = vcr.VCR(record_mode="none" if mode == "replay" else "all", **vcr_config(rewrite))
+    recorder.register_matcher("json_body", json_body)
+    try:
+        with recorder.use_cassette(str(target)) as recorded:
+            yield recorded
+    except CannotOverwriteExistingCassetteException as exc:
+        raise _mismatch(target, exc) from None
+
+
+def _mismatch(path: Path, exc: Any) -> errors.CassetteMismatch:
+    request = exc.failed_request
+    body = _normalise_body(request.body)
+    lines = [
+        f"cassette {str(path)!r} has no recorded answer for this request "
+        f"({exc.reason.replace('_', ' ')}):",
+        f"  {request.method} {redact(request.uri)}",
+    ]
+    if body is not None:
+        lines.append(f"  body: {redact(_short(body, 300))}")
+    for _recorded, _ok, failed in exc.similar_requests[:1]:
+        for matcher, message in failed:
+            lines.append(f"  closest recorded request differs in {matcher}: {redact(str(message))}")
+    return errors.CassetteMismatch("\n".join(lines))

@@ -1,0 +1,263 @@
+"""The provider contract: what a backend declares and how callers consume it."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ClassVar, NoReturn, Self
+
+from . import errors
+from ._call import Call, RetryPolicy, default_max_retries, default_timeout
+from ._types import Chunk, FinishReason, Message, Messages, Usage, validate_messages
+
+__all__ = ["ChunkStream", "Completion", "Provider"]
+
+#: Keyword arguments every provider accepts; they shape the call, not the provider's request.
+CALL_OPTIONS = frozenset({"base_url", "timeout", "max_retries", "drop_unsupported"})
+
+
+class Provider:
+    """Base class of every provider.
+
+    A provider declares what it serves with class attributes and implements :meth:`generate`,
+    an async generator that yields ``str`` chunks, then optionally one :class:`Usage`, and ends
+    with exactly one :class:`FinishReason`. Callers use :meth:`create_async_generator`, which
+    validates input before any I/O and checks the provider keeps that contract.
+
+    HTTP goes through the :class:`Call` that ``generate`` receives (shared sessions, proxies,
+    timeouts, retries, typed errors), never through a ``ClientSession`` of the provider's own.
+    """
+
+    #: The registered name, used in ``"name/model"`` and in every error message.
+    name: ClassVar[str] = ""
+    #: A human-friendly name for listings.
+    label: ClassVar[str] = ""
+    #: The base URL of the service; ``base_url=`` overrides it per call.
+    url: ClassVar[str] = ""
+    #: The path of the one endpoint, for providers that call one endpoint.
+    api_endpoint: ClassVar[str | None] = None
+    #: Whether the service is known to answer today; working providers are tried first.
+    working: ClassVar[bool] = True
+    default_model: ClassVar[str] = ""
+    models: ClassVar[tuple[str, ...]] = ()
+    #: Alternative names callers may use, mapped to entries of ``models``.
+    model_aliases: ClassVar[Mapping[str, str]] = {}
+    supports_stream: ClassVar[bool] = False
+    supports_system_message: ClassVar[bool] = True
+    supports_message_history: ClassVar[bool] = True
+    needs_auth: ClassVar[bool] = False
+    #: Request options (``temperature``, ...) this provider understands; others are refused.
+    supported_options: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def get_model(cls, model: str | None) -> str:
+        """Resolve ``model`` (empty means the default; aliases map to real names)."""
+        if not model:
+            return cls.default_model
+        model = cls.model_aliases.get(model, model)
+        if cls.models and model not in cls.models:
+            known = [*cls.models, *cls.model_aliases]
+            raise errors.ModelNotFound(
+                f"{cls.name}/{model}", difflib.get_close_matches(model, known, n=3, cutoff=0.5)
+            )
+        return model
+
+    @classmethod
+    def create_async_generator(
+        cls, model: str, messages: Messages, proxy: str | None = None, **kwargs: Any
+    ) -> ChunkStream:
+        """Start a chat completion; iterate the result (or await it, then iterate).
+
+        Keyword options: ``base_url`` (point at another server), ``timeout`` (total seconds,
+        retries included; ``None`` for none), ``max_retries``, ``drop_unsupported`` (drop
+        options this provider does not support instead of refusing them), and the provider's
+        ``supported_options``.
+
+        Raises (before any I/O):
+            InvalidRequest: bad messages, proxy URL or options.
+            ModelNotFound: the provider does not serve ``model``.
+        """
+        checked = validate_messages(messages)
+        resolved = cls.get_model(model)
+        call = cls.make_call(proxy=proxy, **kwargs)
+        return ChunkStream(cls.name, cls.generate(resolved, checked, call), call)
+
+    @classmethod
+    def make_call(cls, proxy: str | None = None, **kwargs: Any) -> Call:
+        """Check the call options and build the :class:`Call` handed to :meth:`generate`."""
+        drop = bool(kwargs.pop("drop_unsupported", False))
+        options = {k: v for k, v in kwargs.items() if k not in CALL_OPTIONS}
+        unsupported = sorted(set(options) - cls.supported_options)
+        if unsupported and not drop:
+            accepted = ", ".join(sorted(cls.supported_options)) or "none"
+            raise errors.InvalidRequest(
+                f"provider {cls.name!r} does not support option(s) {', '.join(unsupported)} "
+                f"(it supports: {accepted}); remove them or pass drop_unsupported=True"
+            )
+        for key in unsupported:
+            options.pop(key)
+        if proxy is not None and not isinstance(proxy, str):
+            raise errors.InvalidRequest(f"proxy must be a URL string, got {type(proxy).__name__}")
+        if proxy:
+            from ._proxy import parse_proxy
+
+            parse_proxy(proxy)  # a bad proxy URL is refused before any I/O
+        base_url = kwargs.get("base_url") or cls.url
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise errors.InvalidRequest(
+                f"base_url must be an absolute http(s) URL, got {base_url!r}"
+            )
+        timeout = kwargs["timeout"] if "timeout" in kwargs else default_timeout()
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        ):
+            raise errors.InvalidRequest(
+                f"timeout must be a positive number or None, got {timeout!r}"
+            )
+        max_retries = kwargs.get("max_retries", default_max_retries())
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise errors.InvalidRequest(
+                f"max_retries must be a non-negative integer, got {max_retries!r}"
+            )
+        return Call(
+            provider=cls.name,
+            base_url=base_url,
+            proxy=proxy,
+            timeout=None if timeout is None else float(timeout),
+            retry=RetryPolicy(max_retries=max_retries),
+            options=options,
+        )
+
+    @classmethod
+    def generate(
+        cls, model: str, messages: list[Message], call: Call
+    ) -> AsyncGenerator[Chunk, None]:
+        """Yield the answer: ``str`` chunks, optionally a ``Usage``, then one ``FinishReason``.
+
+        Subclasses implement this as an ``async def`` generator classmethod.
+        """
+        raise NotImplementedError(f"{cls.__name__} must implement generate()")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A whole answer: the text, the usage if reported, and why it stopped."""
+
+    text: str
+    finish_reason: FinishReason
+    usage: Usage | None = None
+
+
+class ChunkStream(AsyncIterator[Chunk]):
+    """What :meth:`Provider.create_async_generator` returns.
+
+    Async-iterable, and awaitable (awaiting gives the same stream back), so both
+    ``async for x in P.create_async_generator(...)`` and
+    ``stream = await P.create_async_generator(...); async for x in stream`` work. Also an async
+    context manager that closes the underlying request early.
+
+    It enforces the provider contract as chunks pass: text, then at most one ``Usage``, then
+    exactly one ``FinishReason``. A provider error after text has been yielded becomes
+    :class:`~llmrelay.errors.StreamInterrupted`, so no caller ever retries a half-sent answer.
+    """
+
+    def __init__(
+        self, provider: str, chunks: AsyncGenerator[Chunk, None], call: Call | None = None
+    ) -> None:
+        self.provider = provider
+        self.call = call
+        self._chunks = chunks
+        self._sent_text = False
+        self._usage_seen = False
+        self._finished = False
+
+    def __aiter__(self) -> Self:
+        return self
+
+    def __await__(self) -> Generator[Any, None, Self]:
+        return self._self().__await__()
+
+    async def _self(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        if self._finished:
+            await self.aclose()
+            raise StopAsyncIteration
+        if self.call is not None:
+            self.call.start()
+        try:
+            chunk = await self._chunks.__anext__()
+        except StopAsyncIteration:
+            raise errors.InvalidResponse(
+                "stream ended without a FinishReason (provider contract broken)",
+                provider=self.provider,
+            ) from None
+        except errors.ProviderError as exc:
+            if self._sent_text and not isinstance(exc, errors.StreamInterrupted):
+                raise errors.StreamInterrupted(
+                    f"failed after text was sent: {exc.reason}",
+                    provider=self.provider,
+                    status=exc.status,
+                    retryable=False,
+                    body=exc.body,
+                ) from exc
+            raise
+        return self._check(chunk)
+
+    def _check(self, chunk: object) -> Chunk:
+        if isinstance(chunk, str):
+            if self._usage_seen:
+                self._broken("text after Usage")
+            if chunk:
+                self._sent_text = True
+            return chunk
+        if isinstance(chunk, Usage):
+            if self._usage_seen:
+                self._broken("a second Usage")
+            self._usage_seen = True
+            return chunk
+        if isinstance(chunk, FinishReason):
+            self._finished = True
+            return chunk
+        return self._broken(f"a {type(chunk).__name__} chunk (expected str, Usage or FinishReason)")
+
+    def _broken(self, what: str) -> NoReturn:
+        raise errors.InvalidResponse(
+            f"stream yielded {what} (provider contract broken)", provider=self.provider
+        )
+
+    async def aclose(self) -> None:
+        """Stop early and release the connection."""
+        await self._chunks.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def collect(self) -> Completion:
+        """Read the whole stream into a :class:`Completion`."""
+        parts: list[str] = []
+        usage: Usage | None = None
+        async with self:
+            async for chunk in self:
+                if isinstance(chunk, str):
+                    parts.append(chunk)
+                elif isinstance(chunk, Usage):
+                    usage = chunk
+                else:
+                    return Completion("".join(parts), chunk, usage)
+        raise AssertionError("unreachable: the stream always ends with a FinishReason")
+
+    async def text(self) -> str:
+        """Read the whole stream and return its text."""
+        return (await self.collect()).text

@@ -1,0 +1,55 @@
+"""Keep secrets out of logs, error messages and cassettes.
+
+One function, used everywhere text leaves llmrelay, so a new secret shape is taught in one place.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["REDACTED", "SECRET_HEADERS", "redact"]
+
+REDACTED = "***"
+
+#: Header names whose values are secrets (lower case). Cassettes and logs never show them.
+SECRET_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "api-key",
+        "cookie",
+        "set-cookie",
+        "x-secret",
+        "openai-organization",
+        "openai-project",
+    }
+)
+
+_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    # user:password@ in any URL (proxy URLs above all): keep the user, hide the password.
+    (re.compile(r"(?P<keep>\b[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+(?=@)", re.IGNORECASE), "keep"),
+    # Authorization header values and bearer tokens quoted in bodies.
+    (re.compile(r"(?P<keep>\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{4,}", re.IGNORECASE), "keep"),
+    # API keys in the common vendor shapes (sk-..., sk-proj-..., gsk_..., AIza...).
+    (re.compile(r"(?P<keep>\b(?:sk|gsk|rk|pk)[-_])[A-Za-z0-9_-]{8,}"), "keep"),
+    (re.compile(r"(?P<keep>\bAIza)[0-9A-Za-z_-]{20,}"), "keep"),
+    # key=value pairs in query strings and form bodies.
+    (
+        re.compile(
+            r"(?P<keep>[?&](?:api[_-]?key|key|token|access_token|password)=)[^&\s#]+", re.IGNORECASE
+        ),
+        "keep",
+    ),
+]
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with passwords, tokens and API keys replaced by ``***``."""
+    for pattern, _group in _PATTERNS:
+        text = pattern.sub(_keep_prefix, text)
+    return text
+
+
+def _keep_prefix(match: re.Match[str]) -> str:
+    return match.group("keep") + REDACTED

@@ -1,0 +1,105 @@
+"""Relay a request across the providers that serve a model: resolve, try in order, fall back.
+
+Fallback happens only before the first text chunk reaches the caller. After that, a failure is
+``StreamInterrupted`` and no other provider is tried, so an answer is never spliced from two.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from . import errors
+from ._provider import ChunkStream, Provider
+from ._registry import Registry, get_registry
+from ._types import Chunk, Message, Messages, validate_messages
+
+__all__ = ["RelayStream", "relay"]
+
+log = logging.getLogger("llmrelay")
+
+
+class RelayStream(ChunkStream):
+    """A stream that answers from the first provider that works.
+
+    ``provider`` names the provider currently answering (the last one tried, after a failure).
+    ``errors`` keeps the typed error of each provider that failed before it.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        candidates: list[tuple[type[Provider], str]],
+        messages: list[Message],
+        proxy: str | None,
+        options: dict[str, Any],
+    ) -> None:
+        self.model = model
+        self.errors: list[errors.ProviderError] = []
+        self._candidates = candidates
+        self._messages = messages
+        self._proxy = proxy
+        self._options = options
+        super().__init__(candidates[0][0].name, self._run())
+
+    async def _run(self) -> AsyncGenerator[Chunk, None]:
+        for provider, model in self._candidates:
+            self.provider = provider.name
+            stream = provider.create_async_generator(
+                model, self._messages, proxy=self._proxy, **self._options
+            )
+            sent = False
+            try:
+                async for chunk in stream:
+                    sent = sent or (isinstance(chunk, str) and bool(chunk))
+                    yield chunk
+                return
+            except errors.ProviderError as exc:
+                if sent or isinstance(exc, errors.StreamInterrupted):
+                    raise
+                self.errors.append(exc)
+                log.info(
+                    "%s failed before any text (%s); trying the next provider",
+                    provider.name,
+                    exc.reason,
+                )
+            finally:
+                await stream.aclose()
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        raise errors.AllProvidersFailed(self.model, self.errors)
+
+
+def relay(
+    model: str,
+    messages: Messages,
+    *,
+    proxy: str | None = None,
+    registry: Registry | None = None,
+    **options: Any,
+) -> RelayStream:
+    """Stream an answer for ``model`` from the first provider that serves it and works.
+
+    Input, model and options are all checked before any I/O. Providers that do not accept an
+    option are skipped; if none accepts it, the first provider's ``InvalidRequest`` is raised.
+
+    Raises:
+        InvalidRequest: bad messages, proxy URL or options.
+        ModelNotFound: no provider serves ``model``.
+    """
+    checked = validate_messages(messages)
+    candidates = (registry or get_registry()).resolve(model)
+    usable: list[tuple[type[Provider], str]] = []
+    first_refusal: errors.InvalidRequest | None = None
+    for provider, provider_model in candidates:
+        try:
+            provider.make_call(proxy=proxy, **options)
+        except errors.InvalidRequest as exc:
+            first_refusal = first_refusal or exc
+            continue
+        usable.append((provider, provider_model))
+    if not usable:
+        assert first_refusal is not None
+        raise first_refusal
+    return RelayStream(model, usable, checked, proxy, options)

@@ -1,0 +1,363 @@
+"""The one HTTP layer every provider uses.
+
+Why one layer: a new ``ClientSession`` per request costs a TCP (and TLS) handshake every time and
+leaks when an exception skips its close. Here there is one session per (event loop, SOCKS proxy),
+created lazily and reused; HTTP proxies ride on the direct session per request, as aiohttp
+supports them natively. Every failure leaves this module as one of llmrelay's typed errors, never
+as a bare aiohttp or asyncio exception.
+
+Sessions close when :func:`llmrelay.aclose` is awaited, or by themselves when their event loop
+ends: a small keeper task per loop closes them when ``asyncio.run`` (or any ``asyncio.Runner``)
+cancels the leftover tasks, so scripts that never call ``aclose`` leave no "Unclosed client
+session" warning behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import json
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import errors
+from ._proxy import ProxyURL
+from ._redact import redact
+
+if TYPE_CHECKING:
+    import aiohttp
+    from multidict import CIMultiDictProxy
+
+__all__ = ["HTTPResponse", "Timeouts", "Transport", "error_for_status", "get_transport"]
+
+log = logging.getLogger("llmrelay")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Per-attempt socket timeouts, in seconds.
+
+    ``connect`` bounds the TCP (and proxy) connect; ``read`` bounds the wait for the next bytes,
+    which is what matters for a stream. The total deadline of a call is separate (see ``Call``).
+    """
+
+    connect: float = 10.0
+    read: float = 60.0
+
+
+@dataclass
+class HTTPResponse:
+    """A fully read response: status, headers and body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    url: str
+
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def excerpt(self) -> str:
+        """The start of the body on one line, secrets scrubbed: for error messages."""
+        return excerpt(self.text())
+
+    def json(self, provider: str) -> Any:
+        """The body as JSON, or ``InvalidResponse`` quoting the start of the body."""
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            raise errors.InvalidResponse(
+                f"answer is not JSON: {excerpt(self.text())!r}",
+                provider=provider,
+                status=self.status,
+                body=excerpt(self.text()),
+            ) from None
+
+
+def excerpt(text: str, limit: int = errors.BODY_EXCERPT_CHARS) -> str:
+    """The start of ``text`` on one line, secrets scrubbed, for error messages."""
+    flat = " ".join(redact(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+@dataclass
+class _LoopSessions:
+    """The sessions of one event loop, and the keeper task that closes them with the loop."""
+
+    sessions: dict[str | None, aiohttp.ClientSession] = field(default_factory=dict)
+    keeper: asyncio.Task[None] | None = None
+
+
+class Transport:
+    """Owns the aiohttp sessions; one instance (``get_transport()``) serves the process."""
+
+    def __init__(self, *, limit: int = 100, limit_per_host: int = 0) -> None:
+        self.limit = limit
+        self.limit_per_host = limit_per_host
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSessions] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def session(self, proxy: ProxyURL | None = None) -> aiohttp.ClientSession:
+        """The shared session for the running loop and (SOCKS) proxy, created on first use."""
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            state = self._loops[loop] = _LoopSessions()
+            state.keeper = loop.create_task(_keep(state), name="llmrelay-session-keeper")
+        key = proxy.url() if proxy is not None and proxy.is_socks else None
+        existing = state.sessions.get(key)
+        if existing is not None and not existing.closed:
+            return existing
+        if key is not None:
+            from aiohttp_socks import ProxyConnector
+
+            connector: aiohttp.BaseConnector = ProxyConnector.from_url(
+                key, rdns=True, limit=self.limit, limit_per_host=self.limit_per_host
+            )
+        else:
+            connector = aiohttp.TCPConnector(limit=self.limit, limit_per_host=self.limit_per_host)
+        session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None),
+            auto_decompress=True,
+        )
+        state.sessions[key] = session
+        return session
+
+    @contextlib.asynccontextmanager
+    async def open(
+        self,
+        provider: str,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        proxy: ProxyURL | None = None,
+        timeouts: Timeouts = Timeouts(),
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send one request and yield the open response once its status is a success.
+
+        An error status is read (for its message) and raised as the matching typed error.
+        Network failures while connecting or reading are raised as typed errors too.
+        """
+        import aiohttp
+
+        session = await self.session(proxy)
+        kwargs: dict[str, Any] = {
+            "headers": headers,
+            "data": data,
+            "timeout": aiohttp.ClientTimeout(
+                total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
+            ),
+        }
+        if proxy is not None and not proxy.is_socks:
+            kwargs["proxy"] = proxy.url()
+        started = time.monotonic()
+        with map_network_errors(provider, proxy, started):
+            async with session.request(method, url, **kwargs) as response:
+                if response.status >= 400:
+                    body = await response.text(errors="replace")
+                    raise error_for_status(provider, response.status, response.headers, body, proxy)
+                yield response
+
+    async def request(
+        self,
+        provider: str,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        proxy: ProxyURL | None = None,
+        timeouts: Timeouts = Timeouts(),
+    ) -> HTTPResponse:
+        """Send one request and read the whole answer (one attempt, no retry)."""
+        async with self.open(
+            provider, method, url, headers=headers, data=data, proxy=proxy, timeouts=timeouts
+        ) as response:
+            with map_network_errors(provider, proxy, time.monotonic()):
+                body = await response.read()
+            return HTTPResponse(response.status, dict(response.headers), body, str(response.url))
+
+    async def aclose(self) -> None:
+        """Close the sessions of the running loop (other loops close theirs when they end)."""
+        loop = asyncio.get_running_loop()
+        state = self._loops.pop(loop, None)
+        if state is None:
+            return
+        if state.keeper is not None:
+            state.keeper.cancel()
+        await _close_all(state)
+
+
+async def _keep(state: _LoopSessions) -> None:
+    """Wait until cancelled (by ``aclose`` or by the loop's shutdown), then close the sessions."""
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await _close_all(state)
+
+
+async def _close_all(state: _LoopSessions) -> None:
+    sessions, state.sessions = list(state.sessions.values()), {}
+    for session in sessions:
+        await session.close()
+
+
+@contextlib.contextmanager
+def map_network_errors(
+    provider: str, proxy: ProxyURL | None, started: float
+) -> Any:  # Iterator[None]; Any keeps contextmanager's typing simple across Python versions
+    """Turn aiohttp, aiohttp-socks and asyncio failures into llmrelay's typed errors."""
+    import aiohttp
+    import aiohttp_socks
+
+    try:
+        yield
+    except errors.LLMRelayError:
+        raise
+    except (aiohttp_socks.ProxyError, aiohttp.ClientProxyConnectionError) as exc:
+        raise errors.ProxyError(
+            f"proxy {proxy} failed: {redact(str(exc)) or type(exc).__name__}",
+            provider=provider,
+            retryable=isinstance(
+                exc, aiohttp_socks.ProxyConnectionError | aiohttp_socks.ProxyTimeoutError
+            ),
+        ) from None
+    except aiohttp.ClientHttpProxyError as exc:
+        raise errors.ProxyError(
+            f"proxy {proxy} answered {exc.status} {exc.message}",
+            provider=provider,
+            status=exc.status,
+        ) from None
+    except asyncio.IncompleteReadError as exc:
+        if proxy is not None and proxy.is_socks:
+            # pproxy (and others) hang up mid-handshake on bad SOCKS credentials.
+            raise errors.ProxyError(
+                f"proxy {proxy} closed the connection during the handshake (wrong credentials?)",
+                provider=provider,
+            ) from None
+        raise errors.ConnectError(f"connection cut: {exc}", provider=provider) from None
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        what = "connect" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "read"
+        raise errors.ProviderTimeout(
+            f"{what} timed out after {time.monotonic() - started:.1f}s", provider=provider
+        ) from None
+    except aiohttp.InvalidURL as exc:
+        raise errors.InvalidRequest(f"{provider}: invalid URL {redact(str(exc))!r}") from None
+    except aiohttp.ClientConnectorError as exc:
+        raise errors.ConnectError(
+            f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc.os_error}",
+            provider=provider,
+        ) from None
+    except (aiohttp.ClientError, ConnectionError, OSError) as exc:
+        detail = redact(str(exc)) or type(exc).__name__
+        raise errors.ConnectError(f"connection failed: {detail}", provider=provider) from None
+
+
+def error_for_status(
+    provider: str,
+    status: int,
+    headers: Mapping[str, str] | CIMultiDictProxy[str],
+    body: str,
+    proxy: ProxyURL | None = None,
+) -> errors.ProviderError:
+    """The typed error for an HTTP error status, keeping the start of the body."""
+    short = excerpt(body)
+    kind: type[errors.ProviderError]
+    reason = f"HTTP {status}"
+    retry_after = parse_retry_after(headers)
+    if status == 407:
+        return errors.ProxyError(
+            f"proxy {proxy} requires (other) credentials: HTTP 407",
+            provider=provider,
+            status=status,
+            body=short,
+        )
+    if status in (400, 422):
+        kind = errors.BadRequest
+    elif status == 401:
+        kind = errors.AuthenticationFailed
+    elif status == 403:
+        kind = errors.PermissionDenied
+        if _is_cloudflare(headers, body):
+            kind, reason = errors.CloudflareChallenge, "HTTP 403 Cloudflare challenge page"
+    elif status == 404:
+        kind = errors.EndpointNotFound
+    elif status == 429:
+        kind = errors.RateLimited
+    elif status >= 500:
+        kind = errors.ServerError
+    else:
+        kind = errors.HTTPStatusError
+    retryable: bool | None = status in (408, 409) or None
+    should_retry = headers.get("x-should-retry", "").strip().lower()
+    if should_retry in ("true", "false"):
+        retryable = should_retry == "true"
+    detail = f": {short}" if short and kind is not errors.CloudflareChallenge else ""
+    return kind(
+        f"{reason}{detail}",
+        provider=provider,
+        status=status,
+        retryable=retryable,
+        retry_after=retry_after,
+        body=short,
+    )
+
+
+def _is_cloudflare(headers: Mapping[str, str] | CIMultiDictProxy[str], body: str) -> bool:
+    head = body[:4096].lower()
+    served_by_cf = "cf-ray" in headers or headers.get("server", "").lower() == "cloudflare"
+    return ("<html" in head or "<!doctype html" in head) and (
+        served_by_cf or "cloudflare" in head or "just a moment" in head
+    )
+
+
+def parse_retry_after(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> float | None:
+    """Seconds to wait from ``retry-after-ms``, or ``Retry-After`` (seconds or HTTP-date)."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        with contextlib.suppress(ValueError):
+            return max(0.0, float(millis) / 1000)
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+_transport: Transport | None = None
+
+
+def get_transport() -> Transport:
+    """The process-wide transport."""
+    global _transport
+    if _transport is None:
+        _transport = Transport()
+    return _transport
+
+
+async def aclose() -> None:
+    """Close llmrelay's HTTP sessions on the running event loop.
+
+    Optional in scripts run with ``asyncio.run`` (sessions close with the loop); call it when a
+    long-lived loop is done with llmrelay.
+    """
+    if _transport is not None:
+        await _transport.aclose()

@@ -1,0 +1,212 @@
+"""The values that cross llmrelay's public surface: messages in, chunks out.
+
+Messages are validated once, at the edge, so no provider ever sees malformed input and no I/O
+starts for a request that cannot succeed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal, TypeAlias
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import InvalidRequest
+
+__all__ = [
+    "Chunk",
+    "ContentPart",
+    "FinishReason",
+    "Message",
+    "Messages",
+    "Role",
+    "TextPart",
+    "Usage",
+    "validate_messages",
+]
+
+Role: TypeAlias = Literal["system", "developer", "user", "assistant", "tool"]
+FinishReasonName: TypeAlias = Literal["stop", "length", "content_filter", "tool_calls", "error"]
+
+
+class TextPart(BaseModel):
+    """A text part of a message's content: ``{"type": "text", "text": "..."}``."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: Literal["text"]
+    text: str
+
+
+class OtherPart(BaseModel):
+    """A non-text part (image, audio, ...), kept whole so nothing the caller sent is lost."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: str = Field(min_length=1)
+
+    @field_validator("type")
+    @classmethod
+    def _not_text(cls, value: str) -> str:
+        if value == "text":
+            raise ValueError('a "text" part needs a string "text" field')
+        return value
+
+
+ContentPart: TypeAlias = TextPart | OtherPart
+
+
+class Message(BaseModel):
+    """One chat message, in the OpenAI shape.
+
+    ``content`` is a string or a list of parts. Fields llmrelay does not know (``name``,
+    ``tool_call_id``, ...) are kept as given.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    role: Role
+    content: str | list[ContentPart] | None
+
+    @model_validator(mode="after")
+    def _content_required(self) -> Message:
+        # OpenAI allows a null content only on an assistant turn that calls tools.
+        if self.content is None and not (
+            self.role == "assistant" and self.model_extra and self.model_extra.get("tool_calls")
+        ):
+            raise ValueError(
+                "content is required (null only for an assistant turn with tool_calls)"
+            )
+        return self
+
+    @property
+    def text(self) -> str:
+        """The text of the content: the string itself, or the text parts concatenated."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content if isinstance(part, TextPart))
+
+
+#: What every entry point accepts: ``Message`` objects or plain dicts, mixed freely.
+Messages: TypeAlias = Sequence[Message | dict[str, Any]]
+
+_MESSAGE_LIST = TypeAdapter(list[Message])
+
+
+def validate_messages(messages: object) -> list[Message]:
+    """Check ``messages`` and return them as ``Message`` objects.
+
+    Raises:
+        InvalidRequest: naming the offending message index and field, e.g.
+            ``messages[1].role: Input should be 'system', ... (got 'robot')``.
+    """
+    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+        raise InvalidRequest(
+            f"messages must be a list of messages, got {type(messages).__name__}; "
+            'e.g. [{"role": "user", "content": "Hello"}]'
+        )
+    if not messages:
+        raise InvalidRequest("messages must not be empty: send at least one message")
+    if all(isinstance(m, Message) for m in messages):
+        return [m for m in messages if isinstance(m, Message)]
+    try:
+        return _MESSAGE_LIST.validate_python(
+            [m.model_dump(exclude_unset=True) if isinstance(m, Message) else m for m in messages]
+        )
+    except ValidationError as exc:
+        raise InvalidRequest(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    """Turn pydantic's report into one line per problem, addressed like ``messages[2].content``."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = list(err["loc"])
+        where = f"messages[{loc[0]}]" if loc else "messages"
+        # Drop pydantic's union branch names ("str", "list[...]", "TextPart") from the path.
+        fields = [str(p) for p in loc[1:] if not _is_union_tag(p)]
+        if fields:
+            where += "." + ".".join(fields)
+        got = "" if err["type"] == "missing" else f" (got {_short(err.get('input'))})"
+        problems.append(f"{where}: {err['msg']}{got}")
+    unique = list(dict.fromkeys(problems))
+    return "invalid messages: " + "; ".join(unique[:5]) + ("; ..." if len(unique) > 5 else "")
+
+
+def _is_union_tag(part: object) -> bool:
+    return isinstance(part, str) and (
+        part in {"str", "TextPart", "OtherPart"} or part.startswith(("list[", "function-"))
+    )
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class FinishReason(BaseModel):
+    """The last item of every stream: why the provider stopped.
+
+    ``FinishReason("stop")`` works positionally. Its ``str()`` is empty, so the common loop
+    ``async for item in stream: print(item, end="")`` prints only the text.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    reason: FinishReasonName = "stop"
+
+    def __init__(self, reason: FinishReasonName = "stop", /, **data: Any) -> None:
+        super().__init__(reason=data.pop("reason", reason), **data)
+
+    def __str__(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return f"FinishReason({self.reason!r})"
+
+
+class Usage(BaseModel):
+    """Token counts as the provider reported them; llmrelay never invents them.
+
+    Its ``str()`` is empty for the same reason as :class:`FinishReason`'s.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
+
+    def __init__(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        total_tokens: int | None = None,
+        /,
+        **data: Any,
+    ) -> None:
+        if total_tokens is None:
+            total_tokens = prompt_tokens + completion_tokens
+        super().__init__(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=total_tokens,
+            **data,
+        )
+
+    def __str__(self) -> str:
+        return ""
+
+
+#: One item of a provider's stream: text, then optionally usage, then exactly one finish reason.
+Chunk: TypeAlias = str | Usage | FinishReason

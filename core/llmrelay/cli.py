@@ -1,0 +1,187 @@
+"""The ``llmrelay`` command line.
+
+Imports are lazy: ``llmrelay --help`` loads neither aiohttp nor any provider, so the command
+starts fast and a broken plugin cannot break the help text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+import click
+
+from .errors import LLMRelayError
+
+__all__ = ["main"]
+
+DEFAULT_MODEL = "gpt-4o-mini"
+
+
+class _Group(click.Group):
+    """Shows llmrelay's errors as one line on stderr (exit 1); ``--debug`` shows the traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (LLMRelayError, FileExistsError) as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            message = str(exc)
+            click.echo(f"error: {message}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks and debug logs.")
+@click.version_option(package_name="llmrelay", prog_name="llmrelay")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """One async, streaming interface over many LLM chat backends."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    if debug:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.argument("prompt", required=False)
+@click.option(
+    "-m",
+    "--model",
+    default=DEFAULT_MODEL,
+    show_default=True,
+    help="Model name, alias, or provider/model to pin a provider.",
+)
+@click.option("-s", "--system", help="A system message sent before the prompt.")
+@click.option(
+    "--proxy",
+    metavar="URL",
+    help="http://, https://, socks4:// or socks5:// proxy (user:pass@ allowed).",
+)
+@click.option(
+    "--replay",
+    metavar="CASSETTE",
+    type=click.Path(dir_okay=False),
+    help="Answer from a recorded cassette instead of the network.",
+)
+@click.option("--timeout", type=float, help="Total seconds for the call, retries included.")
+def chat(
+    prompt: str | None,
+    model: str,
+    system: str | None,
+    proxy: str | None,
+    replay: str | None,
+    timeout: float | None,
+) -> None:
+    """Send PROMPT and stream the answer to stdout.
+
+    PROMPT "-", or no PROMPT with input piped in, reads the prompt from stdin.
+    """
+    if prompt is None or prompt == "-":
+        if prompt is None and sys.stdin.isatty():
+            raise click.UsageError("give a PROMPT, or pipe one on stdin")
+        prompt = sys.stdin.read()
+    messages: list[dict[str, str]] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": prompt})
+    options: dict[str, Any] = {}
+    if timeout is not None:
+        options["timeout"] = timeout
+
+    async def run() -> None:
+        from . import _transport
+        from ._relay import relay
+
+        try:
+            stream = relay(model, messages, proxy=proxy, **options)
+            async for chunk in stream:
+                if isinstance(chunk, str):
+                    sys.stdout.write(chunk)
+                    sys.stdout.flush()
+            sys.stdout.write("\n")
+        finally:
+            await _transport.aclose()
+
+    if replay:
+        from ._cassettes import cassette
+
+        with cassette(replay):
+            asyncio.run(run())
+    else:
+        asyncio.run(run())
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def providers(as_json: bool) -> None:
+    """List every provider, and every plugin that failed to load."""
+    from ._registry import get_registry
+
+    registry = get_registry()
+    rows: list[dict[str, Any]] = [
+        {
+            "name": info.provider.name,
+            "label": info.provider.label or info.provider.name,
+            "models": list(info.provider.models),
+            "default_model": info.provider.default_model,
+            "working": info.provider.working,
+            "supports_stream": info.provider.supports_stream,
+            "needs_auth": info.provider.needs_auth,
+            "url": info.provider.url,
+            "plugin": info.plugin,
+            "distribution": info.distribution,
+        }
+        for info in registry.providers.values()
+    ]
+    failed = [
+        {"plugin": f.name, "target": f.target, "distribution": f.distribution, "error": f.error}
+        for f in registry.failures
+    ]
+    if as_json:
+        click.echo(json.dumps({"providers": rows, "failed_plugins": failed}, indent=2))
+        return
+    if not rows:
+        click.echo("no providers installed (pip install llmrelay-pizzagpt, for one)")
+    for row in rows:
+        state = "working" if row["working"] else "not working"
+        click.echo(
+            f"{row['name']}  ({state}; from {row['distribution'] or row['plugin']})\n"
+            f"  url: {row['url']}\n  models: {', '.join(row['models']) or '-'}"
+        )
+    for fail in failed:
+        click.echo(f"FAILED plugin {fail['plugin']} ({fail['target']}): {fail['error']}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def models(as_json: bool) -> None:
+    """List every model with the providers that serve it, in the order they are tried."""
+    from ._registry import get_registry
+
+    table = get_registry().models()
+    if as_json:
+        click.echo(json.dumps(table, indent=2))
+        return
+    if not table:
+        click.echo("no models: no providers installed")
+    width = max((len(m) for m in table), default=0)
+    for model, names in table.items():
+        click.echo(f"{model.ljust(width)}  {', '.join(names)}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="llmrelay")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,88 @@
+"""The Pizzagpt protocol: one JSON round trip to ``/api/chatx-completion``.
+
+The service takes the whole conversation as one prompt (``format_prompt``), answers in one
+piece (no streaming, no token usage), and guards itself with a static shared header and an
+abuse filter whose refusal arrives as the answer's text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any, ClassVar
+
+from llmrelay import Call, Chunk, FinishReason, Message, Provider, format_prompt
+from llmrelay.errors import InvalidResponse, MisuseDetected
+
+__all__ = ["MISUSE_TEXT", "Pizzagpt"]
+
+#: The abuse filter's refusal; an answer containing it is an error, not an answer.
+MISUSE_TEXT = "Misuse detected. please get in touch"
+
+_HEADERS = {
+    "accept": "application/json",
+    "accept-language": "en-US,en;q=0.9",
+    "content-type": "application/json",
+    "origin": "https://www.pizzagpt.it",
+    "referer": "https://www.pizzagpt.it/en",
+    "user-agent": (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+        "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+    ),
+    # A static value the site's own web client sends; the API refuses requests without it.
+    "x-secret": "Marinara",
+}
+
+
+class Pizzagpt(Provider):
+    """pizzagpt.it's free chat API (gpt-4o-mini behind a single-question endpoint).
+
+    ``working`` is False: the service was last seen answering in January 2025 and cannot be
+    checked from llmrelay's CI. The protocol is kept exact so it works again the day it does.
+    """
+
+    name = "pizzagpt"
+    label = "Pizzagpt"
+    url = "https://www.pizzagpt.it"
+    api_endpoint = "/api/chatx-completion"
+    working = False
+    default_model = "gpt-4o-mini"
+    models = ("gpt-4o-mini",)
+    supports_stream = False
+    supports_system_message = True
+    supports_message_history = True
+    needs_auth = False
+
+    headers: ClassVar[dict[str, str]] = _HEADERS
+
+    @classmethod
+    async def generate(
+        cls, model: str, messages: list[Message], call: Call
+    ) -> AsyncGenerator[Chunk, None]:
+        url = call.url(cls.api_endpoint or "")
+        response = await call.request(
+            "POST", url, headers=cls.headers, json_body={"question": format_prompt(messages)}
+        )
+        content = _content(response.json(cls.name))
+        if content is None or not content.strip():
+            raise InvalidResponse(
+                f"no answer in the response: {response.excerpt()!r}",
+                provider=cls.name,
+                status=response.status,
+                body=response.excerpt(),
+            )
+        if MISUSE_TEXT in content:
+            raise MisuseDetected(content, provider=cls.name)
+        yield content
+        yield FinishReason("stop")
+
+
+def _content(data: Any) -> str | None:
+    """``answer.content``, or a top-level ``content`` (both shapes have been seen)."""
+    if not isinstance(data, dict):
+        return None
+    answer = data.get("answer")
+    if isinstance(answer, dict) and isinstance(answer.get("content"), str):
+        return str(answer["content"])
+    if isinstance(data.get("content"), str):
+        return str(data["content"])
+    return None
