@@ -16,11 +16,11 @@ import asyncio
 import sys
 
 from aiohttp import web
+
 from llmrelay import aclose
 from llmrelay._cassettes import cassette
 from llmrelay.errors import LLMRelayError
 from llmrelay_pizzagpt import Pizzagpt
-
 from tests.pizzagpt_cases import CASES, Case
 from tests.replicas.pizzagpt import STATE, make_app
 

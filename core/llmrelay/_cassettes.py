@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -134,10 +135,25 @@ def cassette(
         with recorder.use_cassette(str(target)) as recorded:
             yield recorded
     except CannotOverwriteExistingCassetteException as exc:
-        raise _mismatch(target, exc) from None
+        raise mismatch_error(exc) from None
 
 
-def _mismatch(path: Path, exc: Any) -> errors.CassetteMismatch:
+def as_mismatch(exc: BaseException) -> errors.CassetteMismatch | None:
+    """vcrpy's "no match" error as a ``CassetteMismatch``, or None for any other error.
+
+    Cheap when vcrpy is not in use: it only looks at ``sys.modules``.
+    """
+    vcr_errors = sys.modules.get("vcr.errors")
+    if vcr_errors is None or not isinstance(
+        exc, vcr_errors.CannotOverwriteExistingCassetteException
+    ):
+        return None
+    return mismatch_error(exc)
+
+
+def mismatch_error(exc: Any) -> errors.CassetteMismatch:
+    """Describe vcrpy's refusal: the cassette, the request (scrubbed), the closest difference."""
+    path = Path(exc.cassette._path)
     request = exc.failed_request
     body = _normalise_body(request.body)
     lines = [

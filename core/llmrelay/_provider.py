@@ -195,17 +195,28 @@ class ChunkStream(AsyncIterator[Chunk]):
                 "stream ended without a FinishReason (provider contract broken)",
                 provider=self.provider,
             ) from None
-        except errors.ProviderError as exc:
+        except Exception as exc:
+            typed = self._typed(exc)
+            if typed is exc:
+                raise
+            raise typed from (exc if isinstance(typed, errors.StreamInterrupted) else None)
+        return self._check(chunk)
+
+    def _typed(self, exc: Exception) -> Exception:
+        """The error to raise for ``exc``: after text, a provider error is StreamInterrupted."""
+        if isinstance(exc, errors.ProviderError):
             if self._sent_text and not isinstance(exc, errors.StreamInterrupted):
-                raise errors.StreamInterrupted(
+                return errors.StreamInterrupted(
                     f"failed after text was sent: {exc.reason}",
                     provider=self.provider,
                     status=exc.status,
                     retryable=False,
                     body=exc.body,
-                ) from exc
-            raise
-        return self._check(chunk)
+                )
+            return exc
+        from ._cassettes import as_mismatch
+
+        return as_mismatch(exc) or exc
 
     def _check(self, chunk: object) -> Chunk:
         if isinstance(chunk, str):

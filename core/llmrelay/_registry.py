@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import difflib
 import importlib.metadata as md
+import inspect
 import logging
 import os
+import threading
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,12 +47,23 @@ _REQUIRED_BOOL = (
 
 @dataclass(frozen=True)
 class PluginFailure:
-    """A plugin that could not be loaded or registered, with the reason."""
+    """A plugin that could not be loaded or registered, with the reason.
+
+    ``error`` is one line (``"ExceptionType: message"``); ``exception`` keeps the original, with
+    its traceback, for ``--debug`` output.
+    """
 
     name: str
     target: str
     error: str
     distribution: str | None = None
+    exception: BaseException | None = field(default=None, compare=False, repr=False)
+
+
+def _one_line(exc: BaseException) -> str:
+    """``"Type: message"`` on one line (pluggy's validation errors span several)."""
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -77,40 +90,64 @@ class Registry:
         """Register one plugin's providers; record a failure instead of raising.
 
         All of a plugin's providers are checked before any is added, so a plugin either
-        registers completely or not at all.
+        registers completely or not at all. A provider whose name is already taken is skipped
+        with a ``RuntimeWarning`` (the first keeps its place); the plugin's others are added.
+        """
+        ok, duplicates = self._add_plugin(plugin, name, distribution, target)
+        _warn_duplicates(duplicates, stacklevel=3)
+        return ok
+
+    def _add_plugin(
+        self, plugin: object, name: str, distribution: str | None, target: str
+    ) -> tuple[bool, list[str]]:
+        """:meth:`add_plugin` without the warnings: returns them, so a build warns at its end.
+
+        Warning mid-build would, under ``-W error``, abort the build half-way.
         """
         pm = pluggy.PluginManager(PROJECT_NAME)
         pm.add_hookspecs(HookSpecs)
         staged: list[type[Provider]] = []
+        open_ = True
+
+        def register(provider: type[Provider]) -> None:
+            if not open_:
+                raise RuntimeError(
+                    f"plugin {name!r} called register() after register_providers returned"
+                )
+            staged.append(provider)
+
         try:
             pm.register(plugin, name=name)
-            impls = pm.hook.register_providers.get_hookimpls()
-            if not impls:
+            if not pm.hook.register_providers.get_hookimpls():
                 raise TypeError("it has no register_providers hook marked @llmrelay.hookimpl")
-            for impl in impls:
-                impl.function(register=staged.append)
+            # Called through pluggy, so a hookimpl may take fewer arguments than the spec.
+            pm.hook.register_providers(register=register)
             for provider in staged:
                 check_provider(provider)
         except Exception as exc:
-            self.failures.append(
-                PluginFailure(
-                    name, target or repr(plugin), f"{type(exc).__name__}: {exc}", distribution
-                )
-            )
-            log.warning("plugin %r failed to load: %s: %s", name, type(exc).__name__, exc)
-            return False
+            self._fail(name, target or repr(plugin), exc, distribution)
+            return False, []
+        finally:
+            open_ = False
+        duplicates: list[str] = []
         for provider in staged:
-            if provider.name in self.providers:
-                first = self.providers[provider.name]
-                warnings.warn(
-                    f"provider name {provider.name!r} from plugin {name!r} is already registered "
-                    f"by plugin {first.plugin!r}; keeping the first",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+            first = self.providers.get(provider.name)
+            if first is not None:
+                if first.provider is not provider or first.plugin != name:
+                    duplicates.append(
+                        f"provider name {provider.name!r} from plugin {name!r} is already "
+                        f"registered by plugin {first.plugin!r}; keeping the first"
+                    )
                 continue
             self.providers[provider.name] = ProviderInfo(provider, name, distribution)
-        return True
+        return True, duplicates
+
+    def _fail(
+        self, name: str, target: str, exc: BaseException, distribution: str | None
+    ) -> None:
+        error = _one_line(exc)
+        self.failures.append(PluginFailure(name, target, error, distribution, exc))
+        log.warning("plugin %r (%s) failed to load: %s", name, target, error)
 
     # -- looking up -------------------------------------------------------------------------
 
@@ -132,7 +169,8 @@ class Registry:
         for info in self.providers.values():
             names.update(dict.fromkeys(info.provider.models))
             names.update(dict.fromkeys(info.provider.model_aliases))
-        return {model: [p.name for p, _ in self.resolve(model)] for model in names}
+        # Not resolve(): a model named "x/y" must not be read as provider x pinned.
+        return {model: [p.name for p, _ in self._serving(model)] for model in names}
 
     def resolve(self, model: str) -> list[tuple[type[Provider], str]]:
         """The providers to try for ``model``, in order, each with its own model name.
@@ -148,16 +186,21 @@ class Registry:
         if sep and prefix in self.providers:
             provider = self.providers[prefix].provider
             return [(provider, provider.get_model(rest))]
+        serving = self._serving(model)
+        if not serving:
+            known = list(dict.fromkeys(self.models_names()))
+            raise errors.ModelNotFound(
+                model, difflib.get_close_matches(model, known, n=3, cutoff=0.4)
+            )
+        return serving
+
+    def _serving(self, model: str) -> list[tuple[type[Provider], str]]:
+        """Providers listing ``model`` (a bare name or alias, never pinned), in resolve order."""
         serving = [
             (info.provider, info.provider.model_aliases.get(model, model))
             for info in self.providers.values()
             if model in info.provider.models or model in info.provider.model_aliases
         ]
-        if not serving:
-            known = list(self.models_names())
-            raise errors.ModelNotFound(
-                model, difflib.get_close_matches(model, known, n=3, cutoff=0.4)
-            )
         # sorted() is stable: registration order breaks ties.
         return sorted(serving, key=lambda pair: not pair[0].working)
 
@@ -190,8 +233,23 @@ def check_provider(provider: object) -> None:
             f"provider {provider.__name__}.default_model {provider.default_model!r} "
             "is not in its models"
         )
-    if provider.generate.__func__ is Provider.generate.__func__:  # type: ignore[attr-defined]
+    aliases = provider.model_aliases
+    if not isinstance(aliases, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()
+    ):
+        raise TypeError(f"provider {provider.__name__}.model_aliases must map str to str")
+    if provider.models:
+        unknown = sorted(v for v in aliases.values() if v not in provider.models)
+        if unknown:
+            raise TypeError(
+                f"provider {provider.__name__}.model_aliases point at models it does not "
+                f"list: {', '.join(map(repr, unknown))}"
+            )
+    generate = inspect.getattr_static(provider, "generate")
+    if generate is inspect.getattr_static(Provider, "generate"):
         raise TypeError(f"provider {provider.__name__} does not implement generate()")
+    if not isinstance(generate, classmethod):
+        raise TypeError(f"provider {provider.__name__}.generate must be a classmethod")
 
 
 def _split_env(name: str) -> set[str] | None:
@@ -214,37 +272,54 @@ def build_registry(
     allow = _split_env("LLMRELAY_PLUGINS")
     block = _split_env("LLMRELAY_DISABLE_PLUGINS") or set()
     registry = Registry()
+    duplicates: list[str] = []
     eps = md.entry_points(group=ENTRY_POINT_GROUP) if entry_points is None else entry_points
-    seen: set[str] = set()
+    loaded: dict[str, str | None] = {}  # plugin name -> its distribution
+    # sorted() is stable: two entry points with one name keep sys.path order (the first wins).
     for ep in sorted(eps, key=lambda e: e.name):
-        if ep.name in seen or (allow is not None and ep.name not in allow) or ep.name in block:
+        if (allow is not None and ep.name not in allow) or ep.name in block:
             continue
-        seen.add(ep.name)
         dist = ep.dist.name if ep.dist is not None else None
+        if ep.name in loaded:
+            duplicates.append(
+                f"plugin name {ep.name!r} ({ep.value}) from distribution {dist!r} is already "
+                f"taken by distribution {loaded[ep.name]!r}; keeping the first"
+            )
+            continue
+        loaded[ep.name] = dist
         try:
             plugin: Any = ep.load()
         except Exception as exc:
-            registry.failures.append(
-                PluginFailure(ep.name, ep.value, f"{type(exc).__name__}: {exc}", dist)
-            )
-            log.warning("plugin %r (%s) failed to import: %s", ep.name, ep.value, exc)
+            registry._fail(ep.name, ep.value, exc, dist)
             continue
-        registry.add_plugin(plugin, ep.name, dist, ep.value)
+        duplicates += registry._add_plugin(plugin, ep.name, dist, ep.value)[1]
     for name, plugin in extra_plugins:
         if (allow is None or name in allow) and name not in block:
-            registry.add_plugin(plugin, name, None, repr(plugin))
+            duplicates += registry._add_plugin(plugin, name, None, repr(plugin))[1]
+    # Warned only now: under ``-W error`` a warning raises, and must not cut the build short.
+    _warn_duplicates(duplicates, stacklevel=3)
     return registry
 
 
+def _warn_duplicates(messages: Iterable[str], stacklevel: int) -> None:
+    for message in messages:
+        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
+
+
 _registry: Registry | None = None
+_build_lock = threading.Lock()
 
 
 def get_registry() -> Registry:
     """The process's registry, built on first use and then cached."""
     global _registry
-    if _registry is None:
-        _registry = build_registry()
-    return _registry
+    registry = _registry
+    if registry is None:
+        with _build_lock:
+            if _registry is None:
+                _registry = build_registry()
+            registry = _registry
+    return registry
 
 
 def set_registry(registry: Registry | None) -> Callable[[], None]:

@@ -192,7 +192,6 @@ class Usage(BaseModel):
         prompt_tokens: int,
         completion_tokens: int,
         total_tokens: int | None = None,
-        /,
         **data: Any,
     ) -> None:
         if total_tokens is None:

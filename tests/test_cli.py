@@ -1,0 +1,117 @@
+"""The ``llmrelay`` command, run as a user runs it: a subprocess of the installed script."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.pizzagpt_cases import BY_NAME
+from tests.replicas.pizzagpt import ANSWERS
+
+LLMRELAY = str(Path(sys.executable).with_name("llmrelay"))
+HELLO = BY_NAME["seed_hello"]
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMRELAY_")}
+    return subprocess.run(
+        [LLMRELAY, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+
+
+def test_chat_replays_a_cassette() -> None:
+    result = run("chat", "--replay", str(HELLO.path), "Привет, как дела?")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ANSWERS["Привет, как дела?"] + "\n"
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("args", [["-"], []])
+def test_chat_reads_the_prompt_from_stdin(args: list[str]) -> None:
+    result = run("chat", "--replay", str(HELLO.path), *args, stdin="Привет, как дела?")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Привет!")
+
+
+def test_chat_sends_the_system_message() -> None:
+    case = BY_NAME["system_user"]
+    system, user = (m["content"] for m in case.messages)
+    result = run("chat", "--replay", str(case.path), "-s", system, user)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Blue.\n"
+
+
+def test_chat_pinned_provider_model() -> None:
+    result = run(
+        "chat", "-m", "pizzagpt/gpt-4o-mini", "--replay", str(HELLO.path), "Привет, как дела?"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["chat", "--replay", str(HELLO.path), "Hello"], "has no recorded answer"),
+        (["chat", "--replay", "missing.yaml", "Hello"], "does not exist"),
+        (["chat", "-m", "gpt-4o-mnii", "Hello"], "did you mean 'gpt-4o-mini'"),
+        (["chat", "--proxy", "ftp://h:1", "Hello"], "unsupported proxy scheme"),
+        (
+            ["chat", "--replay", str(BY_NAME["misuse_detected"].path), "Tell me a secret."],
+            "Misuse detected",
+        ),
+    ],
+)
+def test_errors_are_one_clear_line_on_stderr(args: list[str], expected: str) -> None:
+    result = run(*args)
+    assert result.returncode == 1
+    assert result.stdout in ("", "\n")
+    assert result.stderr.startswith("error: ")
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback() -> None:
+    result = run("--debug", "chat", "-m", "nope", "Hello")
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr
+    assert "ModelNotFound" in result.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    result = run("chat", "--timeout", "soon", "Hello")
+    assert result.returncode == 2
+    assert "Invalid value for '--timeout'" in result.stderr
+
+
+def test_providers_and_models_list_pizzagpt() -> None:
+    providers = run("providers")
+    assert providers.returncode == 0
+    assert "pizzagpt  (not working; from llmrelay-pizzagpt)" in providers.stdout
+    models = run("models")
+    assert models.returncode == 0
+    assert models.stdout.split() == ["gpt-4o-mini", "pizzagpt"]
+
+
+def test_help_is_lazy() -> None:
+    code = (
+        "import sys, llmrelay.cli\n"
+        "from click.testing import CliRunner\n"
+        "result = CliRunner().invoke(llmrelay.cli.cli, ['--help'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "loaded = [m for m in ('aiohttp', 'llmrelay_pizzagpt', 'vcr') if m in sys.modules]\n"
+        "print(loaded)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,112 @@
+"""Pin the public API: a change here is a change users see, and belongs in the CHANGELOG."""
+
+from __future__ import annotations
+
+import llmrelay
+from llmrelay import errors
+
+PUBLIC = {
+    "ENTRY_POINT_GROUP",
+    "Call",
+    "Chunk",
+    "ChunkStream",
+    "Completion",
+    "ContentPart",
+    "FinishReason",
+    "HTTPResponse",
+    "LLMRelayError",
+    "Message",
+    "Messages",
+    "PluginFailure",
+    "Provider",
+    "ProviderInfo",
+    "Registry",
+    "RelayStream",
+    "RetryPolicy",
+    "Role",
+    "TextPart",
+    "Timeouts",
+    "Usage",
+    "__version__",
+    "aclose",
+    "errors",
+    "format_prompt",
+    "get_registry",
+    "hookimpl",
+    "relay",
+    "reset_registry",
+    "validate_messages",
+}
+
+ERRORS = {
+    "AllProvidersFailed": (errors.LLMRelayError,),
+    "AuthenticationFailed": (errors.HTTPStatusError,),
+    "BadRequest": (errors.HTTPStatusError,),
+    "CassetteMismatch": (errors.LLMRelayError, LookupError),
+    "CloudflareChallenge": (errors.PermissionDenied,),
+    "ConfigError": (errors.LLMRelayError, ValueError),
+    "ConnectError": (errors.ProviderError, ConnectionError),
+    "EndpointNotFound": (errors.HTTPStatusError,),
+    "HTTPStatusError": (errors.ProviderError,),
+    "InvalidRequest": (errors.LLMRelayError, ValueError),
+    "InvalidResponse": (errors.ProviderError,),
+    "LLMRelayError": (Exception,),
+    "MisuseDetected": (errors.ProviderError, ValueError),
+    "ModelNotFound": (errors.LLMRelayError, LookupError),
+    "PermissionDenied": (errors.HTTPStatusError,),
+    "ProviderError": (errors.LLMRelayError,),
+    "ProviderTimeout": (errors.ProviderError, TimeoutError),
+    "ProxyError": (errors.ConnectError,),
+    "RateLimited": (errors.HTTPStatusError,),
+    "ServerError": (errors.HTTPStatusError,),
+    "StreamInterrupted": (errors.ProviderError,),
+}
+
+
+def test_top_level_names() -> None:
+    assert set(llmrelay.__all__) == PUBLIC
+    for name in PUBLIC:
+        assert hasattr(llmrelay, name), name
+
+
+def test_error_hierarchy() -> None:
+    assert set(errors.__all__) == set(ERRORS)
+    for name, bases in ERRORS.items():
+        cls = getattr(errors, name)
+        for base in bases:
+            assert issubclass(cls, base), f"{name} should subclass {base.__name__}"
+        assert name in (errors.__doc__ or ""), f"{name} missing from the tree in the docstring"
+
+
+def test_provider_errors_carry_their_fields() -> None:
+    exc = errors.RateLimited("HTTP 429", provider="p", status=429, retry_after=2.0, body="slow")
+    assert (exc.provider, exc.status, exc.retryable, exc.retry_after, exc.body) == (
+        "p",
+        429,
+        True,
+        2.0,
+        "slow",
+    )
+    assert str(exc) == "p: HTTP 429"
+    assert exc.reason == "HTTP 429"
+    assert errors.BadRequest("x", provider="p").retryable is False
+    assert errors.ServerError("x", provider="p", retryable=False).retryable is False
+
+
+def test_all_providers_failed_lists_each_reason() -> None:
+    failed = errors.AllProvidersFailed(
+        "m",
+        [
+            errors.ServerError("HTTP 500", provider="a"),
+            errors.ConnectError("refused", provider="b"),
+        ],
+    )
+    assert str(failed) == "all 2 providers failed for model 'm':\n  - a: HTTP 500\n  - b: refused"
+    assert [e.provider for e in failed.errors] == ["a", "b"]
+
+
+def test_py_typed_ships() -> None:
+    from importlib.resources import files
+
+    assert files("llmrelay").joinpath("py.typed").is_file()
+    assert files("llmrelay_pizzagpt").joinpath("py.typed").is_file()

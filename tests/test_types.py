@@ -1,0 +1,102 @@
+"""Messages, FinishReason and Usage: what they accept, what they refuse and how they print."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from llmrelay import FinishReason, Message, TextPart, Usage, validate_messages
+from llmrelay.errors import InvalidRequest, LLMRelayError
+
+
+def test_dicts_and_messages_are_accepted_mixed() -> None:
+    checked = validate_messages(
+        [Message(role="system", content="be brief"), {"role": "user", "content": "hi"}]
+    )
+    assert [m.role for m in checked] == ["system", "user"]
+    assert all(isinstance(m, Message) for m in checked)
+
+
+def test_content_parts_keep_everything_the_caller_sent() -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    (message,) = validate_messages(
+        [{"role": "user", "content": [{"type": "text", "text": "look: "}, image], "name": "bob"}]
+    )
+    assert isinstance(message.content, list)
+    assert message.content[0] == TextPart(type="text", text="look: ")
+    assert message.content[1].model_dump() == image
+    assert message.model_dump()["name"] == "bob"
+    assert message.text == "look: "
+
+
+@pytest.mark.parametrize(
+    ("messages", "expected"),
+    [
+        ([], "messages must not be empty"),
+        ("hello", "messages must be a list of messages, got str"),
+        (None, "messages must be a list of messages, got NoneType"),
+        ([{"role": "robot", "content": "x"}], "messages[0].role: Input should be"),
+        (
+            [{"role": "user", "content": "a"}, {"role": "user"}],
+            "messages[1].content: Field required",
+        ),
+        ([{"role": "user", "content": 42}], "messages[0].content"),
+        ([{"content": "x"}], "messages[0].role: Field required"),
+        (["just text"], "messages[0]: Input should be a valid dictionary"),
+        ([{"role": "user", "content": [{"type": "text"}]}], "messages[0].content.0"),
+        ([{"role": "user", "content": None}], "messages[0]: Value error, content is required"),
+    ],
+)
+def test_bad_input_names_the_message_and_field(messages: Any, expected: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        validate_messages(messages)
+    assert expected in str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, LLMRelayError)
+    assert info.value.__cause__ is None  # no pydantic traceback chained onto the user's error
+
+
+def test_assistant_tool_call_turn_may_have_null_content() -> None:
+    (message,) = validate_messages(
+        [{"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]}]
+    )
+    assert message.text == ""
+
+
+@given(st.lists(st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=4), max_size=4))
+def test_arbitrary_dicts_either_validate_or_raise_invalid_request(
+    raw: list[dict[str, str]],
+) -> None:
+    try:
+        checked = validate_messages(raw)
+    except InvalidRequest as exc:
+        message = str(exc)
+    else:
+        assert len(checked) == len(raw)
+        return
+    assert message.startswith(("invalid messages: messages[", "messages must not be empty"))
+
+
+def test_finish_reason_positional_and_prints_nothing() -> None:
+    reason = FinishReason("length")
+    assert reason.reason == "length"
+    assert FinishReason() == FinishReason("stop") == FinishReason(reason="stop")
+    assert str(reason) == ""
+    assert repr(reason) == "FinishReason('length')"
+
+
+def test_finish_reason_refuses_unknown_reasons() -> None:
+    with pytest.raises(ValueError, match="stop"):
+        FinishReason("bored")  # type: ignore[arg-type]
+
+
+def test_usage_totals_and_prints_nothing() -> None:
+    usage = Usage(3, 4)
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (3, 4, 7)
+    assert Usage(prompt_tokens=1, completion_tokens=2, total_tokens=5).total_tokens == 5
+    assert str(usage) == ""
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        Usage(-1, 0)
