@@ -35,7 +35,12 @@ class HookSpecs:
     def register_providers(self, register: Callable[[type[Provider]], None]) -> None:
         """Register this plugin's providers by calling ``register(ProviderClass)`` for each.
 
-        Called once, when the registry is first built. It must only register: no network, no
-        heavy imports, no side effects. Raising here marks the plugin as failed (listed by
-        ``llmrelay providers``) and leaves every other plugin working.
+        Called each time a registry is built (once per process, unless ``reset_registry()``),
+        with a fresh ``register`` that works only until this hook returns. It must only
+        register: no network, no heavy imports, no side effects.
+
+        A plugin registers completely or not at all: if this raises, or any provider it
+        registered is invalid, none of them is kept, the plugin is listed as failed (with its
+        error) by ``llmrelay providers``, and every other plugin still loads. A provider whose
+        name is already taken is skipped with a ``RuntimeWarning``; the first keeps its place.
         """

@@ -102,7 +102,8 @@ class Registry:
     ) -> tuple[bool, list[str]]:
         """:meth:`add_plugin` without the warnings: returns them, so a build warns at its end.
 
-        Warning mid-build would, under ``-W error``, abort the build half-way.
+        Under ``-W error`` a warning is an exception; raised only once the plugin (or the whole
+        build) is in place, it cannot leave a plugin half-registered.
         """
         pm = pluggy.PluginManager(PROJECT_NAME)
         pm.add_hookspecs(HookSpecs)
@@ -124,7 +125,7 @@ class Registry:
             pm.hook.register_providers(register=register)
             for provider in staged:
                 check_provider(provider)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() must not kill us
             self._fail(name, target or repr(plugin), exc, distribution)
             return False, []
         finally:
@@ -142,9 +143,7 @@ class Registry:
             self.providers[provider.name] = ProviderInfo(provider, name, distribution)
         return True, duplicates
 
-    def _fail(
-        self, name: str, target: str, exc: BaseException, distribution: str | None
-    ) -> None:
+    def _fail(self, name: str, target: str, exc: BaseException, distribution: str | None) -> None:
         error = _one_line(exc)
         self.failures.append(PluginFailure(name, target, error, distribution, exc))
         log.warning("plugin %r (%s) failed to load: %s", name, target, error)
@@ -253,10 +252,9 @@ def check_provider(provider: object) -> None:
 
 
 def _split_env(name: str) -> set[str] | None:
-    raw = os.environ.get(name)
-    if raw is None:
-        return None
-    return {item.strip() for item in raw.split(",") if item.strip()}
+    """The comma-separated names in ``name``; None when unset or blank (blank means "not set")."""
+    items = {item.strip() for item in os.environ.get(name, "").split(",") if item.strip()}
+    return items or None
 
 
 def build_registry(
@@ -289,14 +287,14 @@ def build_registry(
         loaded[ep.name] = dist
         try:
             plugin: Any = ep.load()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() must not kill us
             registry._fail(ep.name, ep.value, exc, dist)
             continue
         duplicates += registry._add_plugin(plugin, ep.name, dist, ep.value)[1]
     for name, plugin in extra_plugins:
         if (allow is None or name in allow) and name not in block:
             duplicates += registry._add_plugin(plugin, name, None, repr(plugin))[1]
-    # Warned only now: under ``-W error`` a warning raises, and must not cut the build short.
+    # Warned only now: under ``-W error`` a warning raises, and must not interrupt loading.
     _warn_duplicates(duplicates, stacklevel=3)
     return registry
 
