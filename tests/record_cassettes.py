@@ -5,8 +5,8 @@
 
 Replica recordings are rewritten to carry the real service's URL, so they replay for the real
 provider. ``--live`` records only the cases the live service can produce (normal answers) and
-refuses to run without network access; error cases stay replica-made. Secrets are scrubbed by
-llmrelay's cassette rules either way. See cassettes/README.md.
+keeps the existing cassette when a live call fails; error cases stay replica-made. Secrets are
+scrubbed by llmrelay's cassette rules either way. See cassettes/README.md.
 """
 
 from __future__ import annotations
@@ -26,15 +26,25 @@ from tests.replicas.pizzagpt import STATE, make_app
 
 
 async def _record(case: Case, base_url: str | None, rewrite: tuple[str, str] | None) -> str:
+    """Record ``case`` into a scratch file; replace the cassette only if the outcome is right.
+
+    A live run that fails (no network, a Cloudflare page) leaves the shipped cassette alone.
+    """
     options = {"base_url": base_url} if base_url else {}
-    with cassette(case.path, mode="overwrite", rewrite=rewrite):
+    scratch = case.path.with_suffix(".recording.yaml")
+    answered = False
+    with cassette(scratch, mode="overwrite", rewrite=rewrite):
         try:
             text = await Pizzagpt.create_async_generator(
                 "gpt-4o-mini", case.messages, max_retries=0, **options
             ).text()
-            outcome = f"ok: {text[:40]!r}"
+            outcome, answered = f"ok: {text[:40]!r}", True
         except LLMRelayError as exc:
             outcome = f"{type(exc).__name__}: {str(exc)[:60]}"
+    if base_url is None and not answered:
+        scratch.unlink(missing_ok=True)
+        return f"{outcome} (live call failed: kept the existing cassette)"
+    scratch.replace(case.path)
     return outcome
 
 

@@ -7,6 +7,8 @@ streams text chunks that end with a :class:`FinishReason`.
 
 from __future__ import annotations
 
+import logging as _logging
+
 from . import errors
 from ._call import Call, RetryPolicy
 from ._hooks import ENTRY_POINT_GROUP, hookimpl
@@ -29,6 +31,9 @@ from ._types import (
 from .errors import LLMRelayError
 
 __version__ = "0.1.0"
+
+# A library logs; the application decides where that goes (nowhere, unless configured).
+_logging.getLogger("llmrelay").addHandler(_logging.NullHandler())
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -59,14 +59,25 @@ def _scrub_request(request: Any, rewrite: tuple[str, str] | None) -> Any:
     if rewrite is not None and request.uri.startswith(rewrite[0]):
         request.uri = rewrite[1] + request.uri[len(rewrite[0]) :]
     body = _normalise_body(request.body)
-    if isinstance(body, dict):
-        for key in _SECRET_BODY_FIELDS:
-            if key in body:
-                body[key] = REDACTED
-        request.body = json.dumps(body, ensure_ascii=False).encode("utf-8")
+    if isinstance(body, dict | list):
+        request.body = json.dumps(_scrub_json(body), ensure_ascii=False).encode("utf-8")
     elif isinstance(body, str):
         request.body = redact(body).encode("utf-8")
     return request
+
+
+def _scrub_json(value: Any) -> Any:
+    """Secret fields masked at any depth, and secret-shaped strings redacted."""
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if k.lower() in _SECRET_BODY_FIELDS else _scrub_json(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_scrub_json(v) for v in value]
+    if isinstance(value, str):
+        return redact(value)
+    return value
 
 
 def _scrub_response(response: dict[str, Any]) -> dict[str, Any]:
@@ -129,10 +140,14 @@ def cassette(
         )
     if mode == "overwrite" and target.exists():
         target.unlink()
+    # Replays may repeat an interaction: a retried request meets the same recorded failure,
+    # as it would meet a server that keeps failing.
     recorder = vcr.VCR(record_mode="none" if mode == "replay" else "all", **vcr_config(rewrite))
     recorder.register_matcher("json_body", json_body)
     try:
-        with recorder.use_cassette(str(target)) as recorded:
+        with recorder.use_cassette(
+            str(target), allow_playback_repeats=mode == "replay"
+        ) as recorded:
             yield recorded
     except CannotOverwriteExistingCassetteException as exc:
         raise mismatch_error(exc) from None

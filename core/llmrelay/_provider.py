@@ -191,10 +191,7 @@ class ChunkStream(AsyncIterator[Chunk]):
         try:
             chunk = await self._chunks.__anext__()
         except StopAsyncIteration:
-            raise errors.InvalidResponse(
-                "stream ended without a FinishReason (provider contract broken)",
-                provider=self.provider,
-            ) from None
+            self._broken("no FinishReason before the end")
         except Exception as exc:
             typed = self._typed(exc)
             if typed is exc:
@@ -236,9 +233,10 @@ class ChunkStream(AsyncIterator[Chunk]):
         return self._broken(f"a {type(chunk).__name__} chunk (expected str, Usage or FinishReason)")
 
     def _broken(self, what: str) -> NoReturn:
-        raise errors.InvalidResponse(
+        broken = errors.InvalidResponse(
             f"stream yielded {what} (provider contract broken)", provider=self.provider
         )
+        raise self._typed(broken)
 
     async def aclose(self) -> None:
         """Stop early and release the connection."""

@@ -64,7 +64,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option(
     "--proxy",
     metavar="URL",
-    help="http://, https://, socks4:// or socks5:// proxy (user:pass@ allowed).",
+    help="http://, https://, socks4://, socks5:// or socks5h:// proxy (user:pass@ allowed).",
 )
 @click.option(
     "--replay",
@@ -88,7 +88,10 @@ def chat(
     if prompt is None or prompt == "-":
         if prompt is None and sys.stdin.isatty():
             raise click.UsageError("give a PROMPT, or pipe one on stdin")
-        prompt = sys.stdin.read()
+        # The newline that ends piped text (echo, heredocs) is not part of the prompt.
+        prompt = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+    if not prompt.strip():
+        raise click.UsageError("the prompt is empty")
     messages: list[dict[str, str]] = []
     if system:
         messages.append({"role": "system", "content": system})
@@ -165,9 +168,9 @@ def providers(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def models(as_json: bool) -> None:
     """List every model with the providers that serve it, in the order they are tried."""
-    from ._registry import get_registry
+    from ._client import list_models
 
-    table = get_registry().models()
+    table = {model.id: model.providers for model in list_models()}
     if as_json:
         click.echo(json.dumps(table, indent=2))
         return

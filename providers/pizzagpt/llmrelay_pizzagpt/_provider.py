@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
 from llmrelay import Call, Chunk, FinishReason, Message, Provider, format_prompt
-from llmrelay.errors import InvalidResponse, MisuseDetected
+from llmrelay.errors import InvalidRequest, InvalidResponse, MisuseDetected
 
 __all__ = ["MISUSE_TEXT", "Pizzagpt"]
 
@@ -58,9 +58,12 @@ class Pizzagpt(Provider):
     async def generate(
         cls, model: str, messages: list[Message], call: Call
     ) -> AsyncGenerator[Chunk, None]:
+        question = format_prompt(messages)
+        if not question.strip():
+            raise InvalidRequest("pizzagpt: the prompt is empty; send a message with some text")
         url = call.url(cls.api_endpoint or "")
         response = await call.request(
-            "POST", url, headers=cls.headers, json_body={"question": format_prompt(messages)}
+            "POST", url, headers=cls.headers, json_body={"question": question}
         )
         content = _content(response.json(cls.name))
         if content is None or not content.strip():
