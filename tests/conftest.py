@@ -11,6 +11,7 @@ from aiohttp import web
 
 import llmrelay
 from llmrelay._registry import Registry, build_registry, set_registry
+from llmrelay._routing import health
 
 _ENV_PREFIXES = ("LLMRELAY_",)
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
@@ -22,8 +23,10 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith(_ENV_PREFIXES) or name.lower() in _PROXY_VARS:
             monkeypatch.delenv(name)
+    health.reset()
     yield
     llmrelay.reset_registry()
+    health.reset()
 
 
 @pytest.fixture

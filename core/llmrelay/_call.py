@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -40,27 +40,11 @@ __all__ = ["DEFAULT_MAX_RETRIES", "DEFAULT_TIMEOUT", "Call", "RetryPolicy"]
 log = logging.getLogger("llmrelay")
 T = TypeVar("T")
 
-#: Total seconds a call may take, retries included (``LLMRELAY_TIMEOUT`` overrides).
+#: Total seconds a call may take, retries included (config ``timeout``, ``LLMRELAY_TIMEOUT``).
 DEFAULT_TIMEOUT = 120.0
-#: Retries after the first attempt for transient failures (``LLMRELAY_MAX_RETRIES`` overrides).
+#: Retries after the first attempt for transient failures (config ``max_retries``,
+#: ``LLMRELAY_MAX_RETRIES``).
 DEFAULT_MAX_RETRIES = 2
-
-
-def _env_number(name: str, default: float, kind: Callable[[str], float]) -> float | None:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    if raw.lower() == "none" and kind is float:
-        return None
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise errors.ConfigError(
-            f"{name}={raw!r} is not a number; set it to e.g. {kind(str(int(default)))}"
-        ) from None
-    if value < 0:
-        raise errors.ConfigError(f"{name}={raw!r} must not be negative")
-    return value
 
 
 @dataclass(frozen=True)
@@ -81,11 +65,19 @@ class RetryPolicy:
 
 @dataclass
 class Call:
-    """The context of one provider call: who, where through, how long, which options."""
+    """The context of one provider call: who, where through, how long, which options.
+
+    ``stream`` says whether the caller wants the answer streamed (providers that cannot
+    stream ignore it); ``options`` holds the request options the provider declared it supports.
+    ``default_proxy`` is the configured proxy, used when neither ``proxy=`` nor
+    ``LLMRELAY_PROXY`` says otherwise.
+    """
 
     provider: str
     base_url: str
     proxy: str | None = None
+    default_proxy: str | None = None
+    stream: bool = True
     timeout: float | None = DEFAULT_TIMEOUT
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -100,7 +92,7 @@ class Call:
         return f"{self.base_url.rstrip('/')}/{endpoint.lstrip('/')}"
 
     def proxy_for(self, url: str) -> ProxyURL | None:
-        return proxy_for(url, self.proxy)
+        return proxy_for(url, self.proxy, self.default_proxy)
 
     def start(self) -> None:
         """Start the total deadline; called when the provider's generator first runs."""
@@ -113,11 +105,21 @@ class Call:
             return None
         return self._deadline - asyncio.get_running_loop().time()
 
-    def _deadline_error(self) -> errors.ProviderTimeout:
+    def _deadline_error(self, last: errors.ProviderError | None = None) -> errors.ProviderTimeout:
+        if last is None:
+            what = f"deadline of {self.timeout:g}s exceeded after {self.attempts} attempt(s)"
+        else:
+            what = (
+                f"deadline of {self.timeout:g}s leaves no time to retry after "
+                f"{self.attempts} attempt(s); last error: {last.reason}"
+            )
         return errors.ProviderTimeout(
-            f"deadline of {self.timeout:g}s exceeded after {self.attempts} attempt(s)",
+            what,
             provider=self.provider,
+            status=None if last is None else last.status,
             retryable=False,
+            retry_after=None if last is None else last.retry_after,
+            body=None if last is None else last.body,
         )
 
     async def _bounded(self, awaitable: Awaitable[T]) -> T:
@@ -141,19 +143,49 @@ class Call:
         return remaining is not None and remaining <= 0
 
     async def with_retries(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Run ``attempt`` with the retry policy and within the deadline."""
+        """Run ``attempt`` with the retry policy and within the deadline.
+
+        When the next wait would pass the deadline, the call stops at once with
+        ``ProviderTimeout`` (its ``__cause__`` and message keep the last error): the deadline is
+        what ended the call, and waiting only to fail later helps nobody.
+        """
         self.start()
+        deadline_stop = False
+
+        def stop_at_deadline(state: RetryCallState) -> bool:
+            nonlocal deadline_stop
+            deadline_stop = self._no_time_for(state.upcoming_sleep)
+            return deadline_stop
+
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.retry.max_retries + 1) | stop_when(self._stop_at_deadline),
+            stop=stop_after_attempt(self.retry.max_retries + 1) | stop_when(stop_at_deadline),
             wait=self._wait,
             retry=retry_if_exception(self._should_retry),
             before_sleep=self._log_retry,
             reraise=True,
         )
-        async for attempt_state in retrying:
-            with attempt_state:
-                self.attempts += 1
-                return await self._bounded(attempt())
+        try:
+            async for attempt_state in retrying:
+                with attempt_state:
+                    self.attempts += 1
+                    started = time.monotonic()
+                    try:
+                        result = await self._bounded(attempt())
+                    except errors.ProviderError as exc:
+                        self._log_failure(exc, started)
+                        raise
+                    log.debug(
+                        "%s: attempt %d succeeded (status=%s) in %.2fs",
+                        self.provider,
+                        self.attempts,
+                        getattr(result, "status", None),
+                        time.monotonic() - started,
+                    )
+                    return result
+        except errors.ProviderError as exc:
+            if deadline_stop and not isinstance(exc, errors.ProviderTimeout):
+                raise self._deadline_error(exc) from exc
+            raise
         raise AssertionError(
             "unreachable: tenacity either returns or re-raises"
         )  # pragma: no cover
@@ -173,20 +205,35 @@ class Call:
         )
         return float(backoff(state))
 
-    def _stop_at_deadline(self, state: RetryCallState) -> bool:
+    def _no_time_for(self, sleep: float | None) -> bool:
+        """Whether sleeping ``sleep`` seconds would reach the deadline."""
         remaining = self.remaining()
-        sleep = state.upcoming_sleep or 0.0
-        return remaining is not None and remaining <= sleep
+        return remaining is not None and remaining <= (sleep or 0.0)
+
+    def _log_failure(self, exc: errors.ProviderError, started: float) -> None:
+        log.debug(
+            "%s: attempt %d failed (status=%s) in %.2fs: %s",
+            self.provider,
+            self.attempts,
+            exc.status,
+            time.monotonic() - started,
+            redact(exc.reason),
+        )
 
     def _log_retry(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
         log.debug(
-            "%s: attempt %d failed (status=%s: %s); retrying in %.2fs",
+            "%s: retrying in %.2fs (attempt %d of %d)",
             self.provider,
-            state.attempt_number,
-            getattr(exc, "status", None),
-            redact(str(exc)),
             state.upcoming_sleep,
+            state.attempt_number + 1,
+            self.retry.max_retries + 1,
+        )
+
+    def _log_request(self, method: str, url: str, proxy: ProxyURL | None) -> None:
+        # str(ProxyURL) hides the password; redact() hides keys in the query string.
+        via = f" via {proxy}" if proxy is not None else ""
+        log.debug(
+            "%s: %s %s%s (attempt %d)", self.provider, method, redact(url), via, self.attempts
         )
 
     # -- HTTP helpers for providers -----------------------------------------------------------
@@ -209,7 +256,7 @@ class Call:
         transport = get_transport()
 
         async def attempt() -> HTTPResponse:
-            log.debug("%s: %s %s (attempt %d)", self.provider, method, redact(url), self.attempts)
+            self._log_request(method, url, proxy)
             return await transport.request(
                 self.provider,
                 method,
@@ -230,7 +277,7 @@ class Call:
         return response.json(self.provider)
 
     @contextlib.asynccontextmanager
-    async def stream(
+    async def open_stream(
         self,
         method: str,
         url: str,
@@ -245,6 +292,7 @@ class Call:
         stack = contextlib.AsyncExitStack()
 
         async def attempt() -> aiohttp.ClientResponse:
+            self._log_request(method, url, proxy)
             return await stack.enter_async_context(
                 transport.open(
                     self.provider,
@@ -284,12 +332,3 @@ def _encode(
     if not any(k.lower() == "content-type" for k in merged):
         merged["Content-Type"] = "application/json"
     return json.dumps(json_body, ensure_ascii=False).encode("utf-8"), merged
-
-
-def default_timeout() -> float | None:
-    return _env_number("LLMRELAY_TIMEOUT", DEFAULT_TIMEOUT, float)
-
-
-def default_max_retries() -> int:
-    value = _env_number("LLMRELAY_MAX_RETRIES", DEFAULT_MAX_RETRIES, int)
-    return int(value or 0)

@@ -9,13 +9,13 @@ from types import TracebackType
 from typing import Any, ClassVar, NoReturn, Self
 
 from . import errors
-from ._call import Call, RetryPolicy, default_max_retries, default_timeout
+from ._call import Call, RetryPolicy
 from ._types import Chunk, FinishReason, Message, Messages, Usage, validate_messages
 
 __all__ = ["ChunkStream", "Completion", "Provider"]
 
 #: Keyword arguments every provider accepts; they shape the call, not the provider's request.
-CALL_OPTIONS = frozenset({"base_url", "timeout", "max_retries", "drop_unsupported"})
+CALL_OPTIONS = frozenset({"base_url", "timeout", "max_retries", "drop_unsupported", "stream"})
 
 
 class Provider:
@@ -71,9 +71,10 @@ class Provider:
         """Start a chat completion; iterate the result (or await it, then iterate).
 
         Keyword options: ``base_url`` (point at another server), ``timeout`` (total seconds,
-        retries included; ``None`` for none), ``max_retries``, ``drop_unsupported`` (drop
-        options this provider does not support instead of refusing them), and the provider's
-        ``supported_options``.
+        retries included; ``None`` for none), ``max_retries``, ``stream`` (False asks a provider
+        that can stream for one whole answer instead), ``drop_unsupported`` (drop options this
+        provider does not support instead of refusing them), and the provider's
+        ``supported_options``. Defaults come from the configuration (``llmrelay config``).
 
         Raises (before any I/O):
             InvalidRequest: bad messages, proxy URL or options.
@@ -109,14 +110,17 @@ class Provider:
             raise errors.InvalidRequest(
                 f"base_url must be an absolute http(s) URL, got {base_url!r}"
             )
-        timeout = kwargs["timeout"] if "timeout" in kwargs else default_timeout()
+        from ._config import get_config
+
+        config = get_config()  # a broken file or environment variable is reported here
+        timeout = kwargs.get("timeout", config.timeout)
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
         ):
             raise errors.InvalidRequest(
                 f"timeout must be a positive number or None, got {timeout!r}"
             )
-        max_retries = kwargs.get("max_retries", default_max_retries())
+        max_retries = kwargs.get("max_retries", config.max_retries)
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise errors.InvalidRequest(
                 f"max_retries must be a non-negative integer, got {max_retries!r}"
@@ -128,6 +132,8 @@ class Provider:
             timeout=None if timeout is None else float(timeout),
             retry=RetryPolicy(max_retries=max_retries),
             options=options,
+            stream=bool(kwargs.get("stream", True)),
+            default_proxy=config.proxy,
         )
 
     @classmethod

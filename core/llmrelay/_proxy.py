@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
-from .errors import InvalidRequest
+from .errors import ConfigError, InvalidRequest
 
 __all__ = ["ACCEPTED_SCHEMES", "ProxyURL", "parse_proxy", "proxy_for"]
 
@@ -31,15 +33,19 @@ class ProxyURL:
         return self.scheme.startswith("socks")
 
     def url(self, *, with_password: bool = True) -> str:
-        """The URL to hand to a connector; ``socks5h`` is spelled ``socks5`` (remote DNS)."""
+        """The URL (credentials percent-encoded); ``socks5h`` is spelled ``socks5`` (remote DNS).
+
+        The transport hands the parts to the connectors, not this string.
+        """
         scheme = "socks5" if self.scheme == "socks5h" else self.scheme
         auth = ""
         if self.username is not None:
-            secret = self.password if with_password else "***"
-            auth = (
-                f"{self.username}:{secret}@" if self.password is not None else f"{self.username}@"
-            )
-        return f"{scheme}://{auth}{self.host}:{self.port}"
+            auth = quote(self.username, safe="")
+            if self.password is not None:
+                auth += ":" + (quote(self.password, safe="") if with_password else "***")
+            auth += "@"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{auth}{host}:{self.port}"
 
     def __str__(self) -> str:
         return self.url(with_password=False).replace("socks5://", f"{self.scheme}://", 1)
@@ -48,33 +54,48 @@ class ProxyURL:
         return f"ProxyURL({str(self)!r})"
 
 
-def parse_proxy(value: str) -> ProxyURL:
+_SCHEMES_HINT = "; use one of " + ", ".join(f"{s}://" for s in ACCEPTED_SCHEMES)
+
+
+def parse_proxy(value: str, *, source: str | None = None) -> ProxyURL:
     """Check a proxy URL such as ``socks5://user:pass@127.0.0.1:1080``.
+
+    ``source`` names the environment variable the value came from, if any.
 
     Raises:
         InvalidRequest: the URL is malformed or its scheme is not one of ``ACCEPTED_SCHEMES``;
-            the message shows the URL with its password hidden.
+            the message lists the accepted schemes and shows the URL with its password hidden.
+        ConfigError: the same, for a value taken from the environment variable ``source``.
     """
     from ._redact import redact
 
-    shown = redact(value)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"proxy must be a URL string, got {type(value).__name__}")
+    shown = _hide_password(value, redact)
+
+    def refuse(problem: str | None) -> Exception:
+        where = f"{source}: " if source else ""
+        if problem is None:
+            message = f"{where}unsupported proxy scheme in {shown!r}{_SCHEMES_HINT}"
+        else:
+            message = f"{where}malformed proxy URL {shown!r}: {problem}{_SCHEMES_HINT}"
+        return ConfigError(message) if source else InvalidRequest(message)
+
     try:
         parts = urlsplit(value.strip())
         port = parts.port
-    except ValueError as exc:
-        raise InvalidRequest(f"malformed proxy URL {shown!r}: {exc}") from None
+    except ValueError:
+        # Not the ValueError's own text: it may quote part of a password with a stray "#".
+        raise refuse("bad port or host (percent-encode @ : / # in user and password)") from None
     scheme = parts.scheme.lower()
     if scheme not in ACCEPTED_SCHEMES:
-        raise InvalidRequest(
-            f"unsupported proxy scheme in {shown!r}; use one of "
-            + ", ".join(f"{s}://" for s in ACCEPTED_SCHEMES)
-        )
+        raise refuse(None)
     if not parts.hostname:
-        raise InvalidRequest(
-            f"malformed proxy URL {shown!r}: no host; e.g. socks5://127.0.0.1:1080"
-        )
+        raise refuse("no host")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise InvalidRequest(f"malformed proxy URL {shown!r}: a proxy URL has no path or query")
+        raise refuse("a proxy URL has no path, query or fragment")
+    if port == 0:
+        raise refuse("port 0")
     if port is None:
         port = {"http": 80, "https": 443}.get(scheme, 1080)
     return ProxyURL(
@@ -86,23 +107,41 @@ def parse_proxy(value: str) -> ProxyURL:
     )
 
 
-def proxy_for(target_url: str, explicit: str | None) -> ProxyURL | None:
+def _hide_password(value: str, redact: Callable[[str], str]) -> str:
+    """``value`` with the password hidden, even when the URL cannot be parsed."""
+    shown = redact(value)
+    with contextlib.suppress(ValueError):
+        password = urlsplit(value.strip()).password
+        if password and password in shown:
+            shown = shown.replace(password, "***")
+    return shown
+
+
+def proxy_for(
+    target_url: str, explicit: str | None, configured: str | None = None
+) -> ProxyURL | None:
     """The proxy a request to ``target_url`` should use.
 
     An explicit ``proxy=`` wins (``""`` means "no proxy"); then ``LLMRELAY_PROXY``; then the
-    standard ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` for the target's scheme, unless
-    ``NO_PROXY`` covers the host. The environment is read at call time, so tests and long-lived
+    configuration file's ``proxy`` (``configured``); then the standard ``HTTPS_PROXY`` /
+    ``HTTP_PROXY`` / ``ALL_PROXY`` for the target's scheme. ``NO_PROXY`` exempts hosts from all
+    but an explicit ``proxy=``. The environment is read at call time, so tests and long-lived
     processes see changes.
     """
     if explicit is not None:
         return parse_proxy(explicit) if explicit else None
     host = urlsplit(target_url).hostname or ""
-    env = os.environ.get("LLMRELAY_PROXY")
+    source = "LLMRELAY_PROXY"
+    env = os.environ.get(source)
+    if env is None and configured:
+        env, source = configured, "the configuration file's proxy"
     if env is None:
         proxies = urllib.request.getproxies_environment()
         scheme = urlsplit(target_url).scheme
-        env = proxies.get(scheme) or proxies.get("all")
+        key = scheme if proxies.get(scheme) else "all"
+        env = proxies.get(key)
+        source = f"{key.upper()}_PROXY"
     bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
     if not env or (host and bypass(host)):
         return None
-    return parse_proxy(env)
+    return parse_proxy(env, source=source)

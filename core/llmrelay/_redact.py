@@ -27,8 +27,13 @@ SECRET_HEADERS = frozenset(
 )
 
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
-    # user:password@ in any URL (proxy URLs above all): keep the user, hide the password.
-    (re.compile(r"(?P<keep>\b[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+(?=@)", re.IGNORECASE), "keep"),
+    # user:password@ in any URL (proxy URLs above all): keep the user, hide the password. The
+    # password runs to the LAST "@" of the URL, so an unencoded "@", "/" or "#" in it is hidden
+    # too (hiding part of a path in a URL that has "@" there is the safe mistake).
+    (
+        re.compile(r"(?P<keep>\b[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^\s'\"<>]+(?=@)", re.IGNORECASE),
+        "keep",
+    ),
     # Authorization header values and bearer tokens quoted in bodies.
     (re.compile(r"(?P<keep>\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{4,}", re.IGNORECASE), "keep"),
     # API keys in the common vendor shapes (sk-..., sk-proj-..., gsk_..., AIza...).

@@ -11,8 +11,10 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from . import errors
+from ._config import get_config
 from ._provider import ChunkStream, Provider
 from ._registry import Registry, get_registry
+from ._routing import Health, health, route
 from ._types import Chunk, Message, Messages, validate_messages
 
 __all__ = ["RelayStream", "relay"]
@@ -34,8 +36,10 @@ class RelayStream(ChunkStream):
         messages: list[Message],
         proxy: str | None,
         options: dict[str, Any],
+        tracker: Health = health,
     ) -> None:
         self.model = model
+        self._health = tracker
         self.errors: list[errors.ProviderError] = []
         self._candidates = candidates
         self._messages = messages
@@ -54,8 +58,10 @@ class RelayStream(ChunkStream):
                 async for chunk in stream:
                     sent = sent or (isinstance(chunk, str) and bool(chunk))
                     yield chunk
+                self._health.succeeded(provider.name)
                 return
             except errors.ProviderError as exc:
+                self._health.failed(provider.name)
                 if sent or isinstance(exc, errors.StreamInterrupted):
                     raise
                 self.errors.append(exc)
@@ -81,15 +87,19 @@ def relay(
 ) -> RelayStream:
     """Stream an answer for ``model`` from the first provider that serves it and works.
 
-    Input, model and options are all checked before any I/O. Providers that do not accept an
-    option are skipped; if none accepts it, the first provider's ``InvalidRequest`` is raised.
+    Input, model and options are all checked before any I/O. Providers are tried in the order
+    :func:`~llmrelay._routing.route` gives (working, configured priority, recent health,
+    registration); an empty ``model`` means the configured default. Providers that do not
+    accept an option are skipped; if none accepts it, the first one's ``InvalidRequest`` is
+    raised.
 
     Raises:
         InvalidRequest: bad messages, proxy URL or options.
         ModelNotFound: no provider serves ``model``.
     """
     checked = validate_messages(messages)
-    candidates = (registry or get_registry()).resolve(model)
+    config = get_config()
+    candidates = route(model or config.default_model, registry or get_registry(), config)
     usable: list[tuple[type[Provider], str]] = []
     first_refusal: errors.InvalidRequest | None = None
     for provider, provider_model in candidates:

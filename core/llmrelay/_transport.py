@@ -31,7 +31,7 @@ from ._redact import redact
 
 if TYPE_CHECKING:
     import aiohttp
-    from multidict import CIMultiDictProxy
+    from multidict import CIMultiDict, CIMultiDictProxy
 
 __all__ = ["HTTPResponse", "Timeouts", "Transport", "error_for_status", "get_transport"]
 
@@ -89,7 +89,7 @@ def excerpt(text: str, limit: int = errors.BODY_EXCERPT_CHARS) -> str:
 class _LoopSessions:
     """The sessions of one event loop, and the keeper task that closes them with the loop."""
 
-    sessions: dict[str | None, aiohttp.ClientSession] = field(default_factory=dict)
+    sessions: dict[ProxyURL | None, aiohttp.ClientSession] = field(default_factory=dict)
     keeper: asyncio.Task[None] | None = None
 
 
@@ -112,15 +112,24 @@ class Transport:
         if state is None:
             state = self._loops[loop] = _LoopSessions()
             state.keeper = loop.create_task(_keep(state), name="llmrelay-session-keeper")
-        key = proxy.url() if proxy is not None and proxy.is_socks else None
+        key = proxy if proxy is not None and proxy.is_socks else None
         existing = state.sessions.get(key)
         if existing is not None and not existing.closed:
             return existing
         if key is not None:
-            from aiohttp_socks import ProxyConnector
+            from aiohttp_socks import ProxyConnector, ProxyType
 
-            connector: aiohttp.BaseConnector = ProxyConnector.from_url(
-                key, rdns=True, limit=self.limit, limit_per_host=self.limit_per_host
+            # The parts, not a URL string: a password with "@", "/" or ":" in it survives, and
+            # no library gets a URL with the password to put in its own error messages.
+            connector: aiohttp.BaseConnector = ProxyConnector(
+                proxy_type=ProxyType.SOCKS4 if key.scheme == "socks4" else ProxyType.SOCKS5,
+                host=key.host,
+                port=key.port,
+                username=key.username,
+                password=key.password,
+                rdns=True,
+                limit=self.limit,
+                limit_per_host=self.limit_per_host,
             )
         else:
             connector = aiohttp.TCPConnector(limit=self.limit, limit_per_host=self.limit_per_host)
@@ -160,7 +169,7 @@ class Transport:
             ),
         }
         if proxy is not None and not proxy.is_socks:
-            kwargs["proxy"] = proxy.url()
+            kwargs["proxy"] = _http_proxy_url(proxy)
         started = time.monotonic()
         with map_network_errors(provider, proxy, started):
             async with session.request(method, url, **kwargs) as response:
@@ -186,7 +195,8 @@ class Transport:
         ) as response:
             with map_network_errors(provider, proxy, time.monotonic()):
                 body = await response.read()
-            return HTTPResponse(response.status, dict(response.headers), body, str(response.url))
+            # The response's own headers stay case-insensitive (``headers["content-type"]``).
+            return HTTPResponse(response.status, response.headers, body, str(response.url))
 
     async def aclose(self) -> None:
         """Close the sessions of the running loop (other loops close theirs when they end)."""
@@ -197,6 +207,20 @@ class Transport:
         if state.keeper is not None:
             state.keeper.cancel()
         await _close_all(state)
+
+
+def _http_proxy_url(proxy: ProxyURL) -> Any:
+    """The proxy as a yarl URL built from its parts, so reserved characters in the credentials
+    stay inside the credentials (a string would send ``p@ss`` to the host ``ss``)."""
+    from yarl import URL
+
+    return URL.build(
+        scheme=proxy.scheme,
+        user=proxy.username,
+        password=proxy.password,
+        host=proxy.host,
+        port=proxy.port,
+    )
 
 
 async def _keep(state: _LoopSessions) -> None:
@@ -225,13 +249,23 @@ def map_network_errors(
         yield
     except errors.LLMRelayError:
         raise
-    except (aiohttp_socks.ProxyError, aiohttp.ClientProxyConnectionError) as exc:
+    except (
+        aiohttp_socks.ProxyConnectionError,
+        aiohttp_socks.ProxyTimeoutError,
+        aiohttp.ClientProxyConnectionError,
+    ) as exc:
+        # The proxy is down or unreachable: as transient as a refused connection to a host.
+        # (aiohttp-socks' errors are plain Exceptions, not aiohttp.ClientError or OSError.)
         raise errors.ProxyError(
-            f"proxy {proxy} failed: {redact(str(exc)) or type(exc).__name__}",
+            f"cannot reach proxy {proxy}: {redact(str(exc)) or type(exc).__name__}",
             provider=provider,
-            retryable=isinstance(
-                exc, aiohttp_socks.ProxyConnectionError | aiohttp_socks.ProxyTimeoutError
-            ),
+            retryable=True,
+        ) from None
+    except aiohttp_socks.ProxyError as exc:
+        # The proxy answered but refused: bad credentials or a refused destination.
+        raise errors.ProxyError(
+            f"proxy {proxy} refused the connection: {redact(str(exc)) or type(exc).__name__}",
+            provider=provider,
         ) from None
     except aiohttp.ClientHttpProxyError as exc:
         raise errors.ProxyError(
@@ -272,6 +306,7 @@ def error_for_status(
     proxy: ProxyURL | None = None,
 ) -> errors.ProviderError:
     """The typed error for an HTTP error status, keeping the start of the body."""
+    headers = _case_insensitive(headers)
     short = excerpt(body)
     kind: type[errors.ProviderError]
     reason = f"HTTP {status}"
@@ -322,8 +357,23 @@ def _is_cloudflare(headers: Mapping[str, str] | CIMultiDictProxy[str], body: str
     )
 
 
+def _case_insensitive(
+    headers: Mapping[str, str] | CIMultiDictProxy[str],
+) -> CIMultiDictProxy[str] | CIMultiDict[str]:
+    """Header names are case-insensitive; a plain dict from a caller is not."""
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    if isinstance(headers, CIMultiDict | CIMultiDictProxy):
+        return headers
+    return CIMultiDict(headers)
+
+
 def parse_retry_after(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> float | None:
-    """Seconds to wait from ``retry-after-ms``, or ``Retry-After`` (seconds or HTTP-date)."""
+    """Seconds to wait from ``retry-after-ms``, or ``Retry-After`` (seconds or HTTP-date).
+
+    Header names match in any case, whatever mapping holds them.
+    """
+    headers = _case_insensitive(headers)
     millis = headers.get("retry-after-ms")
     if millis:
         with contextlib.suppress(ValueError):

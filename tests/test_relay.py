@@ -1,0 +1,320 @@
+"""Fallback across providers, with fake providers registered as plugins and a real fault server.
+
+The rule under test: a provider that fails before its first chunk hands over to the next; once
+a chunk has reached the caller no other provider is tried (``StreamInterrupted``).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncGenerator, Callable, Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+import llmrelay
+from llmrelay import Call, Chunk, FinishReason, Message, Provider, Registry, errors
+from tests.replicas.faults import FAULTS, FaultState, make_app
+
+MESSAGES = [{"role": "user", "content": "Hello"}]
+
+
+def fake(
+    name: str,
+    url: str,
+    endpoint: str,
+    *,
+    working: bool = True,
+    models: tuple[str, ...] = ("shared",),
+    options: frozenset[str] = frozenset(),
+) -> type[Provider]:
+    """A provider answering ``models`` from ``url + endpoint``: JSON, or SSE lines for /stream."""
+
+    class Fake(Provider):
+        @classmethod
+        async def generate(
+            cls, model: str, messages: list[Message], call: Call
+        ) -> AsyncGenerator[Chunk, None]:
+            endpoint = call.url(cls.api_endpoint or "")
+            if "/stream" in endpoint:
+                async with call.open_stream("GET", endpoint) as response:
+                    while line := await call.read(response.content.readline()):
+                        text = line.decode().strip()
+                        if text.startswith("data: ") and text != "data: [DONE]":
+                            yield f"{cls.name}:{text.removeprefix('data: ')} "
+            else:
+                data = await call.post_json(endpoint, {"model": model})
+                yield f"{cls.name}:{data['answer']}"
+            yield FinishReason("stop")
+
+    Fake.name = name
+    Fake.url = url
+    Fake.api_endpoint = endpoint
+    Fake.working = working
+    Fake.default_model = models[0]
+    Fake.models = models
+    Fake.supported_options = options
+    Fake.__name__ = Fake.__qualname__ = f"Fake_{name}"
+    return Fake
+
+
+class Plugin:
+    """A plugin object registering the given providers, as a third-party distribution would."""
+
+    def __init__(self, *providers: type[Provider]) -> None:
+        self.providers = providers
+
+    @llmrelay.hookimpl
+    def register_providers(self, register: Callable[[type[Provider]], None]) -> None:
+        for provider in self.providers:
+            register(provider)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_health() -> Iterator[None]:
+    """The relay orders providers by recent failures, kept per process: start and end clean."""
+    from llmrelay._routing import health
+
+    health.reset()
+    yield
+    health.reset()
+
+
+@pytest.fixture
+async def server(serve: Callable[[web.Application], Any]) -> tuple[str, FaultState]:
+    app = make_app()
+    return await serve(app), app[FAULTS]
+
+
+def install(use_plugins: Callable[..., Registry], *providers: type[Provider]) -> Registry:
+    return use_plugins(*((p.name, Plugin(p)) for p in providers))
+
+
+def refused_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+async def test_fallback_before_the_first_chunk(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    base, state = server
+    install(use_plugins, fake("first", base, "/status/500"), fake("second", base, "/ok"))
+    stream = llmrelay.relay("shared", MESSAGES, max_retries=0)
+    assert await stream.text() == "second:ok"
+    assert stream.provider == "second"
+    assert len(stream.errors) == 1
+    error = stream.errors[0]
+    assert isinstance(error, errors.ServerError)
+    assert error.provider == "first"
+    assert error.status == 500
+    assert state.hits["/status/500"] == 1
+    assert state.hits["/ok"] == 1
+
+
+async def test_relay_stream_is_awaitable_too(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    base, _ = server
+    install(use_plugins, fake("first", base, "/ok"))
+    stream = await llmrelay.relay("shared", MESSAGES)
+    chunks = [chunk async for chunk in stream]
+    assert chunks == ["first:ok", FinishReason("stop")]
+
+
+async def test_failure_after_a_chunk_is_interrupted_and_never_falls_back(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    base, state = server
+    install(
+        use_plugins,
+        fake("first", base, "/stream?chunks=2&then=reset"),
+        fake("second", base, "/ok"),
+    )
+    stream = llmrelay.relay("shared", MESSAGES, max_retries=0)
+    received: list[Chunk] = []
+
+    async def consume() -> None:
+        async for chunk in stream:
+            received.append(chunk)
+
+    with pytest.raises(errors.StreamInterrupted) as info:
+        await consume()
+    assert received == ["first:chunk-0 ", "first:chunk-1 "]
+    assert info.value.provider == "first"
+    assert info.value.retryable is False
+    assert isinstance(info.value.__cause__, errors.ConnectError)
+    assert stream.provider == "first"
+    assert stream.errors == []
+    assert state.hits["/stream"] == 1
+    assert state.hits["/ok"] == 0  # the second provider was never called
+
+
+async def test_a_stream_that_fails_before_its_first_chunk_falls_back(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    base, state = server
+    install(
+        use_plugins,
+        fake("first", base, "/stream?chunks=0&then=reset"),
+        fake("second", base, "/ok"),
+    )
+    stream = llmrelay.relay("shared", MESSAGES, max_retries=0)
+    assert await stream.text() == "second:ok"
+    assert [type(e) for e in stream.errors] == [errors.ConnectError]
+    assert state.hits["/stream"] == 1
+
+
+async def test_all_failing_gives_one_error_listing_each_reason(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    base, state = server
+    install(
+        use_plugins,
+        fake("first", base, "/status/500"),
+        fake("second", base, "/status/401"),
+        fake("third", refused_url(), "/ok"),
+        fake("fourth", base, "/cloudflare"),
+    )
+    stream = llmrelay.relay("shared", MESSAGES, max_retries=0)
+    with pytest.raises(errors.AllProvidersFailed) as info:
+        await stream.text()
+    exc = info.value
+    assert [type(e) for e in exc.errors] == [
+        errors.ServerError,
+        errors.AuthenticationFailed,
+        errors.ConnectError,
+        errors.CloudflareChallenge,
+    ]
+    assert [e.provider for e in exc.errors] == ["first", "second", "third", "fourth"]
+    assert exc.errors == stream.errors
+    assert exc.model == "shared"
+    lines = str(exc).splitlines()
+    assert lines[0] == "all 4 providers failed for model 'shared':"
+    assert lines[1].startswith("  - first: HTTP 500: ")
+    assert lines[2].startswith("  - second: HTTP 401: ")
+    assert lines[3].startswith("  - third: cannot connect to 127.0.0.1:")
+    assert lines[4] == "  - fourth: HTTP 403 Cloudflare challenge page"
+    assert len(lines) == 5
+    assert all(len(line) < 300 for line in lines)
+    assert state.hits["/status/500"] == 1
+    assert state.hits["/status/401"] == 1
+
+
+async def test_one_provider_failing_raises_its_own_error(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    base, _ = server
+    install(use_plugins, fake("first", base, "/status/404"), fake("second", base, "/ok"))
+    with pytest.raises(errors.EndpointNotFound):
+        await llmrelay.relay("first/shared", MESSAGES).text()
+
+
+async def test_working_providers_are_tried_first(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    base, state = server
+    install(
+        use_plugins,
+        fake("stale", base, "/status/500", working=False),
+        fake("fresh", base, "/ok"),
+    )
+    stream = llmrelay.relay("shared", MESSAGES, max_retries=0)
+    assert await stream.text() == "fresh:ok"
+    assert stream.provider == "fresh"
+    assert stream.errors == []
+    assert state.hits["/status/500"] == 0
+
+
+async def test_a_non_working_provider_is_still_a_fallback(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    base, state = server
+    install(
+        use_plugins,
+        fake("stale", base, "/ok", working=False),
+        fake("fresh", base, "/status/503"),
+    )
+    stream = llmrelay.relay("shared", MESSAGES, max_retries=0)
+    assert await stream.text() == "stale:ok"
+    assert [e.provider for e in stream.errors] == ["fresh"]
+    assert state.hits["/status/503"] == 1
+
+
+async def test_unknown_model_suggests_close_names(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    base, state = server
+    install(use_plugins, fake("first", base, "/ok", models=("shared", "gpt-4o-mini")))
+    with pytest.raises(errors.ModelNotFound) as info:
+        llmrelay.relay("gpt-4o-mimi", MESSAGES)
+    assert isinstance(info.value, LookupError)
+    assert "gpt-4o-mini" in info.value.suggestions
+    assert "did you mean" in str(info.value)
+    with pytest.raises(errors.ModelNotFound) as info:
+        llmrelay.relay("first/sharde", MESSAGES)
+    assert "shared" in info.value.suggestions
+    assert state.total == 0
+
+
+async def test_unsupported_options_are_refused_before_any_io(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    base, state = server
+    install(use_plugins, fake("first", base, "/ok"), fake("second", base, "/ok"))
+    with pytest.raises(errors.InvalidRequest) as info:
+        llmrelay.relay("shared", MESSAGES, temperature=0.2)
+    assert "temperature" in str(info.value)
+    assert "drop_unsupported=True" in str(info.value)
+    assert state.total == 0
+
+
+async def test_providers_without_an_option_are_skipped(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    base, state = server
+    install(
+        use_plugins,
+        fake("plain", base, "/status/500"),
+        fake("tunable", base, "/ok", options=frozenset({"temperature"})),
+    )
+    stream = llmrelay.relay("shared", MESSAGES, temperature=0.2)
+    assert await stream.text() == "tunable:ok"
+    assert stream.errors == []
+    assert state.hits["/status/500"] == 0
+    # drop_unsupported=True keeps the plain provider, which then comes first.
+    stream = llmrelay.relay(
+        "shared", MESSAGES, temperature=0.2, drop_unsupported=True, max_retries=0
+    )
+    assert await stream.text() == "tunable:ok"
+    assert [e.provider for e in stream.errors] == ["plain"]
+
+
+async def test_bad_input_is_refused_before_any_io(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    base, state = server
+    install(use_plugins, fake("first", base, "/ok"))
+    with pytest.raises(errors.InvalidRequest):
+        llmrelay.relay("shared", [{"role": "robot", "content": "hi"}])
+    with pytest.raises(errors.InvalidRequest):
+        llmrelay.relay("shared", MESSAGES, proxy="ftp://127.0.0.1:21")
+    with pytest.raises(errors.InvalidRequest):
+        llmrelay.relay("shared", MESSAGES, timeout=-1)
+    assert state.total == 0
+
+
+async def test_closing_early_releases_everything(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    base, state = server
+    install(use_plugins, fake("first", base, "/stream?chunks=5"))
+    async with llmrelay.relay("shared", MESSAGES) as stream:
+        async for chunk in stream:
+            assert chunk == "first:chunk-0 "
+            break
+    assert state.hits["/stream"] == 1
+    # The connection went back or was closed: a new call works on the same loop.
+    assert (await llmrelay.relay("shared", MESSAGES).text()).startswith("first:chunk-0")
