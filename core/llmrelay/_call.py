@@ -150,6 +150,13 @@ class Call:
         what ended the call, and waiting only to fail later helps nobody.
         """
         self.start()
+        try:
+            # The first attempt skips tenacity's machinery: most calls succeed at once.
+            return await self._attempt(attempt)
+        except errors.ProviderError as exc:
+            if not self._should_retry(exc) or self.retry.max_retries == 0:
+                raise
+            first_failure: errors.ProviderError | None = exc
         deadline_stop = False
 
         def stop_at_deadline(state: RetryCallState) -> bool:
@@ -167,21 +174,12 @@ class Call:
         try:
             async for attempt_state in retrying:
                 with attempt_state:
-                    self.attempts += 1
-                    started = time.monotonic()
-                    try:
-                        result = await self._bounded(attempt())
-                    except errors.ProviderError as exc:
-                        self._log_failure(exc, started)
-                        raise
-                    log.debug(
-                        "%s: attempt %d succeeded (status=%s) in %.2fs",
-                        self.provider,
-                        self.attempts,
-                        getattr(result, "status", None),
-                        time.monotonic() - started,
-                    )
-                    return result
+                    if first_failure is not None:
+                        # Hand tenacity the failure we already had, so its waits, attempt
+                        # numbers and stop rules count it; the request is not sent again.
+                        failure, first_failure = first_failure, None
+                        raise failure
+                    return await self._attempt(attempt)
         except errors.ProviderError as exc:
             if deadline_stop and not isinstance(exc, errors.ProviderTimeout):
                 raise self._deadline_error(exc) from exc
@@ -189,6 +187,25 @@ class Call:
         raise AssertionError(
             "unreachable: tenacity either returns or re-raises"
         )  # pragma: no cover
+
+    async def _attempt(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """One attempt within the deadline, counted and logged."""
+        self.attempts += 1
+        started = time.monotonic()
+        try:
+            result = await self._bounded(attempt())
+        except errors.ProviderError as exc:
+            self._log_failure(exc, started)
+            raise
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s: attempt %d succeeded (status=%s) in %.2fs",
+                self.provider,
+                self.attempts,
+                getattr(result, "status", None),
+                time.monotonic() - started,
+            )
+        return result
 
     def _should_retry(self, exc: BaseException) -> bool:
         if not isinstance(exc, errors.ProviderError) or not exc.retryable:
@@ -211,6 +228,8 @@ class Call:
         return remaining is not None and remaining <= (sleep or 0.0)
 
     def _log_failure(self, exc: errors.ProviderError, started: float) -> None:
+        if not log.isEnabledFor(logging.DEBUG):
+            return
         log.debug(
             "%s: attempt %d failed (status=%s) in %.2fs: %s",
             self.provider,
@@ -230,6 +249,8 @@ class Call:
         )
 
     def _log_request(self, method: str, url: str, proxy: ProxyURL | None) -> None:
+        if not log.isEnabledFor(logging.DEBUG):
+            return  # redact() is not free: skip it on the hot path when nobody listens
         # str(ProxyURL) hides the password; redact() hides keys in the query string.
         via = f" via {proxy}" if proxy is not None else ""
         log.debug(

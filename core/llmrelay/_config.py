@@ -11,6 +11,7 @@ its key (``api_key_env``), and ``llmrelay config`` shows everything with secrets
 
 from __future__ import annotations
 
+import functools
 import os
 import tomllib
 from pathlib import Path
@@ -133,7 +134,14 @@ class Config(_Strict):
 
 def config_path() -> Path:
     """The configuration file llmrelay reads (it may not exist)."""
-    explicit = os.environ.get("LLMRELAY_CONFIG")
+    return _config_path(
+        os.environ.get("LLMRELAY_CONFIG"), os.environ.get("XDG_CONFIG_HOME"), os.environ.get("HOME")
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _config_path(explicit: str | None, _xdg: str | None, _home: str | None) -> Path:
+    # Cached per the variables it depends on: platformdirs is too slow to ask per request.
     if explicit:
         return Path(explicit).expanduser()
     from platformdirs import user_config_dir

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import urllib.request
 from collections.abc import Callable
@@ -130,18 +131,32 @@ def proxy_for(
     """
     if explicit is not None:
         return parse_proxy(explicit) if explicit else None
-    host = urlsplit(target_url).hostname or ""
     source = "LLMRELAY_PROXY"
-    env = os.environ.get(source)
-    if env is None and configured:
-        env, source = configured, "the configuration file's proxy"
-    if env is None:
-        proxies = urllib.request.getproxies_environment()
+    value = os.environ.get(source)
+    if value is None and configured:
+        value, source = configured, "the configuration file's proxy"
+    if value is None:
+        # Only the few variables that matter, looked up directly: urllib's
+        # getproxies_environment() scans the whole environment, on every request.
         scheme = urlsplit(target_url).scheme
-        key = scheme if proxies.get(scheme) else "all"
-        env = proxies.get(key)
-        source = f"{key.upper()}_PROXY"
-    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
-    if not env or (host and bypass(host)):
+        for name in (f"{scheme}_proxy", "all_proxy"):
+            value = os.environ.get(name) or os.environ.get(name.upper())
+            if value:
+                source = name.upper()
+                break
+    if not value:
         return None
-    return parse_proxy(env, source=source)
+    no_proxy = os.environ.get("no_proxy") or os.environ.get("NO_PROXY")
+    host = urlsplit(target_url).hostname or ""
+    if no_proxy and host and _bypass(host, {"no": no_proxy}):
+        return None
+    return _parse_cached(value, source)
+
+
+_bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_cached(value: str, source: str) -> ProxyURL:
+    """Environment proxies repeat on every request: parse each distinct one once."""
+    return parse_proxy(value, source=source)

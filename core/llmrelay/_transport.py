@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import json
 import logging
 import time
@@ -158,18 +159,9 @@ class Transport:
         An error status is read (for its message) and raised as the matching typed error.
         Network failures while connecting or reading are raised as typed errors too.
         """
-        import aiohttp
 
         session = await self.session(proxy)
-        kwargs: dict[str, Any] = {
-            "headers": headers,
-            "data": data,
-            "timeout": aiohttp.ClientTimeout(
-                total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
-            ),
-        }
-        if proxy is not None and not proxy.is_socks:
-            kwargs["proxy"] = _http_proxy_url(proxy)
+        kwargs = self._request_kwargs(headers, data, proxy, timeouts)
         started = time.monotonic()
         with map_network_errors(provider, proxy, started):
             async with session.request(method, url, **kwargs) as response:
@@ -189,14 +181,45 @@ class Transport:
         proxy: ProxyURL | None = None,
         timeouts: Timeouts = Timeouts(),
     ) -> HTTPResponse:
-        """Send one request and read the whole answer (one attempt, no retry)."""
-        async with self.open(
-            provider, method, url, headers=headers, data=data, proxy=proxy, timeouts=timeouts
-        ) as response:
-            with map_network_errors(provider, proxy, time.monotonic()):
+        """Send one request and read the whole answer (one attempt, no retry).
+
+        The same steps as :meth:`open` then a read, written out flat: this is the hot path
+        of every non-streamed call.
+        """
+        session = await self.session(proxy)
+        kwargs = self._request_kwargs(headers, data, proxy, timeouts)
+        started = time.monotonic()
+        try:
+            async with session.request(method, url, **kwargs) as response:
+                if response.status >= 400:
+                    text = await response.text(errors="replace")
+                    raise error_for_status(provider, response.status, response.headers, text, proxy)
                 body = await response.read()
-            # The response's own headers stay case-insensitive (``headers["content-type"]``).
-            return HTTPResponse(response.status, response.headers, body, str(response.url))
+        except errors.LLMRelayError:
+            raise
+        except Exception as exc:
+            typed = network_error(exc, provider, proxy, started)
+            if typed is None:
+                raise
+            raise typed from None
+        # The response's own headers stay case-insensitive (``headers["content-type"]``).
+        return HTTPResponse(response.status, response.headers, body, str(response.url))
+
+    def _request_kwargs(
+        self,
+        headers: Mapping[str, str] | None,
+        data: bytes | None,
+        proxy: ProxyURL | None,
+        timeouts: Timeouts,
+    ) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "headers": headers,
+            "data": data,
+            "timeout": _client_timeout(timeouts),
+        }
+        if proxy is not None and not proxy.is_socks:
+            kwargs["proxy"] = _http_proxy_url(proxy)
+        return kwargs
 
     async def aclose(self) -> None:
         """Close the sessions of the running loop (other loops close theirs when they end)."""
@@ -223,6 +246,14 @@ def _http_proxy_url(proxy: ProxyURL) -> Any:
     )
 
 
+@functools.lru_cache(maxsize=32)
+def _client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
+    """aiohttp's timeout for ``timeouts`` (built once per distinct value: it is immutable)."""
+    import aiohttp
+
+    return aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.read)
+
+
 async def _keep(state: _LoopSessions) -> None:
     """Wait until cancelled (by ``aclose`` or by the loop's shutdown), then close the sessions."""
     try:
@@ -242,60 +273,73 @@ def map_network_errors(
     provider: str, proxy: ProxyURL | None, started: float
 ) -> Any:  # Iterator[None]; Any keeps contextmanager's typing simple across Python versions
     """Turn aiohttp, aiohttp-socks and asyncio failures into llmrelay's typed errors."""
-    import aiohttp
-    import aiohttp_socks
-
     try:
         yield
     except errors.LLMRelayError:
         raise
-    except (
-        aiohttp_socks.ProxyConnectionError,
-        aiohttp_socks.ProxyTimeoutError,
-        aiohttp.ClientProxyConnectionError,
-    ) as exc:
+    except Exception as exc:
+        typed = network_error(exc, provider, proxy, started)
+        if typed is None:
+            raise
+        raise typed from None
+
+
+def network_error(
+    exc: BaseException, provider: str, proxy: ProxyURL | None, started: float
+) -> errors.LLMRelayError | None:
+    """The typed error for an aiohttp, aiohttp-socks or asyncio failure; None if not one."""
+    import aiohttp
+    import aiohttp_socks
+
+    if isinstance(
+        exc,
+        aiohttp_socks.ProxyConnectionError
+        | aiohttp_socks.ProxyTimeoutError
+        | aiohttp.ClientProxyConnectionError,
+    ):
         # The proxy is down or unreachable: as transient as a refused connection to a host.
         # (aiohttp-socks' errors are plain Exceptions, not aiohttp.ClientError or OSError.)
-        raise errors.ProxyError(
+        return errors.ProxyError(
             f"cannot reach proxy {proxy}: {redact(str(exc)) or type(exc).__name__}",
             provider=provider,
             retryable=True,
-        ) from None
-    except aiohttp_socks.ProxyError as exc:
+        )
+    if isinstance(exc, aiohttp_socks.ProxyError):
         # The proxy answered but refused: bad credentials or a refused destination.
-        raise errors.ProxyError(
+        return errors.ProxyError(
             f"proxy {proxy} refused the connection: {redact(str(exc)) or type(exc).__name__}",
             provider=provider,
-        ) from None
-    except aiohttp.ClientHttpProxyError as exc:
-        raise errors.ProxyError(
+        )
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return errors.ProxyError(
             f"proxy {proxy} answered {exc.status} {exc.message}",
             provider=provider,
             status=exc.status,
-        ) from None
-    except asyncio.IncompleteReadError as exc:
+        )
+    if isinstance(exc, asyncio.IncompleteReadError):
         if proxy is not None and proxy.is_socks:
             # pproxy (and others) hang up mid-handshake on bad SOCKS credentials.
-            raise errors.ProxyError(
+            return errors.ProxyError(
                 f"proxy {proxy} closed the connection during the handshake (wrong credentials?)",
                 provider=provider,
-            ) from None
-        raise errors.ConnectError(f"connection cut: {exc}", provider=provider) from None
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            )
+        return errors.ConnectError(f"connection cut: {exc}", provider=provider)
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         what = "connect" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "read"
-        raise errors.ProviderTimeout(
+        return errors.ProviderTimeout(
             f"{what} timed out after {time.monotonic() - started:.1f}s", provider=provider
-        ) from None
-    except aiohttp.InvalidURL as exc:
-        raise errors.InvalidRequest(f"{provider}: invalid URL {redact(str(exc))!r}") from None
-    except aiohttp.ClientConnectorError as exc:
-        raise errors.ConnectError(
+        )
+    if isinstance(exc, aiohttp.InvalidURL):
+        return errors.InvalidRequest(f"{provider}: invalid URL {redact(str(exc))!r}")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return errors.ConnectError(
             f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc.os_error}",
             provider=provider,
-        ) from None
-    except (aiohttp.ClientError, ConnectionError, OSError) as exc:
+        )
+    if isinstance(exc, aiohttp.ClientError | ConnectionError | OSError):
         detail = redact(str(exc)) or type(exc).__name__
-        raise errors.ConnectError(f"connection failed: {detail}", provider=provider) from None
+        return errors.ConnectError(f"connection failed: {detail}", provider=provider)
+    return None
 
 
 def error_for_status(
