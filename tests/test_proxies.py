@@ -9,14 +9,9 @@ proof a request went through the proxy.
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +22,7 @@ from llmrelay import Call, Chunk, FinishReason, Message, Provider, RetryPolicy, 
 from llmrelay._proxy import ACCEPTED_SCHEMES, ProxyURL, parse_proxy, proxy_for
 from llmrelay._redact import redact
 from tests.replicas.faults import FAULTS, FaultState, make_app
+from tests.support import Proxies, free_port, run_pproxy
 
 USER = "alice"
 PASSWORD = "s3cret-Pw0rd"
@@ -36,29 +32,6 @@ ODD_PASSWORD_URL = "p%40ss%2Fw%25rd"
 WRONG = "wr0ng-Guess"
 MESSAGES = [{"role": "user", "content": "Hello"}]
 FAST = RetryPolicy(max_retries=2, backoff=0.01, max_backoff=0.05, jitter=0.01)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Proxies:
-    """The listeners of one pproxy process, and its log."""
-
-    ports: dict[str, int]
-    log: Path
-
-    def url(self, name: str, auth: str | None = None) -> str:
-        scheme = name.split("-")[0]
-        return f"{scheme}://{auth + '@' if auth else ''}127.0.0.1:{self.ports[name]}"
-
-    def lines_to(self, port: int) -> list[str]:
-        """The tunnel lines logged for connections to 127.0.0.1:``port``."""
-        text = self.log.read_text(errors="replace")
-        return [line for line in text.splitlines() if line.endswith(f"-> 127.0.0.1:{port}")]
 
 
 LISTENERS = {
@@ -72,43 +45,10 @@ LISTENERS = {
 }
 
 
-def _wait_for_ports(ports: list[int], proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 15
-    pending = list(ports)
-    while pending:
-        if proc.poll() is not None:
-            raise RuntimeError(f"pproxy exited: {log.read_text(errors='replace')}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"pproxy did not listen on {pending}: {log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", pending[0]), timeout=0.5):
-                pending.pop(0)
-        except OSError:
-            time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxies]:
-    ports = {name: free_port() for name in LISTENERS}
-    log = tmp_path_factory.mktemp("pproxy") / "pproxy.log"
-    command = [sys.executable, "-m", "pproxy", "--auth", "0", "-v"]
-    for name, auth in LISTENERS.items():
-        scheme = name.split("-")[0]
-        command += ["-l", f"{scheme}://127.0.0.1:{ports[name]}{auth}"]
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    env["PYTHONUNBUFFERED"] = "1"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        _wait_for_ports(list(ports.values()), proc, log)
-        yield Proxies(ports, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            proc.kill()
-            proc.wait(timeout=5)
+    with run_pproxy(LISTENERS, tmp_path_factory.mktemp("pproxy") / "pproxy.log") as running:
+        yield running
 
 
 @dataclass

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from . import errors
 from ._redact import REDACTED, SECRET_HEADERS, redact
@@ -28,8 +29,8 @@ __all__ = ["MATCH_ON", "cassette", "vcr_config"]
 #: What a replayed request must share with a recorded one.
 MATCH_ON = ("method", "scheme", "host", "port", "path", "query", "json_body")
 
-_SECRET_QUERY = ("key", "api_key", "apikey", "api-key", "token", "access_token")
-_SECRET_BODY_FIELDS = ("api_key", "apikey", "password", "token", "access_token")
+_SECRET_QUERY = frozenset({"key", "api_key", "apikey", "api-key", "token", "access_token"})
+_SECRET_BODY_FIELDS = frozenset({"api_key", "apikey", "password", "token", "access_token"})
 
 
 def _normalise_body(body: Any) -> Any:
@@ -55,43 +56,97 @@ def _short(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _scrub_request(request: Any, rewrite: tuple[str, str] | None) -> Any:
-    if rewrite is not None and request.uri.startswith(rewrite[0]):
-        request.uri = rewrite[1] + request.uri[len(rewrite[0]) :]
-    body = _normalise_body(request.body)
-    if isinstance(body, dict | list):
-        request.body = json.dumps(_scrub_json(body), ensure_ascii=False).encode("utf-8")
-    elif isinstance(body, str):
-        request.body = redact(body).encode("utf-8")
-    return request
+class _Scrubber:
+    """Removes secrets from what vcrpy records, remembering each value it removes.
 
+    Header, query and body secrets of a request are masked where they stand, and their values
+    are remembered, so a server that echoes them back (an error quoting the key, a debug field
+    reflecting a cookie) has them masked in the response body too. ``Set-Cookie`` values are
+    remembered before the header is dropped, for the same reason.
+    """
 
-def _scrub_json(value: Any) -> Any:
-    """Secret fields masked at any depth, and secret-shaped strings redacted."""
-    if isinstance(value, dict):
-        return {
-            k: REDACTED if k.lower() in _SECRET_BODY_FIELDS else _scrub_json(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_scrub_json(v) for v in value]
-    if isinstance(value, str):
-        return redact(value)
-    return value
+    _MIN_SECRET = 6  # shorter values ("1", "true") would mask innocent text
 
+    def __init__(self, rewrite: tuple[str, str] | None) -> None:
+        self.rewrite = rewrite
+        self.known: set[str] = set()
 
-def _scrub_response(response: dict[str, Any]) -> dict[str, Any]:
-    headers = response.get("headers", {})
-    for name in list(headers):
-        if name.lower() in SECRET_HEADERS:
-            del headers[name]
-    body = response.get("body", {}).get("string")
-    if isinstance(body, bytes):
-        text = body.decode("utf-8", errors="surrogateescape")
-        scrubbed = redact(text)
-        if scrubbed != text:
-            response["body"]["string"] = scrubbed.encode("utf-8", errors="surrogateescape")
-    return response
+    def _remember(self, value: str) -> None:
+        value = value.strip()
+        if len(value) >= self._MIN_SECRET:
+            self.known.add(value)
+
+    def _remember_header(self, name: str, value: str) -> None:
+        if name in ("cookie", "set-cookie"):
+            for part in value.split(";"):
+                _key, eq, cookie = part.partition("=")
+                if eq:
+                    self._remember(cookie)
+        else:
+            self._remember(value)
+            self._remember(value.partition(" ")[2])  # "Bearer <token>" -> the token
+
+    def _mask(self, text: str) -> str:
+        for value in sorted(self.known, key=len, reverse=True):
+            text = text.replace(value, REDACTED)
+        return redact(text)
+
+    def request(self, request: Any) -> Any:
+        for name in list(request.headers):
+            if name.lower() in SECRET_HEADERS:
+                self._remember_header(name.lower(), str(request.headers[name]))
+                request.headers[name] = REDACTED
+        parts = urlsplit(request.uri)
+        if parts.query:
+            query = []
+            for key, value in parse_qsl(parts.query, keep_blank_values=True):
+                if key.lower() in _SECRET_QUERY:
+                    self._remember(value)
+                    value = REDACTED
+                query.append((key, value))
+            request.uri = urlunsplit(parts._replace(query=urlencode(query, safe="*")))
+        if self.rewrite is not None and request.uri.startswith(self.rewrite[0]):
+            request.uri = self.rewrite[1] + request.uri[len(self.rewrite[0]) :]
+        body = _normalise_body(request.body)
+        if isinstance(body, dict | list):
+            scrubbed = self._json(body)
+            request.body = json.dumps(scrubbed, ensure_ascii=False).encode("utf-8")
+        elif isinstance(body, str):
+            request.body = self._mask(body).encode("utf-8")
+        return request
+
+    def _json(self, value: Any) -> Any:
+        """Secret fields masked at any depth, and secret-shaped strings redacted."""
+        if isinstance(value, dict):
+            out = {}
+            for key, item in value.items():
+                if key.lower() in _SECRET_BODY_FIELDS:
+                    if isinstance(item, str):
+                        self._remember(item)
+                    out[key] = REDACTED
+                else:
+                    out[key] = self._json(item)
+            return out
+        if isinstance(value, list):
+            return [self._json(v) for v in value]
+        if isinstance(value, str):
+            return self._mask(value)
+        return value
+
+    def response(self, response: dict[str, Any]) -> dict[str, Any]:
+        headers = response.get("headers", {})
+        for name in list(headers):
+            if name.lower() in SECRET_HEADERS:
+                for value in headers[name]:
+                    self._remember_header(name.lower(), str(value))
+                del headers[name]
+        body = response.get("body", {}).get("string")
+        if isinstance(body, bytes):
+            text = body.decode("utf-8", errors="surrogateescape")
+            scrubbed = self._mask(text)
+            if scrubbed != text:
+                response["body"]["string"] = scrubbed.encode("utf-8", errors="surrogateescape")
+        return response
 
 
 def vcr_config(rewrite: tuple[str, str] | None = None) -> dict[str, Any]:
@@ -100,13 +155,12 @@ def vcr_config(rewrite: tuple[str, str] | None = None) -> dict[str, Any]:
     ``rewrite=(from_prefix, to_prefix)`` rewrites recorded URLs, so a cassette recorded against
     a local replica carries the real service's URL and replays for the real provider.
     """
+    scrubber = _Scrubber(rewrite)
     return {
         "serializer": "yaml",
         "match_on": list(MATCH_ON),
-        "filter_headers": [(name, REDACTED) for name in sorted(SECRET_HEADERS)],
-        "filter_query_parameters": [(name, REDACTED) for name in _SECRET_QUERY],
-        "before_record_request": lambda request: _scrub_request(request, rewrite),
-        "before_record_response": _scrub_response,
+        "before_record_request": scrubber.request,
+        "before_record_response": scrubber.response,
         "decode_compressed_response": True,
     }
 

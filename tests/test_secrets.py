@@ -1,0 +1,113 @@
+"""Secrets never leave: an API key, a proxy password and cookies, through a real call.
+
+One provider call is recorded into a cassette through an authenticated HTTP proxy (real
+pproxy), with debug logging captured, against a server that echoes what it received and sets a
+cookie; then a failing call does the same. The key, the password and the cookie values must
+appear in none of: the cassette file, the log records, the error messages and reprs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from llmrelay import Call, Chunk, FinishReason, Message, Provider, errors
+from llmrelay._cassettes import cassette
+from tests.support import Proxies, Serve, run_pproxy
+
+API_KEY = "sk-proj-Zq8sEcReT0123456789abcdef"
+PROXY_PASSWORD = "hunter2-Pr0xy-Pass"
+COOKIE = "sessid-7f3a9c1e5b2d4086"
+SERVER_COOKIE = "srv-cookie-91ab3f77e2"
+SECRETS = (API_KEY, PROXY_PASSWORD, COOKIE, SERVER_COOKIE)
+
+
+class Leaky(Provider):
+    """Sends the key as a header, a query parameter and a body field, plus a cookie."""
+
+    name = "leaky"
+    url = "http://127.0.0.1:9"
+    default_model = "m"
+    models = ("m",)
+    supported_options = frozenset({"fail"})
+
+    @classmethod
+    async def generate(
+        cls, model: str, messages: list[Message], call: Call
+    ) -> AsyncGenerator[Chunk, None]:
+        path = "/fail" if call.options.get("fail") else "/echo"
+        data = await call.post_json(
+            call.url(f"{path}?api_key={API_KEY}"),
+            {"prompt": messages[-1].text, "api_key": API_KEY, "auth": {"token": API_KEY}},
+            headers={"Authorization": f"Bearer {API_KEY}", "Cookie": f"session={COOKIE}"},
+        )
+        yield str(data["text"])
+        yield FinishReason("stop")
+
+
+async def _echo(request: web.Request) -> web.Response:
+    body = await request.text()
+    reflected = f"{request.headers.get('Authorization')} {request.headers.get('Cookie')} {body}"
+    return web.json_response(
+        {"text": "ok", "debug": reflected},
+        headers={"Set-Cookie": f"server={SERVER_COOKIE}; Path=/"},
+    )
+
+
+async def _fail(request: web.Request) -> web.Response:
+    auth = request.headers.get("Authorization")
+    return web.json_response({"error": {"message": f"invalid key {auth}"}}, status=401)
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxies]:
+    listeners = {"http-auth": f"#alice:{PROXY_PASSWORD}"}
+    with run_pproxy(listeners, tmp_path_factory.mktemp("pproxy") / "log") as running:
+        yield running
+
+
+def _assert_clean(where: str, text: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text, f"{secret!r} leaked into {where}"
+
+
+async def test_no_secret_reaches_cassettes_logs_or_errors(
+    serve: Serve, proxy: Proxies, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = web.Application()
+    app.router.add_post("/echo", _echo)
+    app.router.add_post("/fail", _fail)
+    base = await serve(app)
+    proxy_url = proxy.url("http-auth", f"alice:{PROXY_PASSWORD}")
+    path = tmp_path / "leaky.yaml"
+    caplog.set_level(logging.DEBUG, logger="llmrelay")
+
+    with cassette(path, mode="record"):
+        answer = await Leaky.create_async_generator(
+            "m", [{"role": "user", "content": "hi"}], base_url=base, proxy=proxy_url
+        ).text()
+        with pytest.raises(errors.AuthenticationFailed) as failure:
+            await Leaky.create_async_generator(
+                "m",
+                [{"role": "user", "content": "hi"}],
+                base_url=base,
+                proxy=proxy_url,
+                fail=True,
+            ).text()
+
+    assert answer == "ok"
+    assert proxy.lines_to(int(base.rsplit(":", 1)[1]))  # it really went through the proxy
+    assert caplog.records  # debug logging really ran
+    _assert_clean("the cassette", path.read_text())
+    _assert_clean("the logs", "\n".join(r.getMessage() for r in caplog.records))
+    _assert_clean("the error", f"{failure.value} {failure.value!r} {failure.value.body}")
+
+    with pytest.raises(errors.InvalidRequest) as bad_proxy:
+        Leaky.create_async_generator(
+            "m", [{"role": "user", "content": "hi"}], proxy=f"ftp://alice:{PROXY_PASSWORD}@h:1"
+        )
+    _assert_clean("the proxy error", f"{bad_proxy.value} {bad_proxy.value!r}")
