@@ -7,6 +7,7 @@ a chunk has reached the caller no other provider is tried (``StreamInterrupted``
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
@@ -318,3 +319,19 @@ async def test_closing_early_releases_everything(
     assert state.hits["/stream"] == 1
     # The connection went back or was closed: a new call works on the same loop.
     assert (await llmrelay.relay("shared", MESSAGES).text()).startswith("first:chunk-0")
+
+
+async def test_one_deadline_bounds_the_whole_relay(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    """Two providers that each stall: the relay gives up at its one deadline, not at 2x."""
+    base, state = server
+    install(use_plugins, fake("first", base, "/status/503"), fake("second", base, "/slow?delay=5"))
+    started = time.monotonic()
+    with pytest.raises(TimeoutError) as info:
+        await llmrelay.relay("shared", MESSAGES, timeout=0.6, max_retries=5).text()
+    took = time.monotonic() - started
+    assert isinstance(info.value, errors.ProviderTimeout)
+    assert isinstance(info.value.__cause__, errors.AllProvidersFailed)
+    assert 0.5 <= took < 1.0  # one deadline, not one per provider
+    assert state.hits["/slow"] == 1

@@ -6,6 +6,7 @@ Fallback happens only before the first text chunk reaches the caller. After that
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -26,7 +27,8 @@ class RelayStream(ChunkStream):
     """A stream that answers from the first provider that works.
 
     ``provider`` names the provider currently answering (the last one tried, after a failure).
-    ``errors`` keeps the typed error of each provider that failed before it.
+    ``errors`` keeps the typed error of each provider that failed before it. One deadline
+    (``timeout``) bounds the whole relay: each provider gets what is left of it.
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class RelayStream(ChunkStream):
         proxy: str | None,
         options: dict[str, Any],
         tracker: Health = health,
+        timeout: float | None = None,
     ) -> None:
         self.model = model
         self._health = tracker
@@ -45,13 +48,22 @@ class RelayStream(ChunkStream):
         self._messages = messages
         self._proxy = proxy
         self._options = options
+        self._timeout = timeout
         super().__init__(candidates[0][0].name, self._run())
 
     async def _run(self) -> AsyncGenerator[Chunk, None]:
+        loop = asyncio.get_running_loop()
+        deadline = None if self._timeout is None else loop.time() + self._timeout
         for provider, model in self._candidates:
+            options = self._options
+            if deadline is not None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                options = {**options, "timeout": remaining}
             self.provider = provider.name
             stream = provider.create_async_generator(
-                model, self._messages, proxy=self._proxy, **self._options
+                model, self._messages, proxy=self._proxy, **options
             )
             sent = False
             try:
@@ -72,6 +84,14 @@ class RelayStream(ChunkStream):
                 )
             finally:
                 await stream.aclose()
+        if deadline is not None and loop.time() >= deadline and len(self.errors) > 1:
+            # The deadline, not the providers, ended the relay: say so, as a TimeoutError.
+            raise errors.ProviderTimeout(
+                f"deadline of {self._timeout:g}s exceeded after trying "
+                + ", ".join(e.provider for e in self.errors),
+                provider=self.provider,
+                retryable=False,
+            ) from errors.AllProvidersFailed(self.model, self.errors)
         if len(self.errors) == 1:
             raise self.errors[0]
         raise errors.AllProvidersFailed(self.model, self.errors)
@@ -112,4 +132,5 @@ def relay(
     if not usable:
         assert first_refusal is not None
         raise first_refusal
-    return RelayStream(model, usable, checked, proxy, options)
+    timeout = options.get("timeout", config.timeout)
+    return RelayStream(model, usable, checked, proxy, options, timeout=timeout)
