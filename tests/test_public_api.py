@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 import llmrelay
 from llmrelay import errors
 
 PUBLIC = {
+    "AsyncClient",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "Client",
     "ENTRY_POINT_GROUP",
     "Call",
     "Chunk",
@@ -67,6 +73,28 @@ def test_top_level_names() -> None:
     assert set(llmrelay.__all__) == PUBLIC
     for name in PUBLIC:
         assert hasattr(llmrelay, name), name
+    assert set(dir(llmrelay)) >= PUBLIC
+
+
+def test_import_is_lazy() -> None:
+    """``import llmrelay`` loads neither pydantic nor aiohttp until a name needs them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, llmrelay\n"
+        "heavy = ('pydantic', 'aiohttp', 'tenacity', 'pluggy')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_unknown_attribute_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = llmrelay.nope  # type: ignore[attr-defined]
 
 
 def test_error_hierarchy() -> None:
