@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import tomllib
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from llmrelay._config import config_path, load_config
+from llmrelay._config import Config, config_path, get_config, load_config, render_toml
+from llmrelay.cli import cli
 from llmrelay.errors import ConfigError
+from tests.endpoint_support import run_cli
 
 GOOD = """
 default_model = "fast"
@@ -116,3 +121,117 @@ def test_missing_explicit_file_is_an_error(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("LLMRELAY_CONFIG", str(tmp_path / "nope.toml"))
     with pytest.raises(ConfigError, match="does not exist"):
         load_config()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("cooldown = -1", "cooldown: Input should be greater than or equal to 0"),
+        ("cooldown = 10\nmax_cooldown = 5", "max_cooldown (5) is shorter than cooldown (10)"),
+        ("[aliases]\nfast = 'fast'", "aliases: alias 'fast' points at itself"),
+        ("source = '/etc/passwd'", "source: unknown key"),
+        (
+            "[[endpoints]]\nname = 'a'\nbase_url = 'http://h'\nmodels = ['x']\ndefault_model = 'y'",
+            "endpoints.0: default_model 'y' is not in models (x)",
+        ),
+        ("[[endpoints]]\nname = 'a/b'\nbase_url = 'http://h'", "endpoints.0.name"),
+        (
+            "[[endpoints]]\nname = 'a'\nbase_url = 'http://h'\nmodels = ['x']\n"
+            "model_aliases = { fast = 'y' }",
+            "endpoints.0: model_aliases point at 'y', not in models (x)",
+        ),
+        ("[providers.local]\npriority = 'high'", "providers.local.priority"),
+    ],
+)
+def test_more_errors_name_the_key(config_file: Path, text: str, expected: str) -> None:
+    config_file.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert expected in str(info.value)
+
+
+def test_source_and_environment_say_where_values_came_from(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_file.write_text("cooldown = 1.5\nmax_cooldown = 60\n")
+    monkeypatch.setenv("LLMRELAY_MAX_RETRIES", "0")
+    config = load_config()
+    assert (config.cooldown, config.max_cooldown, config.max_retries) == (1.5, 60, 0)
+    assert config.source == str(config_file)
+    assert config.environment == ("LLMRELAY_MAX_RETRIES",)
+    assert config.masked()["environment"] == ["LLMRELAY_MAX_RETRIES"]
+
+
+def test_get_config_follows_the_file(config_file: Path) -> None:
+    config_file.write_text("max_retries = 1\n")
+    assert get_config().max_retries == 1
+    config_file.write_text("max_retries = 3  # longer, so the size changes\n")
+    assert get_config().max_retries == 3
+
+
+def test_masked_hides_every_secret(config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config_file.write_text(
+        GOOD.replace('"X-Team" = "core"', '"X-Team" = "core", "X-Custom" = "sk-abcdefghijklmnop"')
+        + '\n[[endpoints]]\nname = "proxied"\nbase_url = "https://bob:hunter22@example.test/v1"\n'
+    )
+    monkeypatch.setenv("LOCAL_KEY", "sk-local-123456789")
+    data = load_config().masked()
+    shown = json.dumps(data)
+    for secret in ("s3cret", "sk-local-123456789", "sk-abcdefghijklmnop", "hunter22"):
+        assert secret not in shown
+    assert [e["api_key"] for e in data["endpoints"]] == ["***", None]
+    text = render_toml(data)
+    assert tomllib.loads(text)["endpoints"][0]["headers"]["X-Custom"] == "sk-***"
+    assert 'api_key_env = "LOCAL_KEY"  # set (***)' in text
+    assert "# default_model: not set" in text
+
+
+def test_render_toml_reads_back_as_the_same_configuration(config_file: Path) -> None:
+    config_file.write_text(GOOD.replace("alice:s3cret@", ""))
+    config = load_config()
+    again = tomllib.loads(render_toml(config.masked()))
+    assert Config.model_validate(again).model_dump() == config.model_dump()
+
+
+def test_llmrelay_config_prints_it_masked(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_file.write_text(GOOD)
+    env = {"LLMRELAY_CONFIG": str(config_file), "LOCAL_KEY": "sk-local-123456789"}
+    env["LLMRELAY_TIMEOUT"] = "45"
+    text = run_cli("config", env=env)
+    assert text.returncode == 0, text.stderr
+    first, _, body = text.stdout.partition("\n")
+    assert first == (
+        f"# the effective configuration, from {config_file} and LLMRELAY_TIMEOUT; secrets masked"
+    )
+    assert tomllib.loads(body)["timeout"] == 45
+    assert 'proxy = "socks5://alice:***@127.0.0.1:1080"' in body
+    # [aliases] fast -> local/llama3 is served; [providers.pizzagpt] exists; no warnings.
+    assert text.stderr == ""
+    as_json = CliRunner().invoke(cli, ["config", "--json"], env=env)
+    data = json.loads(as_json.stdout)
+    assert data["source"] == data["path"] == str(config_file)
+    assert data["endpoints"][0]["api_key"] == "***"
+    assert data["warnings"] == []
+    for output in (text.stdout, as_json.stdout):
+        assert "s3cret" not in output
+        assert "sk-local" not in output
+
+
+def test_llmrelay_config_warns_about_names_nothing_matches(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("default_model = 'gpt-4o-mimi'\n[providers.pizzagtp]\npriority = 1\n")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["config"], env={"LLMRELAY_CONFIG": str(path)})
+    assert result.exit_code == 0
+    assert result.stderr.splitlines() == [
+        "warning: [providers.pizzagtp]: no provider is registered as 'pizzagtp' "
+        "(did you mean 'pizzagpt'?)",
+        "warning: default_model 'gpt-4o-mimi': no provider serves it",
+    ]
+    defaults = runner.invoke(cli, ["config"], env={"XDG_CONFIG_HOME": str(tmp_path / "none")})
+    assert defaults.stdout.startswith("# the effective configuration, from defaults (no file at ")
+    missing = runner.invoke(cli, ["config"], env={"LLMRELAY_CONFIG": str(tmp_path / "no.toml")})
+    assert missing.exit_code == 1
+    assert missing.stderr.startswith("error: LLMRELAY_CONFIG points to ")

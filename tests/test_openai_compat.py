@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
 import pytest
 from aiohttp import web
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from llmrelay import FinishReason, Usage
+from llmrelay import FinishReason, Usage, errors
 from llmrelay._config import EndpointConfig
+from llmrelay._endpoints import cached_models, fetch_models, models_cache_path, save_models
+from llmrelay.cli import cli
 from llmrelay.errors import (
     AuthenticationFailed,
     EndpointNotFound,
@@ -15,6 +27,9 @@ from llmrelay.errors import (
     StreamInterrupted,
 )
 from llmrelay_openai_compat import OpenAICompatible, provider_for
+from llmrelay_openai_compat._provider import PLACEHOLDER_MODEL, StreamParser, upstream_error
+from tests.background import background_servers
+from tests.endpoint_support import run_cli
 from tests.replicas.openai import STATE, Mode, make_app
 from tests.support import Serve
 
@@ -126,3 +141,255 @@ async def test_cut_stream_after_text_is_stream_interrupted(serve: Serve) -> None
     provider, _ = await _provider(serve, "cut")
     with pytest.raises(StreamInterrupted):
         await provider.create_async_generator("llama3", HI).text()
+
+
+# -- the SSE stream, cut anywhere ---------------------------------------------------------------
+
+_EVENTS: list[dict[str, Any] | str] = [
+    ": keep-alive",
+    {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+    {"choices": [{"index": 0, "delta": {"content": "Héllo, 世界"}, "finish_reason": None}]},
+    {"choices": None},
+    {"choices": [{"index": 1, "delta": {"content": "another choice"}}]},
+    "MULTILINE",
+    {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}], "usage": None},
+    {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}},
+    "[DONE]",
+    {"choices": [{"index": 0, "delta": {"content": "after DONE: never read"}}]},
+]
+
+
+def _sse(events: list[dict[str, Any] | str], newline: str) -> bytes:
+    out = []
+    for event in events:
+        if event == "MULTILINE":  # one JSON document over two data lines
+            out.append(
+                'data: {"choices": [{"index": 0,'
+                + newline
+                + 'data: "delta": {"content": " wörld"}}]}'
+                + newline * 2
+            )
+        elif isinstance(event, str) and event.startswith(":"):
+            out.append(event + newline * 2)
+        else:
+            data = event if isinstance(event, str) else json.dumps(event, ensure_ascii=False)
+            out.append(f"data: {data}{newline * 2}")
+    return "".join(out).encode()
+
+
+def _parse(pieces: list[bytes]) -> list[object]:
+    parser = StreamParser("p")
+    out: list[object] = []
+    for piece in [*(p for p in pieces if p), b""]:  # b"" is the end of the stream
+        out += parser.feed(piece)
+        if parser.done:
+            break
+    try:
+        out += parser.ending()
+    except errors.ProviderError as exc:
+        out.append(f"{type(exc).__name__}: {exc}")
+    return out
+
+
+EXPECTED = ["Héllo, 世界", " wörld", Usage(4, 3, 7), FinishReason("length")]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(["\n", "\r\n", "\r"]), st.data())
+def test_any_cut_of_the_stream_gives_the_same_chunks(newline: str, data: st.DataObject) -> None:
+    raw = _sse(_EVENTS, newline)
+    cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=30))
+    bounds = [0, *sorted(cuts), len(raw)]
+    assert _parse([raw[a:b] for a, b in itertools.pairwise(bounds)]) == EXPECTED
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_an_error_event_comes_after_the_text_before_it(data: st.DataObject) -> None:
+    events: list[dict[str, Any] | str] = [
+        {"choices": [{"index": 0, "delta": {"content": "partial"}}]},
+        {"error": {"message": "The model is overloaded.", "type": "server_error"}},
+        "[DONE]",
+    ]
+    raw = _sse(events, "\n")
+    cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=10))
+    bounds = [0, *sorted(cuts), len(raw)]
+    assert _parse([raw[a:b] for a, b in itertools.pairwise(bounds)]) == [
+        "partial",
+        "ServerError: p: The model is overloaded.",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b'event: error\ndata: {"error": {"message": "quota", "code": 429}}\n\n', "RateLimited"),
+        (b"event: error\ndata: not json\n\n", "ServerError: p: not json"),
+        (b'data: {"error": {"message": "bad", "code": 400}}\n\n', "BadRequest: p: bad"),
+        (b"data: {not json\n\n", "InvalidResponse"),
+        (b'data: {"choices": []}\n\n', "ConnectError: p: stream ended before [DONE]"),
+        (b'data: {"choices": [{"delta": {"content": "x"}, "finish_reason": "stop"}]}\n\n', "x"),
+    ],
+)
+def test_stream_endings_and_errors(raw: bytes, expected: str) -> None:
+    out = _parse([raw])
+    assert any(isinstance(item, str) and item.startswith(expected) for item in out), out
+
+
+# -- errors keep the upstream message -----------------------------------------------------------
+
+
+async def test_http_errors_carry_the_upstream_message_and_code(serve: Serve) -> None:
+    provider, _ = await _provider(serve, "rate_limited")
+    with pytest.raises(RateLimited) as info:
+        await provider.create_async_generator("llama3", HI, max_retries=0).text()
+    assert info.value.reason == "HTTP 429: Rate limit reached for requests. (rate_limit_exceeded)"
+    assert (info.value.status, info.value.retry_after) == (429, 1.0)
+    assert "rate_limit_exceeded" in (info.value.body or "")
+
+
+def test_a_cut_error_body_still_gives_its_message() -> None:
+    body = (
+        '{"error": {"message": "This model\'s maximum context length is 8192 tokens. However, yo...'
+    )
+    exc = upstream_error(errors.BadRequest("HTTP 400: ...", provider="p", status=400, body=body))
+    assert exc.reason.startswith("HTTP 400: This model's maximum context length is 8192 tokens.")
+    assert exc.reason.endswith("...")
+    assert isinstance(exc, errors.BadRequest)
+    html = errors.PermissionDenied("HTTP 403", provider="p", status=403, body="<html>")
+    assert upstream_error(html) is html
+
+
+# -- request body -------------------------------------------------------------------------------
+
+
+async def test_extra_body_is_merged_into_the_request(serve: Serve) -> None:
+    provider, app = await _provider(serve)
+    await provider.create_async_generator(
+        "llama3", HI, extra_body={"top_k": 20, "repetition_penalty": 1.1}
+    ).text()
+    body = app[STATE].last_body
+    assert (body["top_k"], body["repetition_penalty"]) == (20, 1.1)
+    assert "extra_body" not in body
+    with pytest.raises(errors.InvalidRequest, match="extra_body must be a dict"):
+        await provider.create_async_generator("llama3", HI, extra_body=["x"]).text()
+
+
+async def test_stream_options_are_not_sent_without_streaming(serve: Serve) -> None:
+    provider, app = await _provider(serve)
+    await provider.create_async_generator(
+        "llama3", HI, stream=False, stream_options={"include_usage": True}
+    ).text()
+    assert "stream_options" not in app[STATE].last_body
+
+
+async def test_a_server_that_ignores_stream_answers_whole(serve: Serve) -> None:
+    async def chat(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"choices": [{"message": {"content": "whole"}, "finish_reason": "stop"}]}
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    base = await serve(app)
+    provider = provider_for(EndpointConfig(name="plain", base_url=f"{base}/v1", models=("m",)))
+    items = [item async for item in provider.create_async_generator("m", HI)]
+    assert items == ["whole", FinishReason("stop")]  # no usage reported: none invented
+
+
+# -- models: configured, fetched, cached --------------------------------------------------------
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "cache"
+    monkeypatch.setenv("LLMRELAY_CACHE_DIR", str(path))
+    return path
+
+
+def test_default_model_must_be_listed() -> None:
+    with pytest.raises(ValidationError, match="default_model 'qwen' is not in models"):
+        EndpointConfig(name="a", base_url="http://h", models=("llama3",), default_model="qwen")
+
+
+def test_an_endpoint_without_models_accepts_any_pinned_model(cache_dir: Path) -> None:
+    provider = provider_for(EndpointConfig(name="any", base_url="http://127.0.0.1:9/v1"))
+    assert provider.models == ()
+    assert provider.default_model == PLACEHOLDER_MODEL
+    assert provider.get_model("whatever/with-slash") == "whatever/with-slash"
+    named = provider_for(EndpointConfig(name="any", base_url="http://h", default_model="qwen"))
+    assert (named.models, named.default_model) == ((), "qwen")
+
+
+async def test_fetched_models_are_cached_and_served(serve: Serve, cache_dir: Path) -> None:
+    base = await serve(make_app(key="sk-test-123456789"))
+    endpoint = EndpointConfig(name="local", base_url=f"{base}/v1", api_key_env="LOCAL_KEY")
+    with pytest.raises(AuthenticationFailed, match="set the environment variable LOCAL_KEY"):
+        await fetch_models(endpoint)
+    os.environ["LOCAL_KEY"] = "sk-test-123456789"
+    try:
+        found = await fetch_models(endpoint)
+    finally:
+        del os.environ["LOCAL_KEY"]
+    assert found == ["gpt-4o-mini", "llama3"]
+    path = save_models(endpoint, found)
+    assert path == models_cache_path("local") == cache_dir / "models" / "local.json"
+    assert json.loads(path.read_text())["base_url"] == f"{base}/v1"
+    assert cached_models(endpoint) == ("gpt-4o-mini", "llama3")
+    provider = provider_for(endpoint)
+    assert (provider.models, provider.default_model) == (("gpt-4o-mini", "llama3"), "gpt-4o-mini")
+    chosen = provider_for(endpoint.model_copy(update={"default_model": "phi3"}))
+    assert chosen.models == ("phi3", "gpt-4o-mini", "llama3")
+    listed = provider_for(endpoint.model_copy(update={"models": ("llama3",)}))
+    assert listed.models == ("llama3",)  # the configuration wins over the cache
+    moved = endpoint.model_copy(update={"base_url": "http://127.0.0.1:9/v1"})
+    assert cached_models(moved) == ()  # fetched from another server: not trusted
+
+
+def test_a_broken_cache_is_ignored(cache_dir: Path) -> None:
+    endpoint = EndpointConfig(name="local", base_url="http://127.0.0.1:9/v1")
+    models_cache_path("local").parent.mkdir(parents=True)
+    for text in ("{not json", '{"models": "llama3"}', "[]"):
+        models_cache_path("local").write_text(text)
+        assert cached_models(endpoint) == ()
+
+
+async def test_a_model_list_of_another_shape_is_invalid(serve: Serve) -> None:
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"models": ["a"]})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    base = await serve(app)
+    with pytest.raises(errors.InvalidResponse, match="not OpenAI's"):
+        await fetch_models(EndpointConfig(name="odd", base_url=f"{base}/v1"))
+
+
+def test_llmrelay_models_refresh(tmp_path: Path, cache_dir: Path) -> None:
+    """``llmrelay models --refresh local`` fetches, caches, and the next listing serves them."""
+    config = tmp_path / "config.toml"
+    env = {"LLMRELAY_CONFIG": str(config), "LLMRELAY_CACHE_DIR": str(cache_dir)}
+    path = cache_dir / "models" / "local.json"
+    runner = CliRunner()
+    with background_servers() as serve_in_thread:
+        base = serve_in_thread(make_app())
+        config.write_text(f'[[endpoints]]\nname = "local"\nbase_url = "{base}/v1"\n')
+        result = run_cli("models", "--refresh", "local", env=env)  # as a user runs it
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == f"local: 2 model(s) cached in {path}\n"
+        assert result.stdout.splitlines() == ["gpt-4o-mini  local, pizzagpt", "llama3       local"]
+        after = runner.invoke(cli, ["models", "--json"], env=env)
+        assert json.loads(after.stdout) == {
+            "gpt-4o-mini": ["local", "pizzagpt"],
+            "llama3": ["local"],
+        }
+        unknown = runner.invoke(cli, ["models", "--refresh", "nope"], env=env)
+        assert unknown.exit_code == 2
+        assert "no [[endpoints]] entry is named 'nope'" in unknown.stderr
+        assert "(configured: local)" in unknown.stderr
+    down = runner.invoke(
+        cli, ["models", "--refresh", "local"], env={**env, "LLMRELAY_MAX_RETRIES": "0"}
+    )
+    assert down.exit_code == 1
+    assert down.stderr.startswith("error: local: cannot connect to 127.0.0.1:")
+    assert json.loads(path.read_text())["models"] == ["gpt-4o-mini", "llama3"]  # kept

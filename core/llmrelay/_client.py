@@ -1,28 +1,42 @@
 """The OpenAI-shaped client: ``client.chat.completions.create(model=..., messages=...)``.
 
-``AsyncClient`` is the client; ``Client`` is the same for scripts, running the async client on
-an event loop of its own in a background thread, so it also works from code that already runs
-a loop (a notebook, a web handler). The objects returned have OpenAI's shape, plus ``provider``
-naming the provider that answered.
+``AsyncClient`` is the client; ``Client`` is the same for scripts. It runs an ``AsyncClient`` on
+an event loop of its own, in a background thread started on first use, so it also works from
+code that already runs a loop (a notebook, a web handler, an async test). The objects returned
+have OpenAI's shape, plus ``provider`` naming the provider that answered.
+
+Streams follow OpenAI's chunks with one difference: the usage a provider reports rides on the
+last chunk (the one with ``finish_reason``) instead of an extra chunk with empty ``choices``,
+so ``chunk.choices[0]`` is safe on every chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
+import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict
 
+from ._registry import Registry
 from ._relay import RelayStream, relay
-from ._types import FinishReason, Messages, Usage
+from ._types import FinishReasonName, Messages, Usage
+from .errors import InvalidRequest
 
 __all__ = [
+    "AsyncChat",
     "AsyncClient",
+    "AsyncCompletionStream",
+    "AsyncCompletions",
+    "AsyncModels",
+    "Chat",
     "ChatCompletion",
     "ChatCompletionChunk",
     "ChatCompletionMessage",
@@ -30,10 +44,22 @@ __all__ = [
     "ChoiceDelta",
     "ChunkChoice",
     "Client",
+    "CompletionStream",
+    "Completions",
     "Model",
+    "ModelList",
+    "Models",
+    "list_models",
 ]
 
+log = logging.getLogger("llmrelay")
 T = TypeVar("T")
+
+#: Request options for which ``None`` means "not given" (they are left out of the request).
+_NONE_IS_UNSET = ("temperature", "max_tokens", "stop")
+
+
+# -- the shapes ---------------------------------------------------------------------------------
 
 
 class _Shape(BaseModel):
@@ -48,11 +74,14 @@ class ChatCompletionMessage(_Shape):
 class Choice(_Shape):
     index: int = 0
     message: ChatCompletionMessage
-    finish_reason: str
+    finish_reason: FinishReasonName
 
 
 class ChatCompletion(_Shape):
-    """A whole answer, as OpenAI's ``chat.completion`` object; ``provider`` says who answered."""
+    """A whole answer, as OpenAI's ``chat.completion`` object; ``provider`` says who answered.
+
+    ``usage`` is what the provider reported, or None: llmrelay never invents token counts.
+    """
 
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -71,14 +100,15 @@ class ChoiceDelta(_Shape):
 class ChunkChoice(_Shape):
     index: int = 0
     delta: ChoiceDelta
-    finish_reason: str | None = None
+    finish_reason: FinishReasonName | None = None
 
 
 class ChatCompletionChunk(_Shape):
     """One piece of a streamed answer, as OpenAI's ``chat.completion.chunk``.
 
-    The last chunk carries ``finish_reason``; a chunk with empty ``choices`` carries ``usage``
-    when the provider reported it.
+    Every chunk has one choice. The first carries ``delta.role == "assistant"``; the last
+    carries ``finish_reason`` and, when the provider reported it, ``usage``. ``provider`` names
+    the provider answering (the same on every chunk: fallback happens only before the first).
     """
 
     id: str
@@ -100,22 +130,71 @@ class Model(_Shape):
     providers: list[str]
 
 
+class ModelList(_Shape):
+    """OpenAI's ``{"object": "list", "data": [...]}``; iterate it, or read ``data``."""
+
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+    def __iter__(self) -> Iterator[Model]:  # type: ignore[override]
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> Model:
+        return self.data[index]
+
+
+def list_models(registry: Registry | None = None) -> ModelList:
+    """Every model and alias, with the providers serving it in the order they would be tried
+    (by :func:`~llmrelay._routing.route`, so disabled providers are left out)."""
+    from ._config import get_config
+    from ._registry import get_registry
+    from ._routing import route
+
+    registry, config = registry or get_registry(), get_config()
+    models = []
+    for name in dict.fromkeys([*registry.models(), *config.aliases]):
+        try:
+            providers = [p.name for p, _ in route(name, registry, config)]
+        except LookupError:  # served only by disabled providers, or an alias to nothing
+            continue
+        models.append(Model(id=name, owned_by=providers[0], providers=providers))
+    return ModelList(data=models)
+
+
 def _completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def _shown_model(model: str) -> str:
+    if model:
+        return model
+    from ._config import get_config
+
+    return get_config().default_model
+
+
+# -- async --------------------------------------------------------------------------------------
 
 
 class AsyncCompletionStream(AsyncIterator[ChatCompletionChunk]):
     """The chunks of one streamed answer. Close it (or use ``async with``) to stop early."""
 
-    def __init__(self, stream: RelayStream, model: str) -> None:
+    def __init__(self, stream: RelayStream, model: str, owner: AsyncClient | None = None) -> None:
         self._stream = stream
         self._model = model
+        self._owner = owner
         self._id = _completion_id()
         self._created = int(time.time())
+        self._first = True
+        self._usage: Usage | None = None
         self._done = False
 
     @property
     def provider(self) -> str:
+        """The provider answering (after a fallback, the one that took over)."""
         return self._stream.provider
 
     def __aiter__(self) -> Self:
@@ -124,33 +203,50 @@ class AsyncCompletionStream(AsyncIterator[ChatCompletionChunk]):
     async def __anext__(self) -> ChatCompletionChunk:
         if self._done:
             raise StopAsyncIteration
-        item = await self._stream.__anext__()
-        if isinstance(item, str):
-            choice = ChunkChoice.model_construct(
-                index=0, delta=ChoiceDelta.model_construct(content=item), finish_reason=None
-            )
-            return self._chunk([choice], None)
-        if isinstance(item, Usage):
-            return self._chunk([], item)
-        self._done = True
+        try:
+            while True:
+                item = await self._stream.__anext__()
+                if isinstance(item, str):
+                    return self._chunk(item, None)
+                if isinstance(item, Usage):
+                    self._usage = item  # sent with the finish_reason, on the last chunk
+                    continue
+                reason = item.reason
+                break
+        except BaseException:
+            self._release()
+            raise
+        self._release()
         await self._stream.aclose()
-        choice = ChunkChoice.model_construct(
-            index=0, delta=ChoiceDelta.model_construct(), finish_reason=item.reason
-        )
-        return self._chunk([choice], None)
+        return self._chunk(None, reason)
 
-    def _chunk(self, choices: list[ChunkChoice], usage: Usage | None) -> ChatCompletionChunk:
+    def _chunk(self, content: str | None, finish: FinishReasonName | None) -> ChatCompletionChunk:
+        role: Literal["assistant"] | None = None
+        if self._first:
+            self._first, role = False, "assistant"
+        choice = ChunkChoice.model_construct(
+            index=0,
+            delta=ChoiceDelta.model_construct(role=role, content=content),
+            finish_reason=finish,
+        )
         return ChatCompletionChunk.model_construct(
             id=self._id,
             object="chat.completion.chunk",
             created=self._created,
             model=self._model,
-            choices=choices,
-            usage=usage,
+            choices=[choice],
+            usage=self._usage if finish is not None else None,
             provider=self._stream.provider,
         )
 
+    def _release(self) -> None:
+        self._done = True
+        if self._owner is not None:
+            self._owner._streams.discard(self)
+
     async def aclose(self) -> None:
+        """Stop early and release the connection (nothing happens if the stream is over)."""
+        self._release()
         await self._stream.aclose()
 
     async def __aenter__(self) -> Self:
@@ -171,38 +267,91 @@ class AsyncCompletions:
 
     @overload
     async def create(
-        self, *, model: str, messages: Messages, stream: Literal[False] = False, **options: Any
+        self,
+        *,
+        model: str,
+        messages: Messages,
+        stream: Literal[False] = False,
+        timeout: float | None = ...,  # noqa: ASYNC109 (the provider deadline)
+        max_retries: int = ...,
+        proxy: str | None = ...,
+        temperature: float | None = ...,
+        max_tokens: int | None = ...,
+        stop: str | Sequence[str] | None = ...,
+        drop_unsupported: bool = ...,
+        **options: Any,
     ) -> ChatCompletion: ...
 
     @overload
     async def create(
-        self, *, model: str, messages: Messages, stream: Literal[True], **options: Any
+        self,
+        *,
+        model: str,
+        messages: Messages,
+        stream: Literal[True],
+        timeout: float | None = ...,  # noqa: ASYNC109 (the provider deadline)
+        max_retries: int = ...,
+        proxy: str | None = ...,
+        temperature: float | None = ...,
+        max_tokens: int | None = ...,
+        stop: str | Sequence[str] | None = ...,
+        drop_unsupported: bool = ...,
+        **options: Any,
     ) -> AsyncCompletionStream: ...
+
+    @overload
+    async def create(
+        self,
+        *,
+        model: str,
+        messages: Messages,
+        stream: bool,
+        timeout: float | None = ...,  # noqa: ASYNC109 (the provider deadline)
+        max_retries: int = ...,
+        proxy: str | None = ...,
+        temperature: float | None = ...,
+        max_tokens: int | None = ...,
+        stop: str | Sequence[str] | None = ...,
+        drop_unsupported: bool = ...,
+        **options: Any,
+    ) -> ChatCompletion | AsyncCompletionStream: ...
 
     async def create(
         self, *, model: str, messages: Messages, stream: bool = False, **options: Any
     ) -> ChatCompletion | AsyncCompletionStream:
         """Ask ``model``; returns a ``ChatCompletion``, or a stream of chunks with ``stream=True``.
 
-        Options: ``timeout``, ``max_retries``, ``proxy``, ``drop_unsupported``, and request
-        options such as ``temperature``, ``max_tokens`` and ``stop``, passed to providers that
-        support them. Everything is checked before any I/O.
+        ``model`` is a model name, an alias, or ``provider/model`` to pin one provider (empty:
+        the configured default). Options: ``timeout`` (total seconds per provider, retries
+        included; None for none), ``max_retries``, ``proxy``, ``drop_unsupported`` (leave out
+        options a provider does not support instead of refusing them), and request options
+        such as ``temperature``, ``max_tokens`` and ``stop`` (None leaves them out), passed to
+        providers that support them. Everything is checked before any I/O.
 
         Raises:
-            InvalidRequest, ModelNotFound: before any I/O.
+            InvalidRequest, ModelNotFound, ConfigError: before any I/O.
             ProviderError, AllProvidersFailed: when no provider could answer.
         """
-        merged = {**self._client.defaults, **options}
+        client = self._client
+        client._attach()
+        if not isinstance(model, str):
+            raise InvalidRequest(f"model must be a string, got {type(model).__name__}")
+        merged = {**client.defaults, **options}
+        for name in _NONE_IS_UNSET:
+            if name in merged and merged[name] is None:
+                del merged[name]
         proxy = merged.pop("proxy", None)
-        chunks = relay(model, messages, proxy=proxy, stream=stream, **merged)
+        chunks = relay(model, messages, proxy=proxy, stream=bool(stream), **merged)
         if stream:
-            return AsyncCompletionStream(chunks, model)
+            answer = AsyncCompletionStream(chunks, _shown_model(model), client)
+            client._streams.add(answer)
+            return answer
         completion = await chunks.collect()
         return ChatCompletion.model_construct(
             id=_completion_id(),
             object="chat.completion",
             created=int(time.time()),
-            model=model,
+            model=_shown_model(model),
             choices=[
                 Choice.model_construct(
                     index=0,
@@ -223,48 +372,67 @@ class AsyncChat:
 
 
 class AsyncModels:
-    def __init__(self, client: AsyncClient) -> None:
-        self._client = client
-
-    async def list(self) -> list[Model]:
+    async def list(self) -> ModelList:
         """Every model, with the providers serving it in the order they would be tried."""
         return list_models()
 
 
-def list_models() -> list[Model]:
-    from ._config import get_config
-    from ._registry import get_registry
-    from ._routing import route
-
-    registry, config = get_registry(), get_config()
-    names = [*registry.models(), *config.aliases]
-    models = []
-    for name in dict.fromkeys(names):
-        try:
-            providers = [p.name for p, _ in route(name, registry, config)]
-        except LookupError:
-            continue
-        models.append(Model(id=name, owned_by=providers[0], providers=providers))
-    return models
+#: The AsyncClients that made requests on each event loop and are not closed yet: the last one
+#: to close on a loop closes the loop's shared HTTP sessions, and never one still in use.
+_clients_on: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.WeakSet[AsyncClient]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class AsyncClient:
-    """The async client. ``async with AsyncClient() as client: ...`` closes its connections.
+    """The async client. ``async with AsyncClient() as client: ...`` closes what it opened.
 
     Keyword arguments given here (``timeout``, ``max_retries``, ``proxy``, request options)
     are defaults for every call; a call's own arguments win.
+
+    HTTP connections are shared by everything llmrelay does on an event loop. Closing a client
+    closes its unfinished streams; the shared sessions close with the last client still open
+    on that loop (or with the loop itself), so one client closing never breaks another's
+    requests.
     """
 
     def __init__(self, **defaults: Any) -> None:
         self.defaults = defaults
         self.chat = AsyncChat(self)
-        self.models = AsyncModels(self)
+        self.models = AsyncModels()
+        self._streams: weakref.WeakSet[AsyncCompletionStream] = weakref.WeakSet()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _attach(self) -> None:
+        if self._closed:
+            raise RuntimeError("this AsyncClient is closed; create a new one")
+        loop = asyncio.get_running_loop()
+        users = _clients_on.get(loop)
+        if users is None:
+            users = _clients_on[loop] = weakref.WeakSet()
+        users.add(self)
 
     async def aclose(self) -> None:
-        """Close the HTTP sessions this client's calls opened on the running loop."""
-        from ._transport import aclose
+        """Close this client's unfinished streams, and the loop's sessions if it is the last."""
+        if self._closed:
+            return
+        self._closed = True
+        for stream in builtins.list(self._streams):
+            await stream.aclose()
+        loop = asyncio.get_running_loop()
+        users = _clients_on.get(loop)
+        if users is None or self not in users:
+            return  # it made no request on this loop: nothing of its own to close here
+        users.discard(self)
+        if not users:
+            del _clients_on[loop]
+            from ._transport import aclose
 
-        await aclose()
+            await aclose()
 
     async def __aenter__(self) -> Self:
         return self
@@ -278,44 +446,106 @@ class AsyncClient:
         await self.aclose()
 
 
+# -- sync ---------------------------------------------------------------------------------------
+
+
 class _LoopThread:
-    """An event loop running in a daemon thread; coroutines are submitted to it."""
+    """An event loop in a daemon thread, started on first use; coroutines are submitted to it.
+
+    Calls block the calling thread only, so they work from code that runs a loop of its own.
+    """
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self.loop.run_forever, name="llmrelay-client", daemon=True
-        )
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this Client is closed; create a new one")
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=self._main, args=(loop,), name="llmrelay-client", daemon=True
+                )
+                thread.start()
+                self._loop, self._thread = loop, thread
+            if threading.current_thread() is self._thread:
+                raise RuntimeError("a Client cannot be called from its own event loop thread")
+            return self._loop
+
+    @staticmethod
+    def _main(loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        """Run ``coro`` on the thread's loop and wait for its result."""
+        try:
+            loop = self._running_loop()
+        except BaseException:
+            coro.close()
+            raise
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # interrupted (Ctrl-C): stop the work too
+            raise
 
-    def close(self) -> None:
-        if self.loop.is_closed():
+    def close(self, aclose: Callable[[], Awaitable[None]]) -> None:
+        """Run ``aclose``, end the loop's tasks and async generators, stop the thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return  # never started
+        if threading.current_thread() is thread:
+            # Garbage-collected on the loop's own thread: nothing can wait for it here, so the
+            # shutdown runs as a task and the thread ends by itself.
+            loop.create_task(_shutdown(aclose))
             return
+        asyncio.run_coroutine_threadsafe(_shutdown(aclose), loop)
+        thread.join()
 
-        async def shutdown() -> None:
-            from ._transport import aclose
 
+async def _shutdown(aclose: Callable[[], Awaitable[None]]) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(30):
             await aclose()
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await loop.shutdown_asyncgens()
+            await loop.shutdown_default_executor()
+    except Exception:
+        log.warning("closing the llmrelay Client's event loop failed", exc_info=True)
+    finally:
+        loop.call_soon(loop.stop)
 
-        self.run(shutdown())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join()
-        self.loop.close()
+
+async def _next_chunk(stream: AsyncCompletionStream) -> ChatCompletionChunk | None:
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return None
 
 
 class CompletionStream(Iterator[ChatCompletionChunk]):
     """The synchronous face of :class:`AsyncCompletionStream`."""
 
-    def __init__(self, stream: AsyncCompletionStream, runner: _LoopThread) -> None:
+    def __init__(self, stream: AsyncCompletionStream, client: Client) -> None:
         self._stream = stream
-        self._runner = runner
+        self._client = client  # keeps the client (and its loop) alive while the stream is
 
     @property
     def provider(self) -> str:
@@ -325,13 +555,17 @@ class CompletionStream(Iterator[ChatCompletionChunk]):
         return self
 
     def __next__(self) -> ChatCompletionChunk:
-        try:
-            return self._runner.run(self._stream.__anext__())
-        except StopAsyncIteration:
-            raise StopIteration from None
+        if self._stream._done:  # over, or closed (by the client too)
+            raise StopIteration
+        chunk = self._client._runner.run(_next_chunk(self._stream))
+        if chunk is None:
+            raise StopIteration
+        return chunk
 
     def close(self) -> None:
-        self._runner.run(self._stream.aclose())
+        """Stop early and release the connection (nothing happens if the stream is over)."""
+        if not self._stream._done:
+            self._client._runner.run(self._stream.aclose())
 
     def __enter__(self) -> Self:
         return self
@@ -351,28 +585,70 @@ class Completions:
 
     @overload
     def create(
-        self, *, model: str, messages: Messages, stream: Literal[False] = False, **options: Any
+        self,
+        *,
+        model: str,
+        messages: Messages,
+        stream: Literal[False] = False,
+        timeout: float | None = ...,
+        max_retries: int = ...,
+        proxy: str | None = ...,
+        temperature: float | None = ...,
+        max_tokens: int | None = ...,
+        stop: str | Sequence[str] | None = ...,
+        drop_unsupported: bool = ...,
+        **options: Any,
     ) -> ChatCompletion: ...
 
     @overload
     def create(
-        self, *, model: str, messages: Messages, stream: Literal[True], **options: Any
+        self,
+        *,
+        model: str,
+        messages: Messages,
+        stream: Literal[True],
+        timeout: float | None = ...,
+        max_retries: int = ...,
+        proxy: str | None = ...,
+        temperature: float | None = ...,
+        max_tokens: int | None = ...,
+        stop: str | Sequence[str] | None = ...,
+        drop_unsupported: bool = ...,
+        **options: Any,
     ) -> CompletionStream: ...
+
+    @overload
+    def create(
+        self,
+        *,
+        model: str,
+        messages: Messages,
+        stream: bool,
+        timeout: float | None = ...,
+        max_retries: int = ...,
+        proxy: str | None = ...,
+        temperature: float | None = ...,
+        max_tokens: int | None = ...,
+        stop: str | Sequence[str] | None = ...,
+        drop_unsupported: bool = ...,
+        **options: Any,
+    ) -> ChatCompletion | CompletionStream: ...
 
     def create(
         self, *, model: str, messages: Messages, stream: bool = False, **options: Any
     ) -> ChatCompletion | CompletionStream:
-        """As :meth:`AsyncCompletions.create`, blocking."""
+        """As :meth:`AsyncCompletions.create`, blocking; a stream is a plain iterator."""
         client = self._client
         completions = client._async.chat.completions
         if stream:
             chunks = client._runner.run(
                 completions.create(model=model, messages=messages, stream=True, **options)
             )
-            return CompletionStream(chunks, client._runner)
-        return client._runner.run(
+            return CompletionStream(chunks, client)
+        answer: ChatCompletion = client._runner.run(
             completions.create(model=model, messages=messages, stream=False, **options)
         )
+        return answer
 
 
 class Chat:
@@ -381,22 +657,37 @@ class Chat:
 
 
 class Models:
-    def list(self) -> list[Model]:
+    def list(self) -> ModelList:
+        """Every model, with the providers serving it in the order they would be tried."""
         return list_models()
 
 
 class Client:
-    """The synchronous client, for scripts. Use it as a context manager, or call ``close()``."""
+    """The synchronous client, for scripts. Use it as a context manager, or call ``close()``.
+
+    Its event loop thread starts on the first request. ``close()`` (or leaving the ``with``
+    block) closes its streams and connections and stops the thread; a client that is never
+    closed is closed when it is garbage-collected or at interpreter exit.
+    """
 
     def __init__(self, **defaults: Any) -> None:
         self._async = AsyncClient(**defaults)
         self._runner = _LoopThread()
         self.chat = Chat(self)
         self.models = Models()
+        self._finalizer = weakref.finalize(self, self._runner.close, self._async.aclose)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return self._async.defaults
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
 
     def close(self) -> None:
-        """Close connections and stop the client's event loop thread."""
-        self._runner.close()
+        """Close streams and connections and stop the client's event loop thread."""
+        self._finalizer()
 
     def __enter__(self) -> Self:
         return self
@@ -408,6 +699,3 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-__all__ += ["AsyncCompletionStream", "CompletionStream", "FinishReason"]

@@ -7,17 +7,27 @@ Environment variables override the file: ``LLMRELAY_MODEL``, ``LLMRELAY_TIMEOUT`
 
 API keys are never written in the file: an endpoint names the environment variable that holds
 its key (``api_key_env``), and ``llmrelay config`` shows everything with secrets masked.
+Every key is described in docs/configuration.md.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -28,6 +38,7 @@ __all__ = [
     "config_path",
     "get_config",
     "load_config",
+    "render_toml",
 ]
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -45,13 +56,19 @@ class ProviderSettings(_Strict):
 
 
 class EndpointConfig(_Strict):
-    """An OpenAI-compatible server, registered as its own provider ``name``."""
+    """An OpenAI-compatible server, registered as its own provider ``name``.
+
+    ``models`` lists what it serves; left empty, the list cached by
+    ``llmrelay models --refresh NAME`` is used. ``default_model`` is what ``NAME/`` asks for.
+    ``model_aliases`` lets it serve a shared name under its own model name.
+    """
 
     name: str = Field(pattern=_NAME_PATTERN)
     base_url: str
     api_key_env: str | None = None
     models: tuple[str, ...] = ()
     default_model: str | None = None
+    model_aliases: dict[str, str] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
     working: bool = True
 
@@ -75,6 +92,23 @@ class EndpointConfig(_Strict):
             )
         return value
 
+    @model_validator(mode="after")
+    def _names_are_listed(self) -> EndpointConfig:
+        if not self.models:
+            return self
+        listed = ", ".join(self.models)
+        if self.default_model and self.default_model not in self.models:
+            raise ValueError(
+                f"default_model {self.default_model!r} is not in models ({listed}): "
+                "add it there or leave models empty"
+            )
+        unknown = sorted(t for t in self.model_aliases.values() if t not in self.models)
+        if unknown:
+            raise ValueError(
+                f"model_aliases point at {', '.join(map(repr, unknown))}, not in models ({listed})"
+            )
+        return self
+
     def api_key(self) -> str | None:
         """The key from the environment, read at call time."""
         return os.environ.get(self.api_key_env) if self.api_key_env else None
@@ -87,11 +121,25 @@ class Config(_Strict):
     timeout: float | None = Field(default=120.0, gt=0, allow_inf_nan=False)
     max_retries: int = Field(default=2, ge=0, le=20)
     proxy: str | None = None
+    #: Seconds a provider is tried later after a failure; doubles per consecutive failure.
+    cooldown: float = Field(default=5.0, ge=0, allow_inf_nan=False)
+    #: The longest cool-down, however many failures in a row.
+    max_cooldown: float = Field(default=300.0, ge=0, allow_inf_nan=False)
     aliases: dict[str, str] = Field(default_factory=dict)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     endpoints: tuple[EndpointConfig, ...] = ()
-    #: Where this configuration was read from (None: defaults only).
-    source: str | None = Field(default=None, exclude=True)
+    _source: str | None = PrivateAttr(default=None)
+    _environment: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def source(self) -> str | None:
+        """The file this configuration was read from (None: no file, defaults only)."""
+        return self._source
+
+    @property
+    def environment(self) -> tuple[str, ...]:
+        """The ``LLMRELAY_*`` variables that overrode the file."""
+        return self._environment
 
     @field_validator("proxy")
     @classmethod
@@ -101,6 +149,24 @@ class Config(_Strict):
 
             parse_proxy(value)
         return value
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, value: dict[str, str]) -> dict[str, str]:
+        for alias, target in value.items():
+            if not alias or not target:
+                raise ValueError("an alias and its target must not be empty")
+            if alias == target:
+                raise ValueError(f"alias {alias!r} points at itself")
+        return value
+
+    @model_validator(mode="after")
+    def _cooldowns(self) -> Config:
+        if self.max_cooldown < self.cooldown:
+            raise ValueError(
+                f"max_cooldown ({self.max_cooldown:g}) is shorter than cooldown ({self.cooldown:g})"
+            )
+        return self
 
     @field_validator("endpoints")
     @classmethod
@@ -120,16 +186,81 @@ class Config(_Strict):
         return bool(settings and settings.disabled)
 
     def masked(self) -> dict[str, Any]:
-        """The effective configuration as plain data, secrets masked, for display."""
-        from ._redact import redact
+        """The effective configuration as plain data, secrets masked, for display.
 
-        data = self.model_dump(mode="json")
-        if data.get("proxy"):
-            data["proxy"] = redact(data["proxy"])
+        Every string goes through ``redact()`` (proxy passwords, key-shaped values); each
+        endpoint gains ``api_key``: ``"***"`` when its variable is set, else None. ``source``
+        and ``environment`` say where the values came from.
+        """
+        data: dict[str, Any] = _redacted(self.model_dump(mode="json"))
         for endpoint, model in zip(data["endpoints"], self.endpoints, strict=True):
             endpoint["api_key"] = "***" if model.api_key() else None
         data["source"] = self.source
+        data["environment"] = list(self.environment)
         return data
+
+
+def _redacted(value: Any) -> Any:
+    from ._redact import redact
+
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
+
+
+def render_toml(data: dict[str, Any]) -> str:
+    """``masked()`` data as TOML (what the file would say), for ``llmrelay config``.
+
+    Unset values (TOML has no null) and the endpoints' key status are shown as comments.
+    """
+    lines: list[str] = []
+    tables: list[str] = []
+
+    def value(item: Any) -> str:
+        if isinstance(item, bool):
+            return "true" if item else "false"
+        if isinstance(item, int | float):
+            return repr(item)
+        if isinstance(item, list):
+            return "[" + ", ".join(value(v) for v in item) + "]"
+        if isinstance(item, dict):
+            pairs = ", ".join(f"{json.dumps(k)} = {value(v)}" for k, v in item.items())
+            return "{ " + pairs + " }" if pairs else "{}"
+        return json.dumps(item, ensure_ascii=False)
+
+    def key(name: str) -> str:
+        return name if name.replace("_", "").replace("-", "").isalnum() else json.dumps(name)
+
+    for name, item in data.items():
+        if name in ("source", "environment", "aliases", "providers", "endpoints"):
+            continue
+        lines.append(f"# {name}: not set" if item is None else f"{name} = {value(item)}")
+    if data.get("aliases"):
+        tables.append("[aliases]")
+        tables += [f"{key(k)} = {value(v)}" for k, v in data["aliases"].items()]
+        tables.append("")
+    for name, settings in (data.get("providers") or {}).items():
+        tables.append(f"[providers.{key(name)}]")
+        tables += [f"{k} = {value(v)}" for k, v in settings.items()]
+        tables.append("")
+    for endpoint in data.get("endpoints") or ():
+        tables.append("[[endpoints]]")
+        for k, v in endpoint.items():
+            if k == "api_key":
+                continue
+            if k == "api_key_env" and v is not None:
+                state = "set (***)" if endpoint.get("api_key") else "NOT set"
+                tables.append(f"{k} = {value(v)}  # {state}")
+            elif v is None:
+                tables.append(f"# {k}: not set")
+            else:
+                tables.append(f"{k} = {value(v)}")
+        tables.append("")
+    return "\n".join([*lines, "", *tables]).rstrip() + "\n"
 
 
 def config_path() -> Path:
@@ -175,7 +306,7 @@ def load_config() -> Config:
     elif os.environ.get("LLMRELAY_CONFIG"):
         raise ConfigError(f"LLMRELAY_CONFIG points to {str(path)!r}, which does not exist")
     _check(data, source or "defaults")
-    env_used = []
+    env_used: list[str] = []
     for variable, key in _ENV_FIELDS.items():
         raw = os.environ.get(variable)
         if raw is None or raw == "":
@@ -183,12 +314,15 @@ def load_config() -> Config:
         env_used.append(variable)
         data[key] = None if key == "timeout" and raw.lower() == "none" else raw
     try:
-        return Config.model_validate({**data, "source": source})
+        config = Config.model_validate(data)
     except ValidationError as exc:
         where = source or "environment"
         if env_used:
             where += " / " + ", ".join(env_used)
         raise ConfigError(_describe(exc, where)) from None
+    config._source = source
+    config._environment = tuple(env_used)
+    return config
 
 
 def _check(data: dict[str, Any], where: str) -> None:

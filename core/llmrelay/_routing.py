@@ -1,13 +1,18 @@
 """Decide the order providers are tried in: working, priority, recent health, registration.
 
 Health is per process: a provider that failed recently is tried later, for a cool-down that
-doubles with each consecutive failure (capped) and resets on its first success.
+doubles with each consecutive failure (``cooldown`` seconds after the first, capped at
+``max_cooldown``, both from the configuration) and resets on its first success. Once its
+cool-down is over it takes its usual place again: the next request is its chance to recover
+(and, if it fails, a longer cool-down).
 """
 
 from __future__ import annotations
 
+import difflib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._config import Config
@@ -15,7 +20,11 @@ from ._provider import Provider
 from ._registry import Registry
 from .errors import ModelNotFound
 
-__all__ = ["Health", "health", "route"]
+__all__ = ["Health", "config_problems", "health", "route"]
+
+#: Cool-down defaults, for a ``Health`` used without a configuration.
+DEFAULT_COOLDOWN = 5.0
+DEFAULT_MAX_COOLDOWN = 300.0
 
 
 @dataclass
@@ -25,11 +34,13 @@ class _Record:
 
 
 class Health:
-    """Consecutive failures per provider name, and the cool-down they earn."""
+    """Consecutive failures per provider name, and the cool-down they earn.
 
-    def __init__(self, base_cooldown: float = 5.0, max_cooldown: float = 300.0) -> None:
-        self.base_cooldown = base_cooldown
-        self.max_cooldown = max_cooldown
+    ``clock`` (``time.monotonic`` by default) is what "now" means; tests pass their own.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self._records: dict[str, _Record] = {}
         self._lock = threading.Lock()
 
@@ -37,23 +48,33 @@ class Health:
         with self._lock:
             record = self._records.setdefault(provider, _Record())
             record.failures += 1
-            record.last_failure = time.monotonic()
+            record.last_failure = self.clock()
 
     def succeeded(self, provider: str) -> None:
         with self._lock:
             self._records.pop(provider, None)
 
-    def cooldown(self, provider: str) -> float:
-        """Seconds this provider is still cooling down (0 when healthy)."""
+    def failures(self, provider: str) -> int:
+        """Consecutive failures since the last success."""
+        record = self._records.get(provider)
+        return record.failures if record else 0
+
+    def cooldown(
+        self,
+        provider: str,
+        base: float = DEFAULT_COOLDOWN,
+        cap: float = DEFAULT_MAX_COOLDOWN,
+    ) -> float:
+        """Seconds this provider is still cooling down (0 when healthy).
+
+        The cool-down after ``n`` consecutive failures is ``base * 2 ** (n - 1)``, at most
+        ``cap``, counted from the last failure.
+        """
         record = self._records.get(provider)
         if record is None:
             return 0.0
-        span = min(self.max_cooldown, self.base_cooldown * 2.0 ** (record.failures - 1))
-        return max(0.0, record.last_failure + span - time.monotonic())
-
-    def failures(self, provider: str) -> int:
-        record = self._records.get(provider)
-        return record.failures if record else 0
+        span = min(cap, base * 2.0 ** min(record.failures - 1, 64))
+        return max(0.0, record.last_failure + span - self.clock())
 
     def reset(self) -> None:
         with self._lock:
@@ -69,28 +90,90 @@ def route(
 ) -> list[tuple[type[Provider], str]]:
     """The providers to try for ``model`` (after config aliases), best first.
 
+    The order: working providers first, then higher configured ``priority``, then providers
+    not cooling down after a recent failure (among those that are, fewer consecutive failures
+    first), then registration order. Disabled providers are left out.
+
     Raises:
-        ModelNotFound: nothing serves the model, or every provider serving it is disabled.
+        ModelNotFound: nothing serves the model (with the closest model names and aliases),
+            or every provider serving it is disabled in the configuration.
     """
     target = config.aliases.get(model, model)
-    candidates = [
-        (provider, name)
-        for provider, name in registry.resolve(target)
-        if not config.disabled(provider.name)
-    ]
-    if not candidates:
-        raise ModelNotFound(model, [])
-    order = {
-        provider.name: i
-        for i, provider in enumerate(p.provider for p in registry.providers.values())
-    }
-    return sorted(
-        candidates,
-        key=lambda pair: (
+    try:
+        candidates = registry.resolve(target)
+    except ModelNotFound as exc:
+        raise _not_found(model, target, exc, registry, config) from None
+    usable = [pair for pair in candidates if not config.disabled(pair[0].name)]
+    if not usable:
+        names = ", ".join(dict.fromkeys(p.name for p, _ in candidates))
+        raise _with_message(
+            ModelNotFound(model, []),
+            f"no provider serves model {model!r}: {names} "
+            f"{'is' if len(candidates) == 1 else 'are'} disabled in the configuration "
+            f"({config.source or 'defaults'})",
+        )
+    order = {name: i for i, name in enumerate(registry.providers)}
+
+    def key(pair: tuple[type[Provider], str]) -> tuple[bool, int, bool, int, int]:
+        name = pair[0].name
+        cooling = tracker.cooldown(name, config.cooldown, config.max_cooldown) > 0
+        return (
             not pair[0].working,
-            -config.priority(pair[0].name),
-            tracker.cooldown(pair[0].name) > 0,
-            tracker.failures(pair[0].name),
-            order.get(pair[0].name, len(order)),
-        ),
-    )
+            -config.priority(name),
+            cooling,
+            tracker.failures(name) if cooling else 0,
+            order.get(name, len(order)),
+        )
+
+    return sorted(usable, key=key)
+
+
+def _not_found(
+    model: str, target: str, exc: ModelNotFound, registry: Registry, config: Config
+) -> ModelNotFound:
+    """``exc`` told in the caller's words: the alias they used, close aliases suggested."""
+    if target != model:
+        return _with_message(
+            ModelNotFound(model, exc.suggestions),
+            f"alias {model!r} points at {target!r}, which no provider serves "
+            f"(fix [aliases] in {config.source or 'the configuration'}): {exc}",
+        )
+    prefix, pinned, _ = model.partition("/")
+    if pinned and prefix in registry.providers:
+        return exc  # the provider's own suggestions: its models
+    known = [*registry.models_names(), *config.aliases]
+    close = difflib.get_close_matches(model, list(dict.fromkeys(known)), n=3, cutoff=0.4)
+    return ModelNotFound(model, close or exc.suggestions)
+
+
+def _with_message(exc: ModelNotFound, message: str) -> ModelNotFound:
+    # ModelNotFound words its own message; these two cases need more than "no provider serves".
+    exc.args = (message,)
+    return exc
+
+
+def config_problems(config: Config, registry: Registry) -> list[str]:
+    """What in ``config`` names providers or models this registry does not know (typos)."""
+    problems = []
+    for name in config.providers:
+        if name not in registry.providers:
+            close = difflib.get_close_matches(name, list(registry.providers), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"[providers.{name}]: no provider is registered as {name!r}{hint}")
+    for alias, target in config.aliases.items():
+        try:
+            registry.resolve(target)
+        except LookupError as exc:
+            problems.append(f"[aliases] {alias} = {target!r}: {exc}")
+    default = config.aliases.get(config.default_model, config.default_model)
+    if not _serves(registry, default):
+        problems.append(f"default_model {config.default_model!r}: no provider serves it")
+    return problems
+
+
+def _serves(registry: Registry, model: str) -> bool:
+    try:
+        registry.resolve(model)
+    except LookupError:
+        return False
+    return True

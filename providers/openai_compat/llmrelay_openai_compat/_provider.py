@@ -6,20 +6,23 @@ each endpoint is its own provider with its own name, URL, key and models.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar
 
 from llmrelay import Call, Chunk, FinishReason, Message, Provider, Usage, errors
 from llmrelay._config import EndpointConfig
+from llmrelay._endpoints import cached_models, request_headers
 from llmrelay.sse import SSEDecoder, SSETooLarge
 
-__all__ = ["OpenAICompatible", "provider_for"]
+__all__ = ["OpenAICompatible", "StreamParser", "provider_for"]
 
 log = logging.getLogger("llmrelay")
 
-#: Request fields passed through to the server as given.
+#: Request fields passed through to the server as given (``extra_body`` is merged in).
 OPTIONS = frozenset(
     {
         "temperature",
@@ -34,8 +37,13 @@ OPTIONS = frozenset(
         "response_format",
         "user",
         "stream_options",
+        "extra_body",
     }
 )
+
+#: The model asked for by ``NAME/`` when an endpoint lists no models and sets no default:
+#: single-model servers (llama.cpp, LM Studio with one model loaded) answer whatever it is.
+PLACEHOLDER_MODEL = "default"
 
 _FINISH = {
     "stop": "stop",
@@ -47,131 +55,195 @@ _FINISH = {
 
 
 class OpenAICompatible(Provider):
-    """Any server that speaks ``POST {base_url}/chat/completions`` like OpenAI."""
+    """Any server that speaks ``POST {base_url}/chat/completions`` like OpenAI.
+
+    Subclass it (or let :func:`provider_for` do it) with ``name``, ``url`` (the base URL,
+    ``.../v1``), ``models`` and, for a server that wants a key, ``api_key_env``.
+    """
 
     name = "openai_compat"
     label = "OpenAI-compatible"
     url = "http://127.0.0.1:8000/v1"
     api_endpoint = "/chat/completions"
-    default_model = ""
+    default_model = PLACEHOLDER_MODEL
     supports_stream = True
     supported_options = OPTIONS
     #: The environment variable holding the key (``Authorization: Bearer ...``), if any.
     api_key_env: ClassVar[str | None] = None
+    #: Headers sent with every request (never the key: see ``api_key_env``).
     extra_headers: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def headers(cls) -> dict[str, str]:
-        headers = {"Accept": "application/json", **cls.extra_headers}
-        if cls.api_key_env:
-            import os
-
-            key = os.environ.get(cls.api_key_env)
-            if not key:
-                raise errors.AuthenticationFailed(
-                    f"no API key: set the environment variable {cls.api_key_env}",
-                    provider=cls.name,
-                )
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+        """The request headers, with the key read from the environment now."""
+        return request_headers(cls.name, cls.api_key_env, cls.extra_headers)
 
     @classmethod
     async def generate(
         cls, model: str, messages: list[Message], call: Call
     ) -> AsyncGenerator[Chunk, None]:
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": [m.model_dump(mode="json", exclude_unset=True) for m in messages],
-            **call.options,
-        }
+        body = _request_body(cls.name, model, messages, call)
         url = call.url(cls.api_endpoint or "")
+        headers = cls.headers()
         if not call.stream:
-            answer = await call.request("POST", url, headers=cls.headers(), json_body=body)
-            async for chunk in _from_completion(cls.name, answer.json(cls.name)):
+            body.pop("stream_options", None)  # servers refuse it without "stream": true
+            try:
+                answer = await call.request("POST", url, headers=headers, json_body=body)
+            except errors.HTTPStatusError as exc:
+                raise upstream_error(exc) from None
+            for chunk in _from_completion(cls.name, answer.json(cls.name)):
                 yield chunk
             return
         body["stream"] = True
         body.setdefault("stream_options", {"include_usage": True})
-        state = _StreamState(cls.name)
-        async with call.open_stream("POST", url, headers=cls.headers(), json_body=body) as response:
+        parser = StreamParser(cls.name)
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                response = await stack.enter_async_context(
+                    call.open_stream("POST", url, headers=headers, json_body=body)
+                )
+            except errors.HTTPStatusError as exc:
+                raise upstream_error(exc) from None
             if "text/event-stream" not in response.headers.get("Content-Type", ""):
                 # Some servers ignore "stream": take the whole answer as one chunk.
                 data = await call.read(response.read())
-                async for chunk in _from_completion(cls.name, _json(cls.name, data)):
+                for chunk in _from_completion(cls.name, _json(cls.name, data)):
                     yield chunk
                 return
-            decoder = SSEDecoder()
-            while not state.done:
+            while not parser.done:
                 raw = await call.read(response.content.readany())
-                try:
-                    events = decoder.feed(raw) if raw else decoder.close()
-                except SSETooLarge as exc:
-                    raise errors.InvalidResponse(str(exc), provider=cls.name) from None
-                for event in events:
-                    text = state.handle(event.data)
-                    if text:
-                        yield text
-                    if state.done:
-                        break
+                for text in parser.feed(raw):
+                    yield text
                 if not raw:
                     break
-        if not state.done and state.finish is None:
-            raise errors.ConnectError("stream ended before [DONE]", provider=cls.name)
-        if state.usage is not None:
-            yield state.usage
-        yield FinishReason(state.finish or "stop")  # type: ignore[arg-type]
+        for chunk in parser.ending():
+            yield chunk
 
 
-class _StreamState:
-    """What the stream has said so far: text is yielded, the ending is kept for last."""
+def _request_body(provider: str, model: str, messages: list[Message], call: Call) -> dict[str, Any]:
+    options = dict(call.options)
+    extra = options.pop("extra_body", None) or {}
+    if not isinstance(extra, Mapping):
+        raise errors.InvalidRequest(
+            f"{provider}: extra_body must be a dict of fields to add to the request, "
+            f"got {type(extra).__name__}"
+        )
+    return {
+        "model": model,
+        "messages": [m.model_dump(mode="json", exclude_unset=True) for m in messages],
+        **options,
+        **extra,
+    }
+
+
+class StreamParser:
+    """Turns the bytes of an OpenAI SSE stream, cut anywhere, into text chunks.
+
+    :meth:`feed` returns the text of each event it completed (``b""`` means the end of the
+    stream); :meth:`ending` gives the ``Usage`` (if reported) and the ``FinishReason`` once the
+    stream is over, or raises the error the stream reported. It follows the SSE rules of
+    :mod:`llmrelay.sse` and OpenAI's: ``[DONE]`` ends the stream, an ``error`` object (or an
+    ``error`` event) is a typed error even after a 200, ``choices`` may be null or empty (the
+    usage-only last chunk), only choice 0 is read.
+
+    An error ends the stream but is kept for :meth:`ending`, so the text of the events before
+    it is delivered first, however the bytes were cut.
+    """
 
     def __init__(self, provider: str) -> None:
         self.provider = provider
         self.done = False
         self.finish: str | None = None
         self.usage: Usage | None = None
+        self.error: errors.ProviderError | None = None
+        self._decoder = SSEDecoder()
 
-    def handle(self, data: str) -> str:
+    def feed(self, raw: bytes) -> list[str]:
+        if self.done:
+            return []
+        try:
+            events = self._decoder.feed(raw) if raw else self._decoder.close()
+        except SSETooLarge as exc:
+            raise errors.InvalidResponse(str(exc), provider=self.provider) from None
+        texts = []
+        for event in events:
+            try:
+                text = self._handle(event.event, event.data)
+            except errors.ProviderError as exc:
+                self.error, self.done = exc, True
+            else:
+                if text:
+                    texts.append(text)
+            if self.done:
+                break
+        return texts
+
+    def ending(self) -> list[Chunk]:
+        """What follows the text: ``[Usage]``, ``FinishReason``.
+
+        Raises:
+            ProviderError: the error the stream reported (an error event, a malformed chunk).
+            ConnectError: the connection ended before ``[DONE]`` and before any
+                ``finish_reason`` (a cut stream; after text, the caller sees
+                ``StreamInterrupted``).
+        """
+        if self.error is not None:
+            raise self.error
+        if not self.done and self.finish is None:
+            raise errors.ConnectError("stream ended before [DONE]", provider=self.provider)
+        ending: list[Chunk] = [] if self.usage is None else [self.usage]
+        ending.append(FinishReason(self.finish or "stop"))  # type: ignore[arg-type]
+        return ending
+
+    def _handle(self, event: str, data: str) -> str:
         if data == "[DONE]":
             self.done = True
             return ""
+        if event == "error":
+            try:
+                payload = json.loads(data)
+            except ValueError:
+                payload = {"error": {"message": data}}
+            raise error_from_body(self.provider, payload, status=None)
         chunk = _json(self.provider, data)
         if not isinstance(chunk, dict):
             raise _invalid(self.provider, data)
-        if "error" in chunk:
+        if chunk.get("error"):
             raise error_from_body(self.provider, chunk, status=None)
         usage = chunk.get("usage")
         if usage:
             self.usage = _usage(self.provider, usage)
-        text = []
+        text = ""
         for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) != 0:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
-            content = delta.get("content")
+            content = delta.get("content") if isinstance(delta, dict) else None
             if isinstance(content, str):
-                text.append(content)
+                text += content
             if choice.get("finish_reason"):
                 self.finish = _finish(choice["finish_reason"])
-        return "".join(text)
+        return text
 
 
-async def _from_completion(provider: str, data: Any) -> AsyncGenerator[Chunk, None]:
+def _from_completion(provider: str, data: Any) -> list[Chunk]:
     if not isinstance(data, dict):
         raise _invalid(provider, str(data))
-    if "error" in data:
+    if data.get("error"):
         raise error_from_body(provider, data, status=None)
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise _invalid(provider, json.dumps(data)[:200])
+        raise _invalid(provider, json.dumps(data))
     choice = choices[0]
     message = choice.get("message") or {}
-    content = message.get("content")
+    content = message.get("content") if isinstance(message, dict) else None
+    chunks: list[Chunk] = []
     if isinstance(content, str) and content:
-        yield content
+        chunks.append(content)
     if data.get("usage"):
-        yield _usage(provider, data["usage"])
-    yield FinishReason(_finish(choice.get("finish_reason")))  # type: ignore[arg-type]
+        chunks.append(_usage(provider, data["usage"]))
+    chunks.append(FinishReason(_finish(choice.get("finish_reason"))))  # type: ignore[arg-type]
+    return chunks
 
 
 def _finish(reason: Any) -> str:
@@ -214,7 +286,12 @@ def _invalid(provider: str, text: str) -> errors.InvalidResponse:
 def error_from_body(
     provider: str, data: dict[str, Any], status: int | None
 ) -> errors.ProviderError:
-    """An ``{"error": {...}}`` event sent inside a 200 stream, as a typed error."""
+    """An ``{"error": {...}}`` object sent inside a 200 answer or stream, as a typed error.
+
+    The upstream message is kept. Its ``code`` (when numeric) or ``type`` picks the class:
+    429 or a rate-limit type is ``RateLimited``, another 4xx ``BadRequest``, anything else
+    ``ServerError`` (retryable before the first chunk, ``StreamInterrupted`` after it).
+    """
     error = data.get("error")
     if isinstance(error, dict):
         message = str(error.get("message") or error.get("type") or "error")
@@ -232,15 +309,63 @@ def error_from_body(
     return cls(message, provider=provider, status=status)
 
 
+_MESSAGE = re.compile(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)(")?')
+
+
+def upstream_error(exc: errors.HTTPStatusError) -> errors.HTTPStatusError:
+    """``exc`` with the message of its ``{"error": {"message": ...}}`` body as the reason.
+
+    The transport quotes the start of an error body; for an OpenAI-style body the upstream
+    message (and its ``code``) says it better. Anything else comes back unchanged.
+    """
+    body = exc.body or ""
+    message: str | None = None
+    code: Any = None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        match = _MESSAGE.search(body)  # the excerpt was cut: take what there is
+        if match:
+            message = match.group(1) + ("" if match.group(2) else "...")
+    else:
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict):
+            message = error.get("message") if isinstance(error.get("message"), str) else None
+            code = error.get("code") or error.get("type")
+        elif isinstance(error, str):
+            message = error
+    if not message:
+        return exc
+    reason = f"HTTP {exc.status}: {message}" + (f" ({code})" if isinstance(code, str) else "")
+    return type(exc)(
+        reason,
+        provider=exc.provider,
+        status=exc.status,
+        retryable=exc.retryable,
+        retry_after=exc.retry_after,
+        body=exc.body,
+    )
+
+
 def provider_for(endpoint: EndpointConfig) -> type[OpenAICompatible]:
-    """A provider class for one configured endpoint."""
-    models = tuple(endpoint.models)
+    """A provider class for one configured endpoint.
+
+    Its models are the configured ones, else the list cached by
+    ``llmrelay models --refresh NAME``. With neither, it serves no model by bare name (but its
+    ``model_aliases``) and accepts any model pinned as ``NAME/model``.
+    """
+    models = endpoint.models or cached_models(endpoint)
+    default = endpoint.default_model or (models[0] if models else PLACEHOLDER_MODEL)
+    if models:  # a fetched list may lack what the configuration names: serve those too
+        named = [default, *endpoint.model_aliases.values()]
+        models = (*(m for m in dict.fromkeys(named) if m not in models), *models)
     attrs: dict[str, Any] = {
         "name": endpoint.name,
         "label": f"{endpoint.name} (OpenAI-compatible)",
         "url": endpoint.base_url,
         "models": models,
-        "default_model": endpoint.default_model or (models[0] if models else ""),
+        "default_model": default,
+        "model_aliases": dict(endpoint.model_aliases),
         "working": endpoint.working,
         "needs_auth": endpoint.api_key_env is not None,
         "api_key_env": endpoint.api_key_env,

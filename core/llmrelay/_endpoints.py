@@ -1,0 +1,153 @@
+"""OpenAI-compatible endpoints from the configuration: their request headers, and the model
+lists fetched from them (``llmrelay models --refresh NAME``) and cached on disk.
+
+It lives in core, not in the provider package, because the CLI (core) fetches and writes the
+list and the provider (a plugin core never imports) reads it back at registration time.
+
+The cache is one JSON file per endpoint name, in ``LLMRELAY_CACHE_DIR`` if set, else the user
+cache directory (``platformdirs.user_cache_dir("llmrelay")``), under ``models/``. A list cached
+for another ``base_url`` than the endpoint's current one is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from . import errors
+from ._config import EndpointConfig
+
+__all__ = [
+    "cache_dir",
+    "cached_models",
+    "fetch_models",
+    "models_cache_path",
+    "request_headers",
+    "save_models",
+]
+
+log = logging.getLogger("llmrelay")
+
+
+def request_headers(
+    provider: str, api_key_env: str | None, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The headers of a request to an OpenAI-compatible server: ``extra``, then the key.
+
+    The key is read from the environment variable ``api_key_env`` now, at call time.
+
+    Raises:
+        AuthenticationFailed: ``api_key_env`` is named but unset or empty (before any I/O).
+    """
+    headers = {"Accept": "application/json", **(extra or {})}
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise errors.AuthenticationFailed(
+                f"no API key: set the environment variable {api_key_env}", provider=provider
+            )
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
+
+
+def cache_dir() -> Path:
+    """Where llmrelay caches things (``LLMRELAY_CACHE_DIR``, else the user cache directory)."""
+    explicit = os.environ.get("LLMRELAY_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("llmrelay"))
+
+
+def models_cache_path(name: str) -> Path:
+    """The file holding endpoint ``name``'s fetched model list (it may not exist)."""
+    return cache_dir() / "models" / f"{name}.json"
+
+
+def cached_models(endpoint: EndpointConfig) -> tuple[str, ...]:
+    """The model list cached for ``endpoint``; empty when there is none or it is unusable."""
+    path = models_cache_path(endpoint.name)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return ()
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring the model cache %s: %s", path, exc)
+        return ()
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
+        log.warning("ignoring the model cache %s: no list of model names in it", path)
+        return ()
+    if data.get("base_url") != endpoint.base_url:
+        log.info(
+            "ignoring the model cache %s: fetched from %s, the endpoint is now %s",
+            path,
+            data.get("base_url"),
+            endpoint.base_url,
+        )
+        return ()
+    return tuple(dict.fromkeys(models))
+
+
+def save_models(endpoint: EndpointConfig, models: list[str]) -> Path:
+    """Write ``models`` as ``endpoint``'s cached list (atomically); returns the file."""
+    path = models_cache_path(endpoint.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "endpoint": endpoint.name,
+        "base_url": endpoint.base_url,
+        "fetched_at": int(time.time()),
+        "models": models,
+    }
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    scratch.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    scratch.replace(path)
+    return path
+
+
+async def fetch_models(endpoint: EndpointConfig, *, proxy: str | None = None) -> list[str]:
+    """``GET {base_url}/models`` through llmrelay's transport: the ids, in the server's order.
+
+    The request is a :class:`~llmrelay.Call`, so the configured proxy, timeout and retries
+    apply and failures are llmrelay's typed errors.
+
+    Raises:
+        ProviderError: the server could not be reached, refused, or answered something other
+            than OpenAI's ``{"object": "list", "data": [{"id": ...}, ...]}``.
+    """
+    from ._call import Call, RetryPolicy
+    from ._config import get_config
+
+    config = get_config()
+    call = Call(
+        provider=endpoint.name,
+        base_url=endpoint.base_url,
+        proxy=proxy,
+        default_proxy=config.proxy,
+        timeout=config.timeout,
+        retry=RetryPolicy(max_retries=config.max_retries),
+    )
+    headers = request_headers(endpoint.name, endpoint.api_key_env, endpoint.headers)
+    response = await call.request("GET", call.url("models"), headers=headers)
+    return _model_ids(endpoint.name, response.json(endpoint.name))
+
+
+def _model_ids(provider: str, data: Any) -> list[str]:
+    entries = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        from ._transport import excerpt
+
+        shown = excerpt(json.dumps(data, ensure_ascii=False))
+        raise errors.InvalidResponse(
+            f"the model list is not OpenAI's {{'data': [...]}}: {shown!r}",
+            provider=provider,
+            body=shown,
+        )
+    ids = (entry.get("id") for entry in entries if isinstance(entry, dict))
+    return list(dict.fromkeys(i for i in ids if isinstance(i, str) and i))

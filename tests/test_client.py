@@ -1,0 +1,631 @@
+"""The OpenAI-shaped clients end to end: real replicas on 127.0.0.1, endpoints from a config file.
+
+Both clients, both shapes, fallback, health-aware routing, unknown models, unsupported options,
+configuration errors, and closing: pytest turns warnings into errors, so a session left open by
+a client fails the test that leaked it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import runpy
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from llmrelay import AsyncClient, ChatCompletion, ChatCompletionChunk, Client, Registry, Usage
+from llmrelay._client import (
+    ChatCompletionMessage,
+    Choice,
+    ChoiceDelta,
+    ChunkChoice,
+    list_models,
+)
+from llmrelay._routing import health
+from llmrelay._transport import get_transport
+from llmrelay.errors import (
+    ConfigError,
+    InvalidRequest,
+    ModelNotFound,
+    ServerError,
+    StreamInterrupted,
+)
+from tests.background import background_servers
+from tests.endpoint_support import endpoint, install_endpoints, write_config
+from tests.replicas.openai import STATE, Mode, ReplicaState, make_app
+from tests.support import Serve
+
+HI = [{"role": "user", "content": "Hi there"}]
+ANSWER = "Echo: Hi there"
+USAGE = Usage(9, 3, 12)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMRELAY_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@dataclass
+class Replicas:
+    """Two endpoints serving the same models: ``bad`` (registered first) and ``good``."""
+
+    bad: ReplicaState
+    good: ReplicaState
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The health record's clock, moved by hand: cool-downs pass without waiting."""
+    fake = FakeClock()
+    monkeypatch.setattr(health, "clock", fake)
+    return fake
+
+
+def _config_path(tmp_path: Path) -> Path:
+    return tmp_path / "config.toml"
+
+
+@pytest.fixture
+async def local(
+    serve: Serve,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    use_plugins: Callable[..., Registry],
+) -> ReplicaState:
+    """One endpoint, ``local``, on a replica on the test's loop."""
+    app = make_app()
+    base = await serve(app)
+    write_config(_config_path(tmp_path), monkeypatch, endpoint("local", f"{base}/v1"))
+    install_endpoints(use_plugins)
+    return app[STATE]
+
+
+async def _two(
+    serve: Serve,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    use_plugins: Callable[..., Registry],
+    *extra: str,
+    bad_mode: Mode = "server_error",
+) -> Replicas:
+    bad_app, good_app = make_app(bad_mode), make_app()
+    bad, good = await serve(bad_app), await serve(good_app)
+    write_config(
+        _config_path(tmp_path),
+        monkeypatch,
+        *extra,
+        endpoint("bad", f"{bad}/v1"),
+        endpoint("good", f"{good}/v1"),
+    )
+    install_endpoints(use_plugins)
+    return Replicas(bad_app[STATE], good_app[STATE])
+
+
+@pytest.fixture
+async def two(
+    serve: Serve,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    use_plugins: Callable[..., Registry],
+) -> Replicas:
+    return await _two(serve, tmp_path, monkeypatch, use_plugins)
+
+
+@pytest.fixture
+def threaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_plugins: Callable[..., Registry]
+) -> Iterator[ReplicaState]:
+    """One endpoint, ``local``, on a replica in a background thread (for blocking callers)."""
+    with background_servers() as serve:
+        app = make_app()
+        base = serve(app)
+        write_config(_config_path(tmp_path), monkeypatch, endpoint("local", f"{base}/v1"))
+        install_endpoints(use_plugins)
+        yield app[STATE]
+
+
+def check_completion(completion: ChatCompletion, provider: str = "local") -> None:
+    assert isinstance(completion, ChatCompletion)
+    assert completion.id.startswith("chatcmpl-")
+    assert completion.object == "chat.completion"
+    assert completion.model == "llama3"
+    assert completion.created > 1_600_000_000
+    (choice,) = completion.choices
+    assert choice.index == 0
+    assert choice.message.role == "assistant"
+    assert choice.message.content == ANSWER
+    assert choice.finish_reason == "stop"
+    assert completion.usage == Usage(9, 3, 12)
+    assert completion.provider == provider
+    data = completion.model_dump(mode="json")
+    assert data["choices"][0]["message"] == {"role": "assistant", "content": ANSWER}
+    assert data["usage"] == {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+
+
+def check_chunks(chunks: list[ChatCompletionChunk], usage: Usage | None = USAGE) -> None:
+    """OpenAI's chunk shape: one id, role first, text deltas, finish_reason (+ usage) last."""
+    assert len(chunks) == 4
+    assert len({(c.id, c.created, c.model) for c in chunks}) == 1
+    assert chunks[0].id.startswith("chatcmpl-")
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert all(c.provider == "local" for c in chunks)
+    assert all(len(c.choices) == 1 and c.choices[0].index == 0 for c in chunks)
+    assert [c.choices[0].delta.role for c in chunks] == ["assistant", None, None, None]
+    assert [c.choices[0].delta.content for c in chunks] == ["Echo: ", "Hi ", "there", None]
+    assert [c.choices[0].finish_reason for c in chunks] == [None, None, None, "stop"]
+    assert [c.usage for c in chunks] == [None, None, None, usage]
+
+
+# -- both shapes, both clients ------------------------------------------------------------------
+
+
+async def test_async_client_non_stream(local: ReplicaState) -> None:
+    async with AsyncClient() as client:
+        completion = await client.chat.completions.create(model="llama3", messages=HI)
+    check_completion(completion)
+    assert "stream" not in local.last_body
+
+
+async def test_async_client_stream(local: ReplicaState) -> None:
+    async with AsyncClient() as client:
+        stream = await client.chat.completions.create(model="llama3", messages=HI, stream=True)
+        assert stream.provider == "local"
+        chunks = [chunk async for chunk in stream]
+    check_chunks(chunks)
+    assert local.last_body["stream_options"] == {"include_usage": True}
+
+
+async def test_stream_without_reported_usage_has_none(local: ReplicaState) -> None:
+    async with AsyncClient() as client:
+        stream = await client.chat.completions.create(
+            model="local/llama3",
+            messages=HI,
+            stream=True,
+            stream_options={"include_usage": False},
+        )
+        check_chunks([chunk async for chunk in stream], usage=None)
+
+
+def test_sync_client_both_shapes(threaded: ReplicaState) -> None:
+    with Client() as client:
+        check_completion(client.chat.completions.create(model="llama3", messages=HI))
+        with client.chat.completions.create(model="llama3", messages=HI, stream=True) as stream:
+            assert stream.provider == "local"
+            check_chunks(list(stream))
+
+
+async def test_sync_client_inside_a_running_loop(
+    threaded: ReplicaState,
+) -> None:
+    """As in a notebook: blocking calls from code that runs an event loop of its own."""
+    asyncio.get_running_loop()  # this test runs inside a loop
+    with Client(max_retries=0) as client:
+        check_completion(client.chat.completions.create(model="llama3", messages=HI))
+        check_chunks(list(client.chat.completions.create(model="llama3", messages=HI, stream=True)))
+    assert threaded.hits == 2
+
+
+def test_client_defaults_and_call_options(threaded: ReplicaState) -> None:
+    state = threaded
+    with Client(temperature=0.5, max_tokens=7) as client:
+        client.chat.completions.create(model="llama3", messages=HI, temperature=0.1, stop=None)
+    assert state.last_body["temperature"] == 0.1  # the call's own value wins
+    assert state.last_body["max_tokens"] == 7  # the client's default
+    assert "stop" not in state.last_body  # None means "not given"
+
+
+# -- closing ------------------------------------------------------------------------------------
+
+
+def _sessions() -> list[aiohttp.ClientSession]:
+    state = get_transport()._loops.get(asyncio.get_running_loop())
+    return [] if state is None else list(state.sessions.values())
+
+
+async def test_async_client_closes_its_sessions(local: ReplicaState) -> None:
+    async with AsyncClient() as client:
+        await client.chat.completions.create(model="llama3", messages=HI)
+        (session,) = _sessions()
+    assert session.closed
+    assert client.closed
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.chat.completions.create(model="llama3", messages=HI)
+
+
+async def test_one_client_closing_leaves_another_working(local: ReplicaState) -> None:
+    """Per-request clients in a web app: the first to finish must not cut the others off."""
+    local.delay = 0.01
+    async with AsyncClient() as streaming:
+        stream = await streaming.chat.completions.create(model="llama3", messages=HI, stream=True)
+        first = await anext(stream)
+        async with AsyncClient() as other:
+            await other.chat.completions.create(model="llama3", messages=HI)
+        rest = [chunk async for chunk in stream]
+        assert not any(session.closed for session in _sessions())
+    assert first.choices[0].delta.content == "Echo: "
+    assert "".join(c.choices[0].delta.content or "" for c in rest) == "Hi there"
+    assert _sessions() == []
+
+
+async def test_closing_the_client_closes_an_unfinished_stream(local: ReplicaState) -> None:
+    local.delay = 0.05
+    client = AsyncClient()
+    stream = await client.chat.completions.create(model="llama3", messages=HI, stream=True)
+    await anext(stream)
+    await client.aclose()
+    with pytest.raises(StopAsyncIteration):
+        await anext(stream)
+    for _ in range(100):  # the server sees the connection go
+        if local.streams_cancelled:
+            break
+        await asyncio.sleep(0.01)
+    assert local.streams_cancelled == 1
+
+
+def test_sync_client_stops_its_thread(threaded: ReplicaState) -> None:
+    before = set(threading.enumerate())
+    client = Client()
+    assert set(threading.enumerate()) == before  # the thread starts on the first request
+    stream = client.chat.completions.create(model="llama3", messages=HI, stream=True)
+    next(stream)
+    (thread,) = set(threading.enumerate()) - before
+    client.close()
+    assert not thread.is_alive()
+    assert client.closed
+    assert list(stream) == []  # the client closed the unfinished stream
+    with pytest.raises(RuntimeError, match="closed"):
+        client.chat.completions.create(model="llama3", messages=HI)
+    client.close()  # twice is fine
+
+
+def test_sync_client_never_closed_is_closed_when_collected(
+    threaded: ReplicaState,
+) -> None:
+    import gc
+
+    before = set(threading.enumerate())
+    client = Client()
+    client.chat.completions.create(model="llama3", messages=HI)
+    (thread,) = set(threading.enumerate()) - before
+    del client
+    gc.collect()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+
+
+# -- routing through the client -----------------------------------------------------------------
+
+
+async def test_fallback_from_a_failing_provider(two: Replicas) -> None:
+    async with AsyncClient(max_retries=0) as client:
+        completion = await client.chat.completions.create(model="llama3", messages=HI)
+    check_completion(completion, provider="good")
+    assert (two.bad.hits, two.good.hits) == (1, 1)
+
+
+async def test_stream_fallback_names_the_provider_on_every_chunk(
+    two: Replicas, clock: FakeClock
+) -> None:
+    async with AsyncClient(max_retries=0) as client:
+        stream = await client.chat.completions.create(model="llama3", messages=HI, stream=True)
+        chunks = [chunk async for chunk in stream]
+    assert {chunk.provider for chunk in chunks} == {"good"}
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == ANSWER
+
+
+async def test_a_provider_that_failed_is_tried_later_while_it_cools_down(
+    two: Replicas, clock: FakeClock
+) -> None:
+    async with AsyncClient(max_retries=0) as client:
+
+        async def ask() -> str:
+            completion = await client.chat.completions.create(model="llama3", messages=HI)
+            return completion.provider
+
+        def order() -> list[str]:
+            return {m.id: m.providers for m in list_models()}["llama3"]
+
+        assert order() == ["bad", "good"]
+        assert await ask() == "good"  # bad failed first
+        assert health.failures("bad") == 1
+        assert order() == ["good", "bad"]  # bad cools down for 5 s
+        assert await ask() == "good"
+        assert two.bad.hits == 1  # not tried while cooling down
+        clock.now += 5.1
+        assert order() == ["bad", "good"]  # cool-down over: its usual place again
+        assert await ask() == "good"
+        assert (two.bad.hits, health.failures("bad")) == (2, 2)
+        clock.now += 5.1
+        assert order() == ["good", "bad"]  # the second cool-down is twice as long
+        clock.now += 5
+        assert order() == ["bad", "good"]
+        assert await client.models.list() == list_models()
+
+
+async def test_a_success_resets_the_cool_down(two: Replicas, clock: FakeClock) -> None:
+    async with AsyncClient(max_retries=0) as client:
+        await client.chat.completions.create(model="llama3", messages=HI)
+        assert health.failures("bad") == 1
+        two.bad.mode = "ok"
+        clock.now += 5.1
+        completion = await client.chat.completions.create(model="llama3", messages=HI)
+        assert completion.provider == "bad"
+        assert health.failures("bad") == 0
+
+
+async def test_priority_comes_before_registration_order(
+    serve: Serve,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    use_plugins: Callable[..., Registry],
+) -> None:
+    replicas = await _two(
+        serve,
+        tmp_path,
+        monkeypatch,
+        use_plugins,
+        "[providers.good]\npriority = 10\n",
+        bad_mode="ok",
+    )
+    async with AsyncClient() as client:
+        completion = await client.chat.completions.create(model="llama3", messages=HI)
+        models = {m.id: m for m in await client.models.list()}
+    assert completion.provider == "good"
+    assert replicas.bad.hits == 0
+    assert models["llama3"].providers == ["good", "bad"]
+    assert models["llama3"].owned_by == "good"
+
+
+async def test_a_disabled_provider_is_never_tried(
+    serve: Serve,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    use_plugins: Callable[..., Registry],
+) -> None:
+    replicas = await _two(
+        serve, tmp_path, monkeypatch, use_plugins, "[providers.bad]\ndisabled = true\n"
+    )
+    async with AsyncClient(max_retries=0) as client:
+        completion = await client.chat.completions.create(model="llama3", messages=HI)
+        assert completion.provider == "good"
+        assert {m.id: m.providers for m in await client.models.list()}["llama3"] == ["good"]
+        with pytest.raises(ModelNotFound, match="bad is disabled in the configuration"):
+            await client.chat.completions.create(model="bad/llama3", messages=HI)
+    assert replicas.bad.hits == 0
+
+
+async def test_error_after_text_is_stream_interrupted(
+    serve: Serve,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    use_plugins: Callable[..., Registry],
+) -> None:
+    replicas = await _two(serve, tmp_path, monkeypatch, use_plugins, bad_mode="error_event")
+    received: list[str | None] = []
+
+    async def consume(stream: AsyncIterator[ChatCompletionChunk]) -> None:
+        async for chunk in stream:
+            received.append(chunk.choices[0].delta.content)
+
+    async with AsyncClient() as client:
+        stream = await client.chat.completions.create(model="llama3", messages=HI, stream=True)
+        with pytest.raises(StreamInterrupted, match="overloaded"):
+            await consume(stream)
+        assert stream.provider == "bad"
+    assert received == ["Echo: ", "Hi "]
+    assert replicas.good.hits == 0  # never spliced with another provider's answer
+
+
+async def test_all_failing_raises_the_providers_errors(
+    serve: Serve,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    use_plugins: Callable[..., Registry],
+) -> None:
+    await _two(serve, tmp_path, monkeypatch, use_plugins)
+    async with AsyncClient(max_retries=0) as client:
+        with pytest.raises(ServerError, match="The server had an error"):
+            await client.chat.completions.create(model="bad/llama3", messages=HI)
+
+
+# -- refused before any I/O ---------------------------------------------------------------------
+
+
+async def test_unknown_model_suggests_the_closest_names(
+    two: Replicas, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with AsyncClient() as client:
+        with pytest.raises(ModelNotFound) as info:
+            await client.chat.completions.create(model="lama3", messages=HI)
+        assert "llama3" in info.value.suggestions
+        assert "did you mean" in str(info.value)
+        with pytest.raises(ModelNotFound) as info:
+            await client.chat.completions.create(model="good/lama3", messages=HI)
+        assert info.value.suggestions == ["llama3"]
+    assert two.bad.hits + two.good.hits == 0
+
+
+async def test_unsupported_option_names_option_and_provider(local: ReplicaState) -> None:
+    async with AsyncClient() as client:
+        with pytest.raises(InvalidRequest) as info:
+            await client.chat.completions.create(model="llama3", messages=HI, logprobs=True)
+        assert "'local'" in str(info.value)
+        assert "logprobs" in str(info.value)
+        assert "drop_unsupported=True" in str(info.value)
+        assert local.hits == 0
+        completion = await client.chat.completions.create(
+            model="llama3", messages=HI, logprobs=True, temperature=0.3, drop_unsupported=True
+        )
+    assert completion.choices[0].message.content == ANSWER
+    assert "logprobs" not in local.last_body
+    assert local.last_body["temperature"] == 0.3
+
+
+async def test_bad_input_is_refused_before_any_io(local: ReplicaState) -> None:
+    async with AsyncClient() as client:
+        with pytest.raises(InvalidRequest, match=r"messages\[0\]\.role"):
+            await client.chat.completions.create(
+                model="llama3", messages=[{"role": "robot", "content": "x"}]
+            )
+        with pytest.raises(InvalidRequest, match="model must be a string"):
+            await client.chat.completions.create(model=None, messages=HI)  # type: ignore[call-overload]
+        with pytest.raises(InvalidRequest, match="timeout"):
+            await client.chat.completions.create(model="llama3", messages=HI, timeout=-1)
+    assert local.hits == 0
+
+
+async def test_a_config_error_is_raised_before_any_io(
+    local: ReplicaState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _config_path(tmp_path)
+    path.write_text("timeout = 'soon'\n" + path.read_text())
+    async with AsyncClient() as client:
+        with pytest.raises(ConfigError) as info:
+            await client.chat.completions.create(model="llama3", messages=HI)
+    assert str(path) in str(info.value)
+    assert "timeout: Input should be a valid number" in str(info.value)
+    assert local.hits == 0
+
+
+# -- models -------------------------------------------------------------------------------------
+
+
+async def test_models_list(two: Replicas, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _config_path(tmp_path)
+    path.write_text('[aliases]\nfast = "good/llama3"\n' + path.read_text())
+    async with AsyncClient() as client:
+        listed = await client.models.list()
+    assert listed.object == "list"
+    assert [m.id for m in listed] == ["gpt-4o-mini", "llama3", "fast"]
+    assert listed[2].providers == ["good"]
+    assert len(listed) == 3
+    assert listed.model_dump(mode="json")["data"][1] == {
+        "id": "llama3",
+        "object": "model",
+        "created": 0,
+        "owned_by": "bad",
+        "providers": ["bad", "good"],
+    }
+
+
+async def test_an_alias_routes_to_its_target(local: ReplicaState, tmp_path: Path) -> None:
+    path = _config_path(tmp_path)
+    path.write_text('default_model = "fast"\n[aliases]\nfast = "local/llama3"\n' + path.read_text())
+    async with AsyncClient() as client:
+        completion = await client.chat.completions.create(model="fast", messages=HI)
+        assert (completion.provider, completion.model) == ("local", "fast")
+        assert local.last_body["model"] == "llama3"
+        default = await client.chat.completions.create(model="", messages=HI)
+        assert default.model == "fast"  # empty: the configured default model
+        with pytest.raises(ModelNotFound) as info:
+            await client.chat.completions.create(model="fats", messages=HI)
+        assert "fast" in info.value.suggestions
+
+
+def test_the_shapes_parse_as_the_openai_sdk_expects() -> None:
+    """What a server would send from these objects, read back by the official SDK's types."""
+    from openai.types.chat import ChatCompletion as SDKCompletion
+    from openai.types.chat import ChatCompletionChunk as SDKChunk
+
+    completion = ChatCompletion(
+        id="chatcmpl-1",
+        created=1,
+        model="m",
+        choices=[Choice(message=ChatCompletionMessage(content="hi"), finish_reason="stop")],
+        usage=Usage(1, 2),
+        provider="p",
+    )
+    sdk = SDKCompletion.model_validate(completion.model_dump(mode="json"))
+    assert sdk.choices[0].message.content == "hi"
+    assert sdk.usage is not None
+    assert sdk.usage.total_tokens == 3
+    chunk = ChatCompletionChunk(
+        id="chatcmpl-1",
+        created=1,
+        model="m",
+        choices=[ChunkChoice(delta=ChoiceDelta(role="assistant", content="h"))],
+        provider="p",
+    )
+    assert SDKChunk.model_validate(chunk.model_dump(mode="json")).choices[0].delta.content == "h"
+
+
+# -- the documented examples run as written -----------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    ("script", "config", "expected"),
+    [
+        (
+            "client_async.py",
+            "docs/examples/local.toml",
+            "Echo: Hi there\n"
+            "stop Usage(prompt_tokens=9, completion_tokens=3, total_tokens=12) local\n"
+            "local 'Echo: ' None None\n"
+            "local 'Hi ' None None\n"
+            "local 'there' None None\n"
+            "local None stop Usage(prompt_tokens=9, completion_tokens=3, total_tokens=12)\n",
+        ),
+        (
+            "client_sync.py",
+            None,
+            "Привет! У меня всё отлично, спасибо. Чем могу помочь?\npizzagpt None\n",
+        ),
+    ],
+)
+def test_client_examples(
+    script: str,
+    config: str | None,
+    expected: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Run as ``python docs/examples/<script>`` from the repository root (warnings are errors)."""
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    monkeypatch.setenv("LLMRELAY_CONFIG", str(ROOT / config) if config else str(empty))
+    monkeypatch.setenv("LLMRELAY_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(ROOT)
+    runpy.run_path(str(ROOT / "docs" / "examples" / script), run_name="__main__")
+    assert capsys.readouterr().out == expected
+
+
+async def test_model_aliases_share_one_name_across_endpoints(
+    serve: Serve,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    use_plugins: Callable[..., Registry],
+) -> None:
+    """Two servers know one model by different names; each endpoint maps the shared one."""
+    first_app, second_app = make_app("server_error"), make_app()
+    first, second = await serve(first_app), await serve(second_app)
+    write_config(
+        _config_path(tmp_path),
+        monkeypatch,
+        f'[[endpoints]]\nname = "first"\nbase_url = "{first}/v1"\nmodels = ["llama3"]\n'
+        'model_aliases = { "shared" = "llama3" }\n',
+        f'[[endpoints]]\nname = "second"\nbase_url = "{second}/v1"\nmodels = ["gpt-4o-mini"]\n'
+        'model_aliases = { "shared" = "gpt-4o-mini" }\n',
+    )
+    install_endpoints(use_plugins)
+    async with AsyncClient(max_retries=0) as client:
+        completion = await client.chat.completions.create(model="shared", messages=HI)
+        listed = {m.id: m.providers for m in await client.models.list()}
+    assert (completion.provider, completion.model) == ("second", "shared")
+    assert first_app[STATE].last_body["model"] == "llama3"
+    assert second_app[STATE].last_body["model"] == "gpt-4o-mini"
+    assert listed["shared"] == ["second", "first"]  # first is cooling down after its failure

@@ -1,0 +1,212 @@
+"""The order providers are tried in: working, priority, recent health, registration.
+
+``route()`` is checked directly with providers registered as plugins (no I/O), and through the
+``llmrelay models`` command, which prints the order it would use.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import llmrelay
+from llmrelay import Call, Chunk, FinishReason, Message, Provider, Registry
+from llmrelay._config import Config
+from llmrelay._routing import Health, config_problems, route
+from llmrelay.cli import cli
+from llmrelay.errors import ModelNotFound
+from tests.endpoint_support import endpoint, run_cli
+
+
+def fake(name: str, *, working: bool = True, models: tuple[str, ...] = ("m",)) -> type[Provider]:
+    class Fake(Provider):
+        @classmethod
+        async def generate(
+            cls, model: str, messages: list[Message], call: Call
+        ) -> AsyncGenerator[Chunk, None]:
+            yield FinishReason("stop")
+
+    Fake.name, Fake.url, Fake.working = name, "http://127.0.0.1:9", working
+    Fake.models, Fake.default_model = models, models[0]
+    Fake.__name__ = Fake.__qualname__ = f"Fake_{name}"
+    return Fake
+
+
+class Plugin:
+    def __init__(self, *providers: type[Provider]) -> None:
+        self.providers = providers
+
+    @llmrelay.hookimpl
+    def register_providers(self, register: Callable[[type[Provider]], None]) -> None:
+        for provider in self.providers:
+            register(provider)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def registry(use_plugins: Callable[..., Registry]) -> Registry:
+    """a, b, c and d serve "m", registered in that order; d is not working."""
+    return use_plugins(
+        (
+            "p",
+            Plugin(
+                fake("a"),
+                fake("b"),
+                fake("c"),
+                fake("d", working=False),
+                fake("z", models=("other",)),
+            ),
+        )
+    )
+
+
+def config(**data: Any) -> Config:
+    return Config.model_validate(data)
+
+
+def names(model: str, registry: Registry, cfg: Config, tracker: Health) -> list[str]:
+    return [p.name for p, _ in route(model, registry, cfg, tracker)]
+
+
+def test_registration_order_with_working_first(registry: Registry) -> None:
+    assert names("m", registry, config(), Health()) == ["a", "b", "c", "d"]
+
+
+def test_priority_comes_before_registration(registry: Registry) -> None:
+    cfg = config(providers={"c": {"priority": 5}, "a": {"priority": -1}, "d": {"priority": 9}})
+    # d stays last: not working is the first criterion, whatever its priority.
+    assert names("m", registry, cfg, Health()) == ["c", "b", "a", "d"]
+
+
+def test_a_failed_provider_goes_later_for_its_cool_down(registry: Registry) -> None:
+    clock = Clock()
+    tracker = Health(clock)
+    cfg = config(cooldown=2, max_cooldown=5)
+    tracker.failed("a")
+    assert tracker.cooldown("a", 2, 5) == 2
+    assert names("m", registry, cfg, tracker) == ["b", "c", "a", "d"]
+    clock.now += 1.9
+    assert names("m", registry, cfg, tracker) == ["b", "c", "a", "d"]
+    clock.now += 0.2
+    assert tracker.cooldown("a", 2, 5) == 0
+    assert names("m", registry, cfg, tracker) == ["a", "b", "c", "d"]  # its place again
+
+
+def test_the_cool_down_doubles_up_to_the_cap_and_resets_on_success() -> None:
+    clock = Clock()
+    tracker = Health(clock)
+    spans = []
+    for _ in range(5):
+        tracker.failed("a")
+        spans.append(tracker.cooldown("a", 2, 10))
+    assert spans == [2, 4, 8, 10, 10]
+    assert tracker.failures("a") == 5
+    tracker.succeeded("a")
+    assert (tracker.failures("a"), tracker.cooldown("a", 2, 10)) == (0, 0)
+    for _ in range(200):  # no overflow however long the streak
+        tracker.failed("b")
+    assert tracker.cooldown("b", 2, 10) == 10
+
+
+def test_among_cooling_providers_fewer_failures_go_first(registry: Registry) -> None:
+    tracker = Health(Clock())
+    for _ in range(3):
+        tracker.failed("a")
+    tracker.failed("b")
+    assert names("m", registry, config(), tracker) == ["c", "b", "a", "d"]
+
+
+def test_priority_still_wins_over_health(registry: Registry) -> None:
+    tracker = Health(Clock())
+    tracker.failed("a")
+    cfg = config(providers={"a": {"priority": 1}})
+    assert names("m", registry, cfg, tracker) == ["a", "b", "c", "d"]
+
+
+def test_the_order_is_deterministic(registry: Registry) -> None:
+    tracker = Health(Clock())
+    tracker.failed("b")
+    cfg = config(providers={"c": {"priority": 1}})
+    orders = {tuple(names("m", registry, cfg, tracker)) for _ in range(20)}
+    assert orders == {("c", "a", "b", "d")}
+
+
+def test_disabled_providers_are_left_out(registry: Registry) -> None:
+    cfg = config(providers={"b": {"disabled": True}})
+    assert names("m", registry, cfg, Health()) == ["a", "c", "d"]
+    with pytest.raises(ModelNotFound, match="b is disabled in the configuration"):
+        route("b/m", registry, cfg)
+    cfg = config(providers={"z": {"disabled": True}})
+    with pytest.raises(ModelNotFound, match="z is disabled"):
+        route("other", registry, cfg)
+
+
+def test_aliases(registry: Registry) -> None:
+    cfg = config(aliases={"fast": "b/m", "broken": "nothing-serves-this", "mm": "m"})
+    assert names("fast", registry, cfg, Health()) == ["b"]
+    assert names("mm", registry, cfg, Health()) == ["a", "b", "c", "d"]
+    with pytest.raises(ModelNotFound, match="alias 'broken' points at 'nothing-serves-this'"):
+        route("broken", registry, cfg)
+    with pytest.raises(ModelNotFound) as info:
+        route("fsat", registry, cfg)
+    assert "fast" in info.value.suggestions
+
+
+def test_unknown_model_suggests_close_names(registry: Registry) -> None:
+    with pytest.raises(ModelNotFound) as info:
+        route("otehr", registry, config())
+    assert isinstance(info.value, LookupError)
+    assert info.value.suggestions[0] == "other"
+    assert "did you mean 'other'" in str(info.value)
+
+
+def test_config_problems_name_the_typos(registry: Registry) -> None:
+    cfg = config(
+        default_model="nope",
+        providers={"a": {"priority": 1}, "bb": {"priority": 2}},
+        aliases={"ok": "m", "bad": "mm"},
+    )
+    problems = config_problems(cfg, registry)
+    assert problems[0].startswith("[providers.bb]: no provider is registered as 'bb'")
+    assert problems[1].startswith("[aliases] bad = 'mm': no provider serves model 'mm'")
+    assert problems[2] == "default_model 'nope': no provider serves it"
+    assert len(problems) == 3
+    assert config_problems(config(default_model="m"), registry) == []
+
+
+def test_llmrelay_models_prints_the_routing_order(tmp_path: Path) -> None:
+    """A user's view: two endpoints and Pizzagpt, with priorities, one provider disabled."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "[providers.second]\npriority = 10\n[providers.third]\ndisabled = true\n"
+        + endpoint("first", "http://127.0.0.1:9/v1")
+        + endpoint("second", "http://127.0.0.1:9/v1")
+        + endpoint("third", "http://127.0.0.1:9/v1")
+    )
+    result = run_cli("models", env={"LLMRELAY_CONFIG": str(path)})
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(None, 1) for line in result.stdout.splitlines()]
+    assert rows == [["gpt-4o-mini", "second, first, pizzagpt"], ["llama3", "second, first"]]
+    as_json = CliRunner().invoke(cli, ["models", "--json"], env={"LLMRELAY_CONFIG": str(path)})
+    assert json.loads(as_json.stdout)["llama3"] == ["second", "first"]
+
+
+def test_llmrelay_models_reports_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[providers.a]\npriority = 'high'\n")
+    result = CliRunner().invoke(cli, ["models"], env={"LLMRELAY_CONFIG": str(path)})
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: invalid configuration in ")
+    assert "providers.a.priority: Input should be a valid integer" in result.stderr
