@@ -16,7 +16,7 @@ from ._config import get_config
 from ._provider import ChunkStream, Provider
 from ._registry import Registry, get_registry
 from ._routing import Health, health, route
-from ._types import Chunk, Message, Messages, validate_messages
+from ._types import Chunk, FinishReason, Message, Messages, validate_messages
 
 __all__ = ["RelayStream", "relay"]
 
@@ -68,12 +68,17 @@ class RelayStream(ChunkStream):
             sent = False
             try:
                 async for chunk in stream:
-                    sent = sent or (isinstance(chunk, str) and bool(chunk))
+                    if isinstance(chunk, FinishReason):
+                        # Before yielding: a caller commonly stops at the FinishReason and
+                        # closes the stream, so code after the last yield may never run.
+                        self._health.succeeded(provider.name)
+                    else:
+                        sent = sent or (isinstance(chunk, str) and bool(chunk))
                     yield chunk
-                self._health.succeeded(provider.name)
                 return
             except errors.ProviderError as exc:
-                self._health.failed(provider.name)
+                if _provider_side(exc):
+                    self._health.failed(provider.name)
                 if sent or isinstance(exc, errors.StreamInterrupted):
                     raise
                 self.errors.append(exc)
@@ -95,6 +100,23 @@ class RelayStream(ChunkStream):
         if len(self.errors) == 1:
             raise self.errors[0]
         raise errors.AllProvidersFailed(self.model, self.errors)
+
+
+def _provider_side(exc: errors.ProviderError) -> bool:
+    """Whether ``exc`` says something about the provider's health, not about the request.
+
+    A 400, 404 or 422 is the caller's request failing; cooling a healthy provider down for it
+    would punish the next, valid request.
+    """
+    return exc.retryable or isinstance(
+        exc,
+        errors.InvalidResponse
+        | errors.AuthenticationFailed
+        | errors.PermissionDenied
+        | errors.StreamInterrupted
+        | errors.ProviderTimeout
+        | errors.ProxyError,
+    )
 
 
 def relay(

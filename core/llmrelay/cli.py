@@ -17,8 +17,6 @@ from .errors import LLMRelayError
 
 __all__ = ["main"]
 
-DEFAULT_MODEL = "gpt-4o-mini"
-
 
 class _Group(click.Group):
     """Shows llmrelay's errors as one line on stderr (exit 1); ``--debug`` shows the traceback."""
@@ -56,9 +54,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option(
     "-m",
     "--model",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="Model name, alias, or provider/model to pin a provider.",
+    default="",
+    help="Model name, alias, or provider/model to pin a provider "
+    "[default: the configured default_model, gpt-4o-mini unless set].",
 )
 @click.option("-s", "--system", help="A system message sent before the prompt.")
 @click.option(
@@ -166,9 +164,19 @@ def providers(as_json: bool) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def models(as_json: bool) -> None:
+@click.option(
+    "--refresh",
+    metavar="NAME",
+    multiple=True,
+    help="First fetch the models of the OpenAI-compatible endpoint NAME (GET {base_url}/models) "
+    "and cache them; it serves those when its configuration lists none. Repeatable.",
+)
+def models(as_json: bool, refresh: tuple[str, ...]) -> None:
     """List every model with the providers that serve it, in the order they are tried."""
     from ._client import list_models
+
+    if refresh:
+        _refresh_models(refresh)
 
     table = {model.id: model.providers for model in list_models()}
     if as_json:
@@ -179,6 +187,80 @@ def models(as_json: bool) -> None:
     width = max((len(m) for m in table), default=0)
     for model, names in table.items():
         click.echo(f"{model.ljust(width)}  {', '.join(names)}")
+
+
+def _refresh_models(names: tuple[str, ...]) -> None:
+    """Fetch and cache each endpoint's model list; progress goes to stderr."""
+    from ._config import get_config
+    from ._endpoints import fetch_models, save_models
+    from ._registry import reset_registry
+
+    config = get_config()
+    endpoints = {endpoint.name: endpoint for endpoint in config.endpoints}
+    for name in names:
+        if name not in endpoints:
+            raise click.BadParameter(
+                f"no [[endpoints]] entry is named {name!r} in "
+                f"{config.source or 'the configuration'} "
+                f"(configured: {', '.join(endpoints) or 'none'})",
+                param_hint="--refresh",
+            )
+
+    async def refresh_all() -> None:
+        from . import _transport
+
+        try:
+            for name in dict.fromkeys(names):
+                endpoint = endpoints[name]
+                found = await fetch_models(endpoint)
+                path = save_models(endpoint, found)
+                note = (
+                    "; the configuration lists models for it, and those are served"
+                    if endpoint.models
+                    else ""
+                )
+                click.echo(f"{name}: {len(found)} model(s) cached in {path}{note}", err=True)
+        finally:
+            await _transport.aclose()
+
+    asyncio.run(refresh_all())
+    reset_registry()  # the endpoints' providers are registered again, with the new lists
+
+
+@cli.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML.")
+def show_config(as_json: bool) -> None:
+    """Print the effective configuration (file, then environment), secrets masked.
+
+    Names in it that match no registered provider or model are reported as warnings.
+    """
+    from ._config import config_path, get_config, render_toml
+    from ._registry import get_registry
+    from ._routing import config_problems
+
+    config = get_config()
+    data = config.masked()
+    problems = config_problems(config, get_registry())
+    if as_json:
+        click.echo(json.dumps({**data, "path": str(config_path()), "warnings": problems}, indent=2))
+        return
+    where = config.source or f"defaults (no file at {config_path()})"
+    if config.environment:
+        where += " and " + ", ".join(config.environment)
+    click.echo(f"# the effective configuration, from {where}; secrets masked\n")
+    click.echo(render_toml(data), nl=False)
+    for problem in problems:
+        click.echo(f"warning: {problem}", err=True)
+
+
+def _add_lazy_commands() -> None:
+    # Their modules import only click at load time, so --help stays fast.
+    from ._cli_serve import serve
+
+    cli.add_command(serve)
+
+
+_add_lazy_commands()
 
 
 def main() -> None:

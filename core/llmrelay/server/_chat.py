@@ -1,0 +1,271 @@
+"""``POST /v1/chat/completions``: one request in, one relayed answer out, JSON or SSE.
+
+The HTTP status is decided as late as possible: a stream's headers (200, and the provider
+header) are sent only when the first real item has arrived, so every failure before the first
+text — including a fallback to another provider — still gets a proper error status. After that
+a failure can only be reported inside the stream (``data: {"error": ...}`` then ``[DONE]``).
+
+A client that goes away cancels the upstream request at once: the server runs with aiohttp's
+handler cancellation, so the cancellation reaches the provider's read, and the ``finally``
+closes the relay stream and with it the upstream connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from .. import errors
+from .._config import get_config
+from .._registry import Registry, get_registry
+from .._relay import RelayStream, relay
+from .._routing import route
+from .._types import Chunk, Usage
+from ._errors import APIError, error_for, internal_error, invalid_request, retry_after_headers
+from ._request import ChatRequest, load_json_object, unsupported_param, validate_chat_request
+from ._sse import DONE, ChunkEncoder, frame
+from ._state import (
+    LOG,
+    PROVIDER_HEADER,
+    REQUEST_ID_HEADER,
+    SHUTDOWN,
+    STATE,
+    RequestLog,
+    ServerState,
+)
+
+__all__ = ["chat_completions"]
+
+log = logging.getLogger("llmrelay.server")
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    if state.draining:
+        raise _shutting_down()
+    limit = state.settings.max_concurrency
+    if len(state.tasks) >= limit:
+        # Refused at once rather than queued: a queue hides overload until clients time out,
+        # a 503 with Retry-After lets them (or the load balancer) go elsewhere now.
+        raise APIError(
+            503,
+            f"the server is answering its limit of {limit} concurrent requests; retry shortly",
+            type="server_error",
+            code="server_overloaded",
+            headers=retry_after_headers(1),
+        )
+    task = asyncio.current_task()
+    assert task is not None
+    state.tasks.add(task)
+    try:
+        return await _answer(request, state)
+    except asyncio.CancelledError as exc:
+        if not _is_shutdown(exc):
+            raise
+        # Our own shutdown ended the grace period before any answer was sent: say so.
+        task.uncancel()
+        raise _shutting_down() from None
+    finally:
+        state.tasks.discard(task)
+
+
+def _is_shutdown(exc: asyncio.CancelledError) -> bool:
+    return exc.args == (SHUTDOWN,)
+
+
+def _shutting_down() -> APIError:
+    return APIError(
+        503,
+        "the server is shutting down; retry the request",
+        type="server_error",
+        code="shutting_down",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _answer(request: web.Request, state: ServerState) -> web.StreamResponse:
+    info = LOG.get()
+    data = load_json_object(await _read_body(request, state.settings.max_body_bytes))
+    if isinstance(data.get("model"), str):
+        info.model = data["model"]  # logged even when the rest of the body is refused
+    chat = validate_chat_request(data)
+    stream = _open(chat, state)
+    if chat.stream:
+        return await _stream(request, chat, stream, info)
+    return await _complete(chat, stream, info)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise APIError(
+            413,
+            f"the request body is larger than this server's limit of {limit} bytes",
+            code="request_too_large",
+        ) from None
+    except ConnectionError:
+        raise  # the client is gone: there is nobody to answer
+    except Exception as exc:  # a broken chunked or compressed body, cut short, ...
+        raise invalid_request(f"could not read the request body: {type(exc).__name__}") from None
+
+
+def _open(chat: ChatRequest, state: ServerState) -> RelayStream:
+    """Start the relay (no I/O yet): resolve the model, check the options."""
+    options = chat.options()
+    extra: dict[str, Any] = {"drop_unsupported": True} if state.settings.drop_unsupported else {}
+    try:
+        return relay(
+            chat.model,
+            chat.messages,
+            registry=state.registry,
+            stream=bool(chat.stream),
+            **options,
+            **extra,
+        )
+    except errors.InvalidRequest as exc:
+        param = _unsupported(chat.model, options, state.registry)
+        if param is None:
+            raise invalid_request(str(exc)) from None
+        raise invalid_request(
+            f"parameter {param!r} is not supported by any provider serving model {chat.model!r}",
+            param=param,
+            code="unsupported_parameter",
+        ) from None
+
+
+def _unsupported(model: str, options: dict[str, Any], registry: Registry | None) -> str | None:
+    try:
+        candidates = route(model, registry or get_registry(), get_config())
+    except errors.LLMRelayError:
+        return None
+    return unsupported_param(options, [p.supported_options for p, _ in candidates])
+
+
+def _completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+async def _complete(chat: ChatRequest, stream: RelayStream, info: RequestLog) -> web.Response:
+    try:
+        completion = await stream.collect()
+    finally:
+        info.provider = stream.provider
+    body = {
+        "id": _completion_id(),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": chat.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": completion.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": completion.finish_reason.reason,
+            }
+        ],
+        "usage": None if completion.usage is None else completion.usage.model_dump(mode="json"),
+        "system_fingerprint": None,
+    }
+    return web.json_response(body, headers={PROVIDER_HEADER: stream.provider})
+
+
+async def _stream(
+    request: web.Request, chat: ChatRequest, stream: RelayStream, info: RequestLog
+) -> web.StreamResponse:
+    try:
+        first = await _first_item(stream)
+        info.provider = stream.provider
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                # nginx buffers responses unless told not to; a buffered stream is no stream.
+                "X-Accel-Buffering": "no",
+                PROVIDER_HEADER: stream.provider,
+                REQUEST_ID_HEADER: info.request_id,
+            }
+        )
+        await response.prepare(request)
+        encoder = ChunkEncoder(_completion_id(), int(time.time()), chat.model, chat.wants_usage)
+        try:
+            await _send_chunks(response, encoder, first, stream, info, chat.wants_usage)
+        except ConnectionResetError:
+            info.status = 499  # the client left; ``finally`` closes the upstream request
+        except asyncio.CancelledError as exc:
+            if not _is_shutdown(exc):
+                raise
+            await _end_for_shutdown(response, info)
+        return response
+    finally:
+        info.provider = stream.provider
+        await stream.aclose()
+
+
+async def _end_for_shutdown(response: web.StreamResponse, info: RequestLog) -> None:
+    """The grace period ran out mid-stream: end it with an error event and ``[DONE]``, which a
+    client can report, rather than a cut connection, which it cannot tell from a crash."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    error = _shutting_down()
+    info.error = error.code
+    with contextlib.suppress(ConnectionError):
+        await response.write(frame(error.body()))
+        await response.write(DONE)
+        await response.write_eof()
+
+
+async def _first_item(stream: RelayStream) -> Chunk:
+    """The first item worth sending. Empty strings are skipped: until real text has been
+    sent the relay may still fall back, and the provider header must name the one answering."""
+    while True:
+        item = await anext(stream)
+        if not (isinstance(item, str) and not item):
+            return item
+
+
+async def _send_chunks(
+    response: web.StreamResponse,
+    encoder: ChunkEncoder,
+    item: Chunk,
+    stream: RelayStream,
+    info: RequestLog,
+    include_usage: bool,
+) -> None:
+    await response.write(encoder.role())
+    usage: Usage | None = None
+    try:
+        while True:
+            if isinstance(item, str):
+                if item:
+                    await response.write(encoder.content(item))
+            elif isinstance(item, Usage):
+                usage = item
+            else:
+                await response.write(encoder.finish(item.reason))
+                if include_usage and usage is not None:
+                    # Sent only when the provider reported usage: llmrelay never invents counts.
+                    await response.write(encoder.usage(usage))
+                break
+            item = await anext(stream)
+    except ConnectionResetError:
+        raise
+    except errors.LLMRelayError as exc:
+        error = error_for(exc)
+        info.error = error.code or error.type
+        log.warning("stream from %s failed after it started: %s", stream.provider, exc)
+        await response.write(frame(error.body()))
+    except Exception:
+        log.exception("stream from %s failed after it started", stream.provider)
+        error = internal_error()
+        info.error = error.type
+        await response.write(frame(error.body()))
+    await response.write(DONE)
+    await response.write_eof()

@@ -1,0 +1,166 @@
+"""llmrelay's errors as OpenAI error bodies, with the status an OpenAI client expects.
+
+Every error the server sends has OpenAI's shape,
+``{"error": {"message", "type", "param", "code"}}``, so any OpenAI SDK raises its own exception
+class for it (400 ``BadRequestError``, 401 ``AuthenticationError``, 404 ``NotFoundError``,
+429 ``RateLimitError``, 5xx ``InternalServerError``) and retries what is worth retrying.
+
+The mapping, and why:
+
+=====================================  ======  ================================================
+error                                  status  why
+=====================================  ======  ================================================
+InvalidRequest, body validation        400     the client sent something unusable
+MisuseDetected                         400     the provider refused the prompt itself
+BadRequest (upstream 400/422)          400     upstream rejected what the client asked for
+ModelNotFound                          404     as OpenAI answers an unknown model
+RateLimited (upstream 429)             429     passed on with ``Retry-After``, so clients wait
+ProviderTimeout                        504     the upstream did not answer in time
+ServerError with upstream 503          503     upstream is overloaded: retry later
+any other ProviderError                502     upstream failed or misbehaved (bad gateway)
+AllProvidersFailed                     502     429 / 504 when every provider failed that way
+ConfigError, anything unexpected       500     the server's fault; details go to the log only
+=====================================  ======  ================================================
+
+An upstream 401/403 becomes 502, never 401: it is the server's credentials that failed, and a
+client told "401" would wrongly blame its own key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from .. import errors
+
+__all__ = ["APIError", "error_for", "internal_error", "invalid_request"]
+
+
+class APIError(Exception):
+    """An error answer: raise it anywhere in a handler, the middleware sends it.
+
+    ``headers`` carries extras such as ``Retry-After``.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def response(self) -> web.Response:
+        return web.json_response(self.body(), status=self.status, headers=self.headers)
+
+
+def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def internal_error() -> APIError:
+    """The answer for a bug: it says nothing about the server's insides (the log does)."""
+    return APIError(
+        500,
+        "the server failed to handle the request; its log has the details",
+        type="server_error",
+    )
+
+
+def error_for(exc: BaseException) -> APIError:
+    """The OpenAI-shaped error for anything a handler raised."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, errors.ModelNotFound):
+        return APIError(404, str(exc), param="model", code="model_not_found")
+    if isinstance(exc, errors.InvalidRequest):
+        return invalid_request(str(exc))
+    if isinstance(exc, errors.AllProvidersFailed):
+        return _all_failed(exc)
+    if isinstance(exc, errors.ProviderError):
+        return _provider_error(exc)
+    if isinstance(exc, errors.CassetteMismatch):
+        return APIError(502, str(exc), type="upstream_error", code="cassette_mismatch")
+    return internal_error()
+
+
+def _provider_error(exc: errors.ProviderError) -> APIError:
+    message = str(exc)
+    if isinstance(exc, errors.StreamInterrupted):
+        return APIError(502, message, type="upstream_error", code="stream_interrupted")
+    if isinstance(exc, errors.RateLimited):
+        return APIError(
+            429,
+            message,
+            type="rate_limit_error",
+            code="rate_limit_exceeded",
+            headers=retry_after_headers(exc.retry_after),
+        )
+    if isinstance(exc, errors.ProviderTimeout):
+        return APIError(504, message, type="upstream_error", code="upstream_timeout")
+    if isinstance(exc, errors.MisuseDetected):
+        return APIError(400, message, code="content_filter")
+    if isinstance(exc, errors.BadRequest):
+        return APIError(400, message, code="upstream_rejected_request")
+    if isinstance(exc, errors.ServerError) and exc.status == 503:
+        return APIError(
+            503,
+            message,
+            type="upstream_error",
+            code="upstream_unavailable",
+            headers=retry_after_headers(exc.retry_after),
+        )
+    return APIError(502, message, type="upstream_error", code="upstream_error")
+
+
+def _all_failed(exc: errors.AllProvidersFailed) -> APIError:
+    """502, unless every provider failed the same transient way: then that status, so the
+    client backs off (429) or knows it was time (504)."""
+    failures = exc.errors
+    message = str(exc)
+    if failures and all(isinstance(e, errors.RateLimited) for e in failures):
+        waits = [e.retry_after for e in failures if e.retry_after is not None]
+        return APIError(
+            429,
+            message,
+            type="rate_limit_error",
+            code="rate_limit_exceeded",
+            headers=retry_after_headers(min(waits) if waits else None),
+        )
+    if failures and all(isinstance(e, errors.ProviderTimeout) for e in failures):
+        return APIError(504, message, type="upstream_error", code="upstream_timeout")
+    return APIError(502, message, type="upstream_error", code="all_providers_failed")
+
+
+def retry_after_headers(seconds: float | None) -> dict[str, str]:
+    """``Retry-After`` in whole seconds (what HTTP allows) and ``retry-after-ms`` (what OpenAI's
+    SDKs read first, for sub-second precision); nothing when the wait is unknown."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return {}
+    return {
+        "Retry-After": str(max(1, math.ceil(seconds))),
+        "retry-after-ms": str(round(seconds * 1000)),
+    }

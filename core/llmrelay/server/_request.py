@@ -1,0 +1,248 @@
+"""The body of ``POST /v1/chat/completions``: parsed, validated, and split into relay options.
+
+Validated with pydantic before anything else happens, so a bad request costs no upstream call
+and its 400 names the offending field in ``param`` (``messages[1].role``, ``temperature``).
+
+Fields OpenAI defines are type-checked here with OpenAI's ranges. Every other field is passed
+to :func:`llmrelay.relay` as a request option, where providers that do not support it refuse
+it (400 naming it) — except the names that steer llmrelay itself (``base_url``, ``proxy``,
+``timeout``, ...): a client choosing where the server connects would be a server-side request
+forgery, so those are refused outright.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+
+from .._types import Message
+from ._errors import APIError, invalid_request
+
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "RESERVED",
+    "ChatRequest",
+    "load_json_object",
+    "parse_chat_request",
+    "unsupported_param",
+    "validate_chat_request",
+]
+
+#: Deeper JSON is refused: nothing legitimate nests this far, and very deep nesting exhausts
+#: the recursion limit of every JSON encoder downstream.
+MAX_JSON_DEPTH = 64
+
+#: Names that would steer llmrelay's call (where to connect, how long to wait, which
+#: registry) rather than the model's answer. Never taken from a client.
+RESERVED = frozenset(
+    {"base_url", "proxy", "timeout", "max_retries", "drop_unsupported", "registry", "api_key"}
+)
+
+Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: StrictBool = False
+
+
+class ChatRequest(BaseModel):
+    """The OpenAI chat-completions request, as far as llmrelay needs to know it."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    model: StrictStr = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    stream: StrictBool | None = None
+    stream_options: StreamOptions | None = None
+    n: StrictInt | None = None
+    temperature: Number | None = Field(default=None, ge=0, le=2)
+    top_p: Number | None = Field(default=None, ge=0, le=1)
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    stop: StrictStr | list[StrictStr] | None = Field(default=None)
+    seed: StrictInt | None = None
+    presence_penalty: Number | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: Number | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, StrictInt] | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: StrictStr | dict[str, Any] | None = None
+    user: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _openai_rules(self) -> ChatRequest:
+        if self.n is not None and self.n != 1:
+            raise _FieldError("n", f"only n=1 is supported, got n={self.n}")
+        if isinstance(self.stop, list) and len(self.stop) > 4:
+            raise _FieldError("stop", f"at most 4 stop sequences, got {len(self.stop)}")
+        if self.stream_options is not None and not self.stream:
+            raise _FieldError(
+                "stream_options", "stream_options is only allowed when stream is true"
+            )
+        for name in self.model_extra or {}:
+            if name in RESERVED:
+                raise _FieldError(name, f"unknown parameter {name!r}")
+        return self
+
+    @property
+    def wants_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    def options(self) -> dict[str, Any]:
+        """What :func:`llmrelay.relay` receives as request options: every field the client set
+        (null counts as unset), except the ones the server itself acts on."""
+        own = {"model", "messages", "stream", "stream_options", "n"}
+        options = {
+            name: getattr(self, name)
+            for name in self.model_fields_set
+            if name not in own and name in type(self).model_fields
+        }
+        options.update(self.model_extra or {})
+        return {name: value for name, value in options.items() if value is not None}
+
+
+class _FieldError(ValueError):
+    """A rule about one field, raised from a model validator; keeps the field for ``param``."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+        self.message = message
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    """Parse and validate a request body.
+
+    Raises:
+        APIError: 400, naming the field (``param``) and what is wrong with it.
+    """
+    return validate_chat_request(load_json_object(raw))
+
+
+def load_json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object (checked for depth), or a 400 saying what is wrong."""
+    if not raw.strip():
+        raise invalid_request("the request body is empty: send a JSON object")
+    try:
+        data = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise _too_deep() from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise invalid_request(f"the request body is not valid JSON: {_short(str(exc))}") from None
+    if not isinstance(data, dict):
+        raise invalid_request(f"the request body must be a JSON object, got {_json_type(data)}")
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise _too_deep()
+    return data
+
+
+def validate_chat_request(data: dict[str, Any]) -> ChatRequest:
+    """Validate a parsed body; a 400 names the first offending field in ``param``."""
+    try:
+        return ChatRequest.model_validate(data)
+    except ValidationError as exc:
+        raise _describe(exc) from None
+
+
+def _no_constant(name: str) -> Any:
+    # json.loads accepts NaN and Infinity, which are not JSON and which no upstream accepts.
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _too_deep() -> APIError:
+    return invalid_request(f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
+
+
+def _depth(value: object) -> int:
+    """How deep ``value`` nests, without recursion (it must not fail on the input it checks)."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if level > deepest:
+            deepest = level
+            if deepest > MAX_JSON_DEPTH:
+                return deepest
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
+def _describe(exc: ValidationError) -> APIError:
+    """One 400 for all problems; ``param`` is the first problem's field."""
+    problems: list[str] = []
+    params: list[str] = []
+    for err in exc.errors(include_url=False, include_context=True):
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, _FieldError):
+            params.append(cause.param)
+            problems.append(f"{cause.param}: {cause.message}")
+            continue
+        where = _path(err["loc"]) or "body"
+        params.append(where)
+        got = "" if err["type"] == "missing" else f" (got {_short(repr(err.get('input')))})"
+        problems.append(f"{where}: {err['msg']}{got}")
+    unique = list(dict.fromkeys(problems))
+    more = "; ..." if len(unique) > 3 else ""
+    return invalid_request("invalid request: " + "; ".join(unique[:3]) + more, params[0])
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    """``("messages", 0, "content", "str")`` as ``messages[0].content``, union tags dropped."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not _is_union_tag(part):
+            path += f".{part}" if path else part
+    return path
+
+
+def _is_union_tag(part: str) -> bool:
+    # pydantic names the branch of a union it tried: "str", "list[...]", "TextPart", ...
+    return (
+        part in {"str", "int", "float", "bool", "dict", "list", "TextPart", "OtherPart"}
+        or "[" in part
+        or part.startswith(("function-", "constrained-"))
+    )
+
+
+def _short(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number"
+
+
+def unsupported_param(options: dict[str, Any], supported: list[frozenset[str]]) -> str | None:
+    """The first option that none of the candidate providers supports (for ``param``)."""
+    for name in options:
+        if not any(name in accepted for accepted in supported):
+            return name
+    return None

@@ -1,0 +1,931 @@
+"""``llmrelay serve`` in-process, with the official ``openai`` SDK as its client.
+
+Behind the server: the OpenAI replica (through the OpenAI-compatible provider) where the
+upstream's side must be observed, and fake providers registered as plugins where a failure
+must happen at an exact moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any, ClassVar
+
+import aiohttp
+import openai
+import pytest
+
+import llmrelay
+from llmrelay import Call, Chunk, FinishReason, Message, Provider, Registry, Usage, errors
+from llmrelay._config import EndpointConfig
+from llmrelay.server import (
+    PROVIDER_HEADER,
+    BindRefused,
+    Server,
+    ServerSettings,
+    check_binding,
+    create_app,
+    is_loopback,
+    serving,
+)
+from llmrelay_openai_compat import provider_for
+from tests.replicas.openai import STATE, ReplicaState
+from tests.replicas.openai import make_app as make_replica
+from tests.support import Serve
+
+HI = [{"role": "user", "content": "Hi there"}]
+KEY = "sk-server-key-0123456789"
+#: Short grace: a test that leaves a request running must not wait the default 25 s.
+FAST = ServerSettings(shutdown_grace=2.0)
+
+
+class Plugin:
+    """Registers the given providers, as a third-party distribution would."""
+
+    def __init__(self, *providers: type[Provider]) -> None:
+        self.providers = providers
+
+    @llmrelay.hookimpl
+    def register_providers(self, register: Callable[[type[Provider]], None]) -> None:
+        for provider in self.providers:
+            register(provider)
+
+
+class Echo(Provider):
+    """Answers at once, no I/O: ``Echo: <last text>``, usage, stop."""
+
+    name = "echo"
+    url = "http://echo.invalid"
+    default_model = "echo-1"
+    models = ("echo-1",)
+    supported_options = frozenset({"temperature", "max_tokens", "stop", "seed", "top_p", "user"})
+    seen: ClassVar[list[dict[str, Any]]] = []
+
+    @classmethod
+    async def generate(
+        cls, model: str, messages: list[Message], call: Call
+    ) -> AsyncGenerator[Chunk, None]:
+        cls.seen.append(dict(call.options))
+        yield "Echo: "
+        yield messages[-1].text
+        yield Usage(3, 2)
+        yield FinishReason("stop")
+
+
+class Gate(Provider):
+    """Sends ``first ``, then waits for the test to open ``gate``: a stream held mid-answer."""
+
+    name = "gate"
+    url = "http://gate.invalid"
+    default_model = "gate-1"
+    models = ("gate-1",)
+    gate: ClassVar[asyncio.Event]
+    cancelled: ClassVar[int] = 0
+
+    @classmethod
+    async def generate(
+        cls, model: str, messages: list[Message], call: Call
+    ) -> AsyncGenerator[Chunk, None]:
+        yield "first "
+        try:
+            await cls.gate.wait()
+        except asyncio.CancelledError:
+            cls.cancelled += 1
+            raise
+        yield "second"
+        yield FinishReason("stop")
+
+
+def failing(
+    name: str, error: Callable[[str], Exception], models: tuple[str, ...] = ("shared",)
+) -> type[Provider]:
+    """A provider that raises ``error(name)`` before any text."""
+
+    class Failing(Provider):
+        @classmethod
+        async def generate(
+            cls, model: str, messages: list[Message], call: Call
+        ) -> AsyncGenerator[Chunk, None]:
+            raise error(cls.name)
+            yield ""  # pragma: no cover - makes this an async generator
+
+    Failing.name = name
+    Failing.url = f"http://{name}.invalid"
+    Failing.default_model = models[0]
+    Failing.models = models
+    Failing.__name__ = Failing.__qualname__ = f"Failing_{name}"
+    return Failing
+
+
+class BreaksMidStream(Provider):
+    name = "breaks"
+    url = "http://breaks.invalid"
+    default_model = "breaks-1"
+    models = ("breaks-1",)
+
+    @classmethod
+    async def generate(
+        cls, model: str, messages: list[Message], call: Call
+    ) -> AsyncGenerator[Chunk, None]:
+        yield "partial "
+        raise errors.ServerError("HTTP 500: boom", provider=cls.name, status=500)
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+StartServer = Callable[..., Awaitable[Server]]
+MakeClient = Callable[..., openai.AsyncOpenAI]
+
+
+@pytest.fixture
+async def relay_server(serve: Serve) -> AsyncIterator[StartServer]:
+    """``await relay_server(settings)`` serves llmrelay on 127.0.0.1 until the test ends.
+
+    Depends on ``serve`` so it stops before the replicas and before llmrelay's sessions close.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(
+            settings: ServerSettings = FAST, registry: Registry | None = None
+        ) -> Server:
+            app = create_app(settings, registry=registry)
+            return await stack.enter_async_context(serving(app))
+
+        yield start
+
+
+@pytest.fixture
+async def client(relay_server: StartServer) -> AsyncIterator[MakeClient]:
+    """``client(server, key=...)``: an ``openai.AsyncOpenAI`` for the server, closed after."""
+    clients: list[openai.AsyncOpenAI] = []
+
+    def make(server: Server, key: str = "unused") -> openai.AsyncOpenAI:
+        made = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+        clients.append(made)
+        return made
+
+    yield make
+    for made in clients:
+        await made.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain HTTP client, for what the SDK hides: raw frames, headers, broken bodies."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def replica(serve: Serve, use_plugins: Callable[..., Registry]) -> ReplicaState:
+    """The OpenAI replica behind the provider ``replica`` (models gpt-4o-mini and llama3)."""
+    app = make_replica()
+    base = await serve(app)
+    endpoint = EndpointConfig(
+        name="replica", base_url=f"{base}/v1", models=("gpt-4o-mini", "llama3")
+    )
+    use_plugins(("replica", Plugin(provider_for(endpoint))))
+    return app[STATE]
+
+
+@pytest.fixture
+def fakes(use_plugins: Callable[..., Registry]) -> Callable[..., Registry]:
+    def install(*providers: type[Provider]) -> Registry:
+        return use_plugins(*((p.name, Plugin(p)) for p in providers))
+
+    return install
+
+
+@pytest.fixture(autouse=True)
+def _no_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Upstream errors reach the client at once instead of after backoff."""
+    monkeypatch.setenv("LLMRELAY_MAX_RETRIES", "0")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_fakes() -> None:
+    Echo.seen.clear()
+    Gate.gate = asyncio.Event()
+    Gate.cancelled = 0
+
+
+async def _frames(response: aiohttp.ClientResponse) -> list[str]:
+    """The ``data:`` payloads of an SSE response, in order."""
+    text = (await response.read()).decode()
+    assert text.endswith("\n\n")
+    return [block.removeprefix("data: ") for block in text.split("\n\n") if block]
+
+
+async def _wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Poll state that other code owns (a replica's counters, the server's tasks), bounded."""
+    async with asyncio.timeout(seconds):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+# -- answers -------------------------------------------------------------------------------
+
+
+async def test_non_stream_answer(
+    replica: ReplicaState, relay_server: StartServer, client: MakeClient
+) -> None:
+    server = await relay_server()
+    raw = await client(server).chat.completions.with_raw_response.create(
+        model="llama3", messages=HI
+    )
+    assert raw.headers[PROVIDER_HEADER] == "replica"
+    assert raw.headers["x-request-id"]
+    completion = raw.parse()
+    assert completion.object == "chat.completion"
+    assert completion.model == "llama3"
+    assert completion.id.startswith("chatcmpl-")
+    choice = completion.choices[0]
+    assert (choice.index, choice.message.role) == (0, "assistant")
+    assert choice.message.content == "Echo: Hi there"
+    assert choice.finish_reason == "stop"
+    assert completion.usage is not None
+    assert (completion.usage.prompt_tokens, completion.usage.total_tokens) == (9, 12)
+    assert "stream" not in replica.last_body  # a whole answer was asked upstream too
+
+
+async def test_stream_in_openai_order_with_usage(
+    replica: ReplicaState, relay_server: StartServer, client: MakeClient
+) -> None:
+    server = await relay_server()
+    stream = await client(server).chat.completions.create(
+        model="gpt-4o-mini", messages=HI, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [chunk async for chunk in stream]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Echo: Hi there"
+    assert [c.choices[0].finish_reason for c in chunks[:-1]] == [None] * (len(chunks) - 2) + [
+        "stop"
+    ]
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.total_tokens == 12
+    assert all(c.usage is None for c in chunks[:-1])
+    assert {c.id for c in chunks} == {chunks[0].id}
+    assert {c.model for c in chunks} == {"gpt-4o-mini"}
+    assert {c.created for c in chunks} == {chunks[0].created}
+
+
+async def test_stream_frames_on_the_wire(
+    fakes: Callable[..., Registry], relay_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    fakes(Echo)
+    server = await relay_server()
+    body = {"model": "echo-1", "messages": HI, "stream": True}
+    async with http.post(f"{server.url}/v1/chat/completions", json=body) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        assert response.headers[PROVIDER_HEADER] == "echo"
+        frames = await _frames(response)
+    assert frames[-1] == "[DONE]"
+    chunks = [json.loads(f) for f in frames[:-1]]
+    assert [c["choices"][0]["delta"] for c in chunks] == [
+        {"role": "assistant", "content": ""},
+        {"content": "Echo: "},
+        {"content": "Hi there"},
+        {},
+    ]
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, None, "stop"]
+    assert all("usage" not in c for c in chunks)  # not asked for: not sent
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+
+
+async def test_models_list_and_retrieve(
+    replica: ReplicaState, relay_server: StartServer, client: MakeClient
+) -> None:
+    server = await relay_server()
+    openai_client = client(server)
+    page = await openai_client.models.list()
+    assert {(m.id, m.owned_by, m.object) for m in page.data} == {
+        ("gpt-4o-mini", "replica", "model"),
+        ("llama3", "replica", "model"),
+    }
+    model = await openai_client.models.retrieve("llama3")
+    assert (model.id, model.owned_by) == ("llama3", "replica")
+    with pytest.raises(openai.NotFoundError):
+        await openai_client.models.retrieve("llama4-nope")
+
+
+async def test_health_and_ready_answer_without_a_key(
+    fakes: Callable[..., Registry], relay_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    fakes(Echo)
+    server = await relay_server(ServerSettings(api_key=KEY, shutdown_grace=2.0))
+    async with http.get(f"{server.url}/health") as response:
+        assert response.status == 200
+        assert (await response.json())["status"] == "ok"
+    async with http.get(f"{server.url}/ready") as response:
+        assert response.status == 200
+        assert await response.json() == {"status": "ready", "providers": 1}
+    async with http.get(f"{server.url}/v1/models") as response:
+        assert response.status == 401
+
+
+async def test_request_options_reach_the_provider(
+    replica: ReplicaState, relay_server: StartServer, client: MakeClient
+) -> None:
+    server = await relay_server()
+    await client(server).chat.completions.create(
+        model="llama3", messages=HI, temperature=0.2, max_tokens=7, stop=["\n"], seed=3, n=1
+    )
+    body = replica.last_body
+    assert (body["temperature"], body["max_tokens"], body["stop"], body["seed"]) == (
+        0.2,
+        7,
+        ["\n"],
+        3,
+    )
+    assert "n" not in body  # the server's own business: n=1 is all it offers
+
+
+# -- client errors -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "param", "words"),
+    [
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", "'user'"),
+        ({"messages": [{"role": "user"}]}, "messages[0].content", "required"),
+        ({"messages": []}, "messages", "at least 1"),
+        ({"temperature": 5}, "temperature", "less than or equal to 2"),
+        ({"temperature": "hot"}, "temperature", "valid number"),
+        ({"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
+        ({"n": 3}, "n", "only n=1"),
+        ({"stream": "yes"}, "stream", "valid boolean"),
+        ({"stream_options": {"include_usage": True}}, "stream_options", "only allowed"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
+        ({"model": ""}, "model", "at least 1"),
+        ({"base_url": "http://169.254.169.254/"}, "base_url", "unknown parameter"),
+        ({"proxy": "http://evil:1"}, "proxy", "unknown parameter"),
+        ({"timeout": 1}, "timeout", "unknown parameter"),
+    ],
+)
+async def test_invalid_fields_are_400_naming_the_field(
+    fakes: Callable[..., Registry],
+    relay_server: StartServer,
+    http: aiohttp.ClientSession,
+    change: dict[str, Any],
+    param: str,
+    words: str,
+) -> None:
+    fakes(Echo)
+    server = await relay_server()
+    body = {"model": "echo-1", "messages": HI, **change}
+    async with http.post(f"{server.url}/v1/chat/completions", json=body) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert error["param"] == param
+    assert error["type"] == "invalid_request_error"
+    assert words in error["message"]
+    assert Echo.seen == []  # refused before any provider was called
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        (b"", "empty"),
+        (b"{", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object, got an array"),
+        (b'{"model": NaN}', "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b"[" * 100 + b"]" * 100, "must be a JSON object"),
+        (b'{"a":' * 100 + b"1" + b"}" * 100, "nests deeper"),
+    ],
+)
+async def test_unparseable_bodies_are_400(
+    fakes: Callable[..., Registry],
+    relay_server: StartServer,
+    http: aiohttp.ClientSession,
+    raw: bytes,
+    words: str,
+) -> None:
+    fakes(Echo)
+    server = await relay_server()
+    async with http.post(f"{server.url}/v1/chat/completions", data=raw) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert words in error["message"]
+
+
+async def test_bad_request_through_the_sdk(
+    fakes: Callable[..., Registry], relay_server: StartServer, client: MakeClient
+) -> None:
+    fakes(Echo)
+    server = await relay_server()
+    with pytest.raises(openai.BadRequestError) as info:
+        await client(server).chat.completions.create(
+            model="echo-1",
+            messages=[{"role": "user", "content": "x"}, {"role": "robot", "content": "y"}],  # type: ignore[list-item]
+        )
+    assert info.value.status_code == 400
+    assert isinstance(info.value.body, dict)
+    assert info.value.body["param"] == "messages[1].role"
+
+
+async def test_unsupported_option_is_400_naming_it_unless_dropped(
+    fakes: Callable[..., Registry], relay_server: StartServer, client: MakeClient
+) -> None:
+    fakes(Echo)
+    strict = client(await relay_server())
+    with pytest.raises(openai.BadRequestError) as info:
+        await strict.chat.completions.create(
+            model="echo-1", messages=HI, presence_penalty=0.5, temperature=0.3
+        )
+    assert isinstance(info.value.body, dict)
+    assert info.value.body["param"] == "presence_penalty"
+    assert info.value.body["code"] == "unsupported_parameter"
+    assert Echo.seen == []
+    lenient = client(await relay_server(ServerSettings(drop_unsupported=True)))
+    completion = await lenient.chat.completions.create(
+        model="echo-1", messages=HI, presence_penalty=0.5, temperature=0.3
+    )
+    assert completion.choices[0].message.content == "Echo: Hi there"
+    assert Echo.seen[-1] == {"temperature": 0.3}
+
+
+async def test_unknown_model_is_404_with_suggestions(
+    replica: ReplicaState, relay_server: StartServer, client: MakeClient
+) -> None:
+    server = await relay_server()
+    with pytest.raises(openai.NotFoundError) as info:
+        await client(server).chat.completions.create(model="llama", messages=HI)
+    assert isinstance(info.value.body, dict)
+    assert info.value.body["code"] == "model_not_found"
+    assert info.value.body["param"] == "model"
+    assert "llama3" in info.value.body["message"]
+    assert replica.hits == 0
+
+
+async def test_unknown_routes_and_methods_are_openai_shaped(
+    fakes: Callable[..., Registry], relay_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    fakes(Echo)
+    server = await relay_server()
+    async with http.get(f"{server.url}/v1/nothing-here") as response:
+        assert response.status == 404
+        assert (await response.json())["error"]["code"] == "unknown_url"
+    async with http.delete(f"{server.url}/v1/chat/completions") as response:
+        assert response.status == 405
+        assert "POST" in response.headers["Allow"]
+        assert (await response.json())["error"]["code"] == "method_not_allowed"
+
+
+# -- auth ----------------------------------------------------------------------------------
+
+
+async def test_auth(
+    fakes: Callable[..., Registry],
+    relay_server: StartServer,
+    client: MakeClient,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fakes(Echo)
+    caplog.set_level(logging.DEBUG, logger="llmrelay")
+    server = await relay_server(ServerSettings(api_key=KEY, shutdown_grace=2.0))
+    wrong = "sk-server-key-0123456780"  # one character off
+    with pytest.raises(openai.AuthenticationError) as info:
+        await client(server, wrong).chat.completions.create(model="echo-1", messages=HI)
+    assert isinstance(info.value.body, dict)
+    assert info.value.body["code"] == "invalid_api_key"
+    async with http.post(f"{server.url}/v1/chat/completions", json={}) as response:
+        assert response.status == 401
+        assert "missing API key" in (await response.json())["error"]["message"]
+    headers = {"Authorization": f"Basic {KEY}"}
+    async with http.get(f"{server.url}/v1/models", headers=headers) as response:
+        assert response.status == 401
+    completion = await client(server, KEY).chat.completions.create(model="echo-1", messages=HI)
+    assert completion.choices[0].message.content == "Echo: Hi there"
+    assert KEY not in caplog.text
+    assert wrong not in caplog.text
+    assert "Hi there" not in caplog.text  # nor the prompt
+
+
+def test_binding_beyond_loopback_needs_a_key() -> None:
+    for host in ("127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost", "LOCALHOST"):
+        assert is_loopback(host), host
+        check_binding(host, None)
+    for host in ("0.0.0.0", "::", "", "10.0.0.1", "example.com", "localhost.example.com"):
+        assert not is_loopback(host), host
+        with pytest.raises(BindRefused, match="without an API key"):
+            check_binding(host, None)
+        check_binding(host, KEY)
+    with pytest.raises(ValueError, match="must not be empty"):
+        ServerSettings(api_key="  ")
+
+
+# -- upstream errors -----------------------------------------------------------------------
+
+
+async def test_upstream_429_is_passed_on_with_retry_after(
+    replica: ReplicaState, relay_server: StartServer, client: MakeClient
+) -> None:
+    replica.mode = "rate_limited"
+    server = await relay_server()
+    with pytest.raises(openai.RateLimitError) as info:
+        await client(server).chat.completions.create(model="llama3", messages=HI)
+    assert info.value.response.headers["retry-after"] == "1"
+    assert info.value.response.headers["retry-after-ms"] == "1000"
+    assert "Rate limit reached" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (lambda p: errors.ServerError("HTTP 500: oops", provider=p, status=500), 502, None),
+        (lambda p: errors.ConnectError("refused", provider=p), 502, None),
+        (lambda p: errors.AuthenticationFailed("HTTP 401", provider=p, status=401), 502, None),
+        (lambda p: errors.ProviderTimeout("read timed out", provider=p), 504, "upstream_timeout"),
+        (lambda p: errors.ServerError("HTTP 503", provider=p, status=503), 503, None),
+        (lambda p: errors.BadRequest("HTTP 400: bad", provider=p, status=400), 400, None),
+        (lambda p: errors.MisuseDetected("Misuse detected", provider=p), 400, "content_filter"),
+    ],
+)
+async def test_one_failing_provider_maps_to_a_status(
+    fakes: Callable[..., Registry],
+    relay_server: StartServer,
+    client: MakeClient,
+    error: Callable[[str], Exception],
+    status: int,
+    code: str | None,
+) -> None:
+    fakes(failing("only", error))
+    server = await relay_server()
+    with pytest.raises(openai.APIStatusError) as info:
+        await client(server).chat.completions.create(model="shared", messages=HI)
+    assert info.value.status_code == status
+    assert isinstance(info.value.body, dict)
+    assert info.value.body["message"].startswith("only: ")
+    if code:
+        assert info.value.body["code"] == code
+    if status == 400:
+        assert isinstance(info.value, openai.BadRequestError)
+    else:
+        assert isinstance(info.value, openai.InternalServerError)
+
+
+async def test_all_providers_failing_is_502_listing_each(
+    fakes: Callable[..., Registry], relay_server: StartServer, client: MakeClient
+) -> None:
+    fakes(
+        failing("first", lambda p: errors.ServerError("HTTP 500", provider=p, status=500)),
+        failing("second", lambda p: errors.ConnectError("refused", provider=p)),
+    )
+    server = await relay_server()
+    with pytest.raises(openai.InternalServerError) as info:
+        await client(server).chat.completions.create(model="shared", messages=HI, stream=True)
+    assert info.value.status_code == 502
+    assert isinstance(info.value.body, dict)
+    assert info.value.body["code"] == "all_providers_failed"
+    assert "first: HTTP 500" in info.value.message
+    assert "second: refused" in info.value.message
+
+
+async def test_all_providers_rate_limited_is_429_with_the_shortest_wait(
+    fakes: Callable[..., Registry], relay_server: StartServer, client: MakeClient
+) -> None:
+    def limited(wait: float) -> Callable[[str], Exception]:
+        return lambda p: errors.RateLimited("HTTP 429", provider=p, status=429, retry_after=wait)
+
+    fakes(failing("first", limited(7)), failing("second", limited(2.5)))
+    server = await relay_server()
+    with pytest.raises(openai.RateLimitError) as info:
+        await client(server).chat.completions.create(model="shared", messages=HI)
+    assert info.value.response.headers["retry-after"] == "3"
+    assert info.value.response.headers["retry-after-ms"] == "2500"
+
+
+async def test_fallback_names_the_provider_that_answered(
+    fakes: Callable[..., Registry], relay_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    class Second(Echo):
+        name = "second"
+        models = ("shared",)
+        default_model = "shared"
+
+    fakes(failing("first", lambda p: errors.ConnectError("refused", provider=p)), Second)
+    server = await relay_server()
+    body = {"model": "shared", "messages": HI, "stream": True}
+    async with http.post(f"{server.url}/v1/chat/completions", json=body) as response:
+        assert response.headers[PROVIDER_HEADER] == "second"
+        assert (await _frames(response))[-1] == "[DONE]"
+
+
+async def test_failure_after_the_stream_started_is_an_error_event(
+    fakes: Callable[..., Registry],
+    relay_server: StartServer,
+    client: MakeClient,
+    http: aiohttp.ClientSession,
+) -> None:
+    fakes(BreaksMidStream)
+    server = await relay_server()
+    stream = await client(server).chat.completions.create(
+        model="breaks-1", messages=HI, stream=True
+    )
+    received: list[str] = []
+
+    async def consume() -> None:
+        async for chunk in stream:
+            received.append(chunk.choices[0].delta.content or "")
+
+    with pytest.raises(openai.APIError, match="boom") as info:
+        await consume()
+    assert "".join(received) == "partial "
+    assert isinstance(info.value.body, dict)
+    assert info.value.body["code"] == "stream_interrupted"
+    body = {"model": "breaks-1", "messages": HI, "stream": True}
+    async with http.post(f"{server.url}/v1/chat/completions", json=body) as response:
+        assert response.status == 200
+        frames = await _frames(response)
+    assert frames[-1] == "[DONE]"
+    assert json.loads(frames[-2])["error"]["type"] == "upstream_error"
+
+
+# -- limits --------------------------------------------------------------------------------
+
+
+async def test_body_limit(
+    fakes: Callable[..., Registry], relay_server: StartServer, client: MakeClient
+) -> None:
+    fakes(Echo)
+    server = await relay_server(ServerSettings(max_body_bytes=4096, shutdown_grace=2.0))
+    openai_client = client(server)
+    with pytest.raises(openai.APIStatusError) as info:
+        await openai_client.chat.completions.create(
+            model="echo-1", messages=[{"role": "user", "content": "x" * 20_000}]
+        )
+    assert info.value.status_code == 413
+    assert isinstance(info.value.body, dict)
+    assert info.value.body["code"] == "request_too_large"
+    assert "4096" in info.value.message
+    ok = await openai_client.chat.completions.create(model="echo-1", messages=HI)
+    assert ok.choices[0].message.content == "Echo: Hi there"
+
+
+async def test_concurrency_limit(
+    fakes: Callable[..., Registry], relay_server: StartServer, client: MakeClient
+) -> None:
+    fakes(Gate, Echo)
+    server = await relay_server(ServerSettings(max_concurrency=1, shutdown_grace=2.0))
+    openai_client = client(server)
+    held = await openai_client.chat.completions.create(model="gate-1", messages=HI, stream=True)
+    first = [await anext(held) for _ in range(2)]
+    assert first[1].choices[0].delta.content == "first "
+    with pytest.raises(openai.InternalServerError) as info:
+        await openai_client.chat.completions.create(model="echo-1", messages=HI)
+    assert info.value.status_code == 503
+    assert isinstance(info.value.body, dict)
+    assert info.value.body["code"] == "server_overloaded"
+    assert info.value.response.headers["retry-after"] == "1"
+    Gate.gate.set()
+    rest = [chunk async for chunk in held]
+    assert rest[0].choices[0].delta.content == "second"
+    await _wait_for(lambda: not server.state.tasks)
+    ok = await openai_client.chat.completions.create(model="echo-1", messages=HI)
+    assert ok.choices[0].message.content == "Echo: Hi there"
+
+
+# -- disconnects and shutdown --------------------------------------------------------------
+
+
+async def test_client_disconnect_cancels_the_upstream_stream(
+    replica: ReplicaState, relay_server: StartServer, client: MakeClient
+) -> None:
+    replica.delay = 0.02
+    server = await relay_server()
+    words = " ".join(f"w{i}" for i in range(200))  # 200 chunks x 20 ms: 4 s if not cancelled
+    stream = await client(server).chat.completions.create(
+        model="llama3", messages=[{"role": "user", "content": words}], stream=True
+    )
+    assert [(await anext(stream)).choices[0].delta.content for _ in range(3)] == [
+        "",
+        "Echo: ",
+        "w0 ",
+    ]
+    await stream.close()
+    await _wait_for(lambda: replica.streams_cancelled == 1)
+    assert replica.streams_finished == 0
+    await _wait_for(lambda: not server.state.tasks)
+
+
+async def test_non_stream_disconnect_cancels_upstream_too(
+    fakes: Callable[..., Registry], relay_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    fakes(Gate)
+    server = await relay_server()
+    body = {"model": "gate-1", "messages": HI}
+    request = asyncio.ensure_future(http.post(f"{server.url}/v1/chat/completions", json=body))
+    await _wait_for(lambda: bool(server.state.tasks))
+    request.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await request
+    await _wait_for(lambda: Gate.cancelled == 1)
+    await _wait_for(lambda: not server.state.tasks)
+
+
+async def test_graceful_shutdown_lets_running_streams_finish(
+    fakes: Callable[..., Registry],
+    relay_server: StartServer,
+    client: MakeClient,
+    http: aiohttp.ClientSession,
+) -> None:
+    fakes(Gate)
+    server = await relay_server(ServerSettings(shutdown_grace=10.0))
+    url = server.url
+    stream = await client(server).chat.completions.create(model="gate-1", messages=HI, stream=True)
+    assert (await anext(stream)).choices[0].delta.role == "assistant"
+    stopping = asyncio.ensure_future(server.shutdown())
+    await _wait_for(lambda: server.state.draining)
+    with pytest.raises(aiohttp.ClientConnectionError):
+        async with http.get(f"{url}/health"):
+            pass  # pragma: no cover - the listener is closed
+    assert not stopping.done()
+    Gate.gate.set()
+    text = "".join([c.choices[0].delta.content or "" async for c in stream])
+    assert text == "first second"
+    async with asyncio.timeout(5):
+        await stopping
+
+
+async def test_grace_expiry_ends_streams_with_an_error_event(
+    fakes: Callable[..., Registry], relay_server: StartServer, client: MakeClient
+) -> None:
+    fakes(Gate)
+    server = await relay_server(ServerSettings(shutdown_grace=0.2))
+    stream = await client(server).chat.completions.create(model="gate-1", messages=HI, stream=True)
+    assert [(await anext(stream)).choices[0].delta.content for _ in range(2)] == ["", "first "]
+    async with asyncio.timeout(5):
+        await server.shutdown()
+    with pytest.raises(openai.APIError, match="shutting down"):
+        async for _ in stream:
+            pass  # pragma: no cover - nothing more arrives before the error
+    assert Gate.cancelled == 1
+
+
+async def test_hurry_ends_the_grace_period_at_once(
+    fakes: Callable[..., Registry], relay_server: StartServer, client: MakeClient
+) -> None:
+    fakes(Gate)
+    server = await relay_server(ServerSettings(shutdown_grace=60.0))
+    stream = await client(server).chat.completions.create(model="gate-1", messages=HI, stream=True)
+    assert [(await anext(stream)).choices[0].delta.content for _ in range(2)] == ["", "first "]
+    stopping = asyncio.ensure_future(server.shutdown())
+    await _wait_for(lambda: server.state.draining)
+    server.hurry()  # what a second SIGTERM or Ctrl-C does
+    async with asyncio.timeout(5):
+        await stopping
+    with pytest.raises(openai.APIError, match="shutting down"):
+        await anext(stream)
+    assert Gate.cancelled == 1
+
+
+async def test_ready_turns_503_while_draining(
+    fakes: Callable[..., Registry], relay_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    fakes(Echo)
+    server = await relay_server()
+    server.state.draining = True  # what shutdown sets first, observed on a kept-alive connection
+    async with http.get(f"{server.url}/ready") as response:
+        assert response.status == 503
+    body = {"model": "echo-1", "messages": HI}
+    async with http.post(f"{server.url}/v1/chat/completions", json=body) as response:
+        assert response.status == 503
+        assert (await response.json())["error"]["code"] == "shutting_down"
+    server.state.draining = False
+
+
+async def test_ready_is_503_without_providers(
+    fakes: Callable[..., Registry], relay_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    fakes()
+    server = await relay_server()
+    async with http.get(f"{server.url}/ready") as response:
+        assert response.status == 503
+        assert (await response.json())["error"]["code"] == "no_providers"
+
+
+# -- the access log ------------------------------------------------------------------------
+
+
+async def test_one_access_log_line_per_request(
+    fakes: Callable[..., Registry],
+    relay_server: StartServer,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fakes(Echo, BreaksMidStream)
+    caplog.set_level(logging.INFO, logger="llmrelay.access")
+    server = await relay_server(ServerSettings(api_key=KEY, shutdown_grace=2.0))
+    headers = {"Authorization": f"Bearer {KEY}"}
+    url = f"{server.url}/v1/chat/completions"
+    secret = "my-secret-prompt"
+    requests = [
+        {"model": "echo-1", "messages": [{"role": "user", "content": secret}], "stream": True},
+        {"model": "breaks-1", "messages": HI, "stream": True},
+        {"model": "evil\nINFO forged line", "messages": HI},
+    ]
+    for body in requests:
+        async with http.post(f"{url}?api_key=querysecret", json=body, headers=headers) as r:
+            await r.read()
+    async with http.get(f"{server.url}/health") as r:
+        await r.read()
+    lines = [r.getMessage() for r in caplog.records if r.name == "llmrelay.access"]
+    assert len(lines) == 4
+    ok, broken, unknown, health = lines
+    assert '"POST /v1/chat/completions" 200 model=echo-1 provider=echo ' in ok
+    assert '"POST /v1/chat/completions" 200 model=breaks-1 provider=breaks ' in broken
+    assert broken.endswith("error=stream_interrupted")
+    assert '"POST /v1/chat/completions" 404 model=evil\\nINFO\\x20forged\\x20line ' in unknown
+    assert '"GET /health" 200 model=- provider=- ' in health
+    assert all(line.count("\n") == 0 for line in lines)
+    assert all("s id=" in line for line in lines)  # the duration, then the request id
+    text = "\n".join(lines)
+    assert KEY not in text
+    assert "querysecret" not in text
+    assert secret not in text
+
+
+async def test_a_departed_client_is_logged_as_499(
+    replica: ReplicaState,
+    relay_server: StartServer,
+    client: MakeClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="llmrelay.access")
+    replica.delay = 0.02
+    server = await relay_server()
+    words = " ".join(f"w{i}" for i in range(100))
+    stream = await client(server).chat.completions.create(
+        model="llama3", messages=[{"role": "user", "content": words}], stream=True
+    )
+    await anext(stream)
+    await stream.close()
+    await _wait_for(lambda: any(r.name == "llmrelay.access" for r in caplog.records))
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "llmrelay.access"]
+    assert " 499 model=llama3 provider=replica " in line
+    await _wait_for(lambda: replica.streams_cancelled == 1)
+
+
+async def test_an_unexpected_bug_is_a_500_without_a_traceback(
+    fakes: Callable[..., Registry],
+    relay_server: StartServer,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Buggy(Echo):
+        name = "buggy"
+        models = ("buggy-1",)
+        default_model = "buggy-1"
+
+        @classmethod
+        async def generate(
+            cls, model: str, messages: list[Message], call: Call
+        ) -> AsyncGenerator[Chunk, None]:
+            raise KeyError("internal detail")
+            yield ""  # pragma: no cover
+
+    fakes(Buggy)
+    server = await relay_server()
+    async with http.post(
+        f"{server.url}/v1/chat/completions", json={"model": "buggy-1", "messages": HI}
+    ) as response:
+        assert response.status == 500
+        text = await response.text()
+    assert "Traceback" not in text
+    assert "internal detail" not in text
+    assert json.loads(text)["error"]["type"] == "server_error"
+    assert "internal detail" in caplog.text  # the operator gets it, in the log
+
+
+async def test_embedding_with_the_default_app(serve: Serve) -> None:
+    """``serving()`` with no app serves ``create_app()`` (the process registry)."""
+    async with (
+        serving() as server,
+        aiohttp.ClientSession() as session,
+        session.get(f"{server.url}/health") as response,
+    ):
+        assert response.status == 200
+    assert isinstance(server.state.settings, ServerSettings)
+
+
+def test_frames_survive_clients_that_split_on_unicode_line_ends() -> None:
+    from llmrelay.server._sse import ChunkEncoder
+
+    text = "a\u2028b\u2029c\x85d é\n"
+    frame = ChunkEncoder("chatcmpl-1", 1, "m\u2028", include_usage=False).content(text)
+    (line, blank) = frame.decode().splitlines()
+    assert blank == ""
+    chunk = json.loads(line.removeprefix("data: "))
+    assert (chunk["model"], chunk["choices"][0]["delta"]["content"]) == ("m\u2028", text)
+
+
+def test_settings_never_show_the_key() -> None:
+    assert KEY not in repr(ServerSettings(api_key=KEY))
