@@ -192,15 +192,12 @@ def _model_object(name: str, owner: str) -> dict[str, Any]:
 
 async def _list_models(request: web.Request) -> web.Response:
     """Every model and alias, owned by the provider tried first (OpenAI's list shape)."""
-    registry, config = _registry(request), get_config()
-    data = []
-    for name in dict.fromkeys([*registry.models(), *config.aliases]):
-        try:
-            providers = route(name, registry, config)
-        except errors.ModelNotFound:
-            continue
-        data.append(_model_object(name, providers[0][0].name))
-    return web.json_response({"object": "list", "data": data})
+    from .._client import list_models
+
+    models = list_models(_registry(request))
+    return web.json_response(
+        {"object": "list", "data": [_model_object(m.id, m.owned_by) for m in models.data]}
+    )
 
 
 async def _get_model(request: web.Request) -> web.Response:
