@@ -255,8 +255,10 @@ def show_config(as_json: bool) -> None:
 
 def _add_lazy_commands() -> None:
     # Their modules import only click at load time, so --help stays fast.
+    from ._cli_record import record
     from ._cli_serve import serve
 
+    cli.add_command(record)
     cli.add_command(serve)
 
 

@@ -1,0 +1,143 @@
+"""``llmrelay record``: call a provider for real and keep the exchange as a cassette.
+
+Registered on the ``llmrelay`` command group in ``cli.py``. Like the rest of the command line,
+it imports aiohttp, vcrpy and the providers only when it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["record"]
+
+
+@click.command()
+@click.argument("prompt", nargs=-1, required=True)
+@click.option(
+    "--provider",
+    "provider_name",
+    required=True,
+    metavar="NAME",
+    help="The provider to call (see `llmrelay providers`).",
+)
+@click.option(
+    "--cassette",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The cassette file to write (vcrpy YAML).",
+)
+@click.option("-m", "--model", default="", help="Model name or alias [default: the provider's].")
+@click.option("-s", "--system", help="A system message sent before the prompt.")
+@click.option(
+    "--proxy",
+    metavar="URL",
+    help="http://, https://, socks4://, socks5:// or socks5h:// proxy (user:pass@ allowed).",
+)
+@click.option(
+    "--base-url",
+    metavar="URL",
+    help="Send the request to this server (a local stand-in of the service, say) but record "
+    "the provider's own URL, so the cassette replays for the provider unchanged.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the cassette if it exists (only once a new recording has succeeded).",
+)
+@click.option("--timeout", type=float, help="Total seconds for the call.")
+def record(
+    prompt: tuple[str, ...],
+    provider_name: str,
+    path: Path,
+    model: str,
+    system: str | None,
+    proxy: str | None,
+    base_url: str | None,
+    overwrite: bool,
+    timeout: float | None,
+) -> None:
+    """Call a provider for real with PROMPT and record the exchange into a new cassette.
+
+    Secrets (keys, tokens, cookies, passwords) are scrubbed as in every llmrelay cassette.
+    Nothing is retried, so the cassette holds exactly what one attempt sent and received. An
+    existing cassette is never touched without --overwrite, and never replaced by a failed
+    call. Replay the cassette with `llmrelay chat --replay PATH`.
+    """
+    from . import errors
+    from ._cassettes import cassette
+    from ._registry import get_registry
+
+    text = " ".join(prompt)
+    if not text.strip():
+        raise click.UsageError("the prompt is empty")
+    if path.exists() and not overwrite:
+        raise FileExistsError(
+            f"cassette {str(path)!r} already exists; pass --overwrite to replace it"
+        )
+    registry = get_registry()
+    if provider_name not in registry.providers:
+        installed = ", ".join(registry.providers) or "none"
+        raise click.BadParameter(
+            f"no provider named {provider_name!r} (installed: {installed})",
+            param_hint="'--provider'",
+        )
+    provider = registry.get(provider_name)
+    messages: list[dict[str, str]] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": text})
+    options: dict[str, Any] = {"max_retries": 0}
+    if base_url:
+        options["base_url"] = base_url
+    if timeout is not None:
+        options["timeout"] = timeout
+    # Bad messages, model, proxy or options are refused here, before anything is written.
+    stream = provider.create_async_generator(model, messages, proxy=proxy, **options)
+    rewrite = (base_url.rstrip("/"), provider.url.rstrip("/")) if base_url else None
+
+    async def run() -> errors.LLMRelayError | None:
+        from ._transport import aclose
+
+        try:
+            async for chunk in stream:
+                if isinstance(chunk, str):
+                    sys.stdout.write(chunk)
+                    sys.stdout.flush()
+            sys.stdout.write("\n")
+        except errors.LLMRelayError as exc:
+            return exc
+        finally:
+            await aclose()
+        return None
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.recording")
+    try:
+        with cassette(scratch, mode="overwrite", rewrite=rewrite) as recorded:
+            failure = asyncio.run(run())
+    except BaseException:  # a provider bug, Ctrl-C: keep no half-made recording
+        scratch.unlink(missing_ok=True)
+        raise
+    interactions = len(recorded)
+    if not scratch.exists():
+        click.echo(f"nothing recorded: the request got no answer; {path} is unchanged", err=True)
+    elif failure is not None and path.exists():
+        scratch.unlink()
+        click.echo(f"the call failed; {path} is unchanged", err=True)
+    else:
+        scratch.replace(path)
+        what = "the failure" if failure is not None else f"{interactions} interaction(s)"
+        click.echo(f"recorded {what} into {path}", err=True)
+        replay = ["llmrelay", "chat", "-m", f"{provider.name}/{model}", "--replay", str(path)]
+        if system:
+            replay += ["-s", system]
+        click.echo(f"replay it with: {shlex.join([*replay, text])}", err=True)
+    if failure is not None:
+        raise failure
