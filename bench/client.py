@@ -1,0 +1,342 @@
+"""One benchmark case in one fresh process; prints one JSON line on stdout.
+
+Stdlib at the top, the client under test imported inside ``make_client``, so the same file
+runs in the workspace's venv (llmrelay, raw aiohttp, openai) and in the throwaway g4f venv.
+
+  pizzagpt protocol (POST /api/chatx-completion):
+    --client llmrelay         Pizzagpt.create_async_generator(..., base_url=replica).text()
+    --client aiohttp-shared   raw aiohttp, one shared ClientSession (the reference)
+    --client g4f              g4f.Provider.Pizzagpt (g4f 0.5.3.2), its url pointed at the replica
+  OpenAI protocol (POST /v1/chat/completions):
+    --client llmrelay         AsyncClient().chat.completions.create(model="bench/llama3", ...),
+                              through the OpenAI-compatible provider (endpoint from
+                              LLMRELAY_CONFIG, which run.py writes)
+    --client aiohttp-shared   raw aiohttp, one shared ClientSession, minimal SSE parsing
+    --client openai           openai.AsyncOpenAI(base_url=replica/v1)
+
+Every client asks the same thing; in stream mode every client sends
+``stream_options: {"include_usage": true}`` (llmrelay's provider always does), so all of
+them receive the same bytes. A unit is a request, or in stream mode a content chunk (a
+non-empty ``delta.content``). Timing excludes imports, client setup and the warm-up requests.
+
+``--profile FILE`` runs the timed part under cProfile and dumps the stats to FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+PIZZA_HEADERS = {  # the header set g4f's Pizzagpt sends (and llmrelay's, but for the UA)
+    "accept": "application/json",
+    "accept-language": "en-US,en;q=0.9",
+    "content-type": "application/json",
+    "user-agent": (
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 "
+        "(KHTML, like Gecko) Chrome/127.0.0.0 Safari/537.36"
+    ),
+    "x-secret": "Marinara",
+}
+MESSAGES = [{"role": "user", "content": "Say hello in Italian."}]
+MISUSE = "Misuse detected. please get in touch"
+#: The endpoint name and model run.py writes into the llmrelay configuration.
+ENDPOINT = "bench"
+MODEL = "llama3"
+
+One = Callable[[], Awaitable[int]]
+Close = Callable[[], Awaitable[None]]
+
+
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def check_answer(text: object) -> None:
+    if not isinstance(text, str) or len(text) < 10:
+        raise RuntimeError(f"unexpected answer {text!r}")
+
+
+# --------------------------------------------------------------------------- pizzagpt clients
+def pizzagpt_client(name: str, base: str) -> tuple[One, Close]:
+    if name == "llmrelay":
+        import llmrelay
+        from llmrelay_pizzagpt import Pizzagpt
+
+        async def one() -> int:
+            text = await Pizzagpt.create_async_generator(
+                "gpt-4o-mini", MESSAGES, base_url=base
+            ).text()
+            check_answer(text)
+            return 1
+
+        async def close() -> None:
+            await llmrelay.aclose()
+
+        return one, close
+
+    if name == "g4f":
+        from g4f.Provider import Pizzagpt as G4fPizzagpt  # g4f==0.5.3.2
+
+        G4fPizzagpt.url = base
+
+        async def one() -> int:
+            parts = [
+                chunk async for chunk in G4fPizzagpt.create_async_generator("gpt-4o-mini", MESSAGES)
+            ]
+            check_answer(parts[0] if parts else None)
+            return 1
+
+        async def close() -> None:
+            return None
+
+        return one, close
+
+    if name == "aiohttp-shared":
+        import aiohttp
+
+        url = base + "/api/chatx-completion"
+        headers = dict(PIZZA_HEADERS, origin=base, referer=base + "/en")
+        state: dict[str, aiohttp.ClientSession] = {}
+
+        async def one() -> int:
+            session = state.get("s")
+            if session is None:
+                session = state["s"] = aiohttp.ClientSession(headers=headers)
+            async with session.post(url, json={"question": MESSAGES[-1]["content"]}) as resp:
+                resp.raise_for_status()
+                data = await resp.json()
+            content = data.get("answer", data).get("content")
+            check_answer(content)
+            if MISUSE in content:
+                raise ValueError(content)
+            return 1
+
+        async def close() -> None:
+            if "s" in state:
+                await state["s"].close()
+
+        return one, close
+
+    raise SystemExit(f"unknown pizzagpt client {name!r}")
+
+
+# --------------------------------------------------------------------------- OpenAI clients
+def openai_client(name: str, base: str, stream: bool) -> tuple[One, Close]:
+    usage_opt = {"include_usage": True}
+
+    if name == "llmrelay":
+        import llmrelay
+
+        try:
+            AsyncClient = llmrelay.AsyncClient  # type: ignore[attr-defined]
+        except AttributeError:  # not re-exported yet (issue 5 is in progress)
+            from llmrelay._client import AsyncClient
+        client = AsyncClient()
+        model = f"{ENDPOINT}/{MODEL}"
+
+        async def one() -> int:
+            if not stream:
+                r = await client.chat.completions.create(model=model, messages=MESSAGES)
+                check_answer(r.choices[0].message.content)
+                return 1
+            n = 0
+            chunks = await client.chat.completions.create(
+                model=model, messages=MESSAGES, stream=True
+            )
+            async for chunk in chunks:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    n += 1
+            return n
+
+        async def close() -> None:
+            await client.aclose()
+
+        return one, close
+
+    if name == "openai":
+        from openai import AsyncOpenAI
+
+        oai = AsyncOpenAI(base_url=base + "/v1", api_key="x")
+
+        async def one() -> int:
+            if not stream:
+                r = await oai.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+                check_answer(r.choices[0].message.content)
+                return 1
+            n = 0
+            chunks = await oai.chat.completions.create(
+                model=MODEL,
+                messages=MESSAGES,  # type: ignore[arg-type]
+                stream=True,
+                stream_options=usage_opt,  # type: ignore[arg-type]
+            )
+            async for chunk in chunks:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    n += 1
+            return n
+
+        async def close() -> None:
+            await oai.close()
+
+        return one, close
+
+    if name == "aiohttp-shared":
+        import aiohttp
+
+        url = base + "/v1/chat/completions"
+        headers = {"Authorization": "Bearer x"}
+        state: dict[str, aiohttp.ClientSession] = {}
+
+        async def one() -> int:
+            session = state.get("s")
+            if session is None:
+                session = state["s"] = aiohttp.ClientSession(headers=headers)
+            body: dict[str, Any] = {"model": MODEL, "messages": MESSAGES}
+            if not stream:
+                async with session.post(url, json=body) as resp:
+                    resp.raise_for_status()
+                    data = await resp.json()
+                check_answer(data["choices"][0]["message"]["content"])
+                return 1
+            body["stream"] = True
+            body["stream_options"] = usage_opt
+            n = 0
+            async with session.post(url, json=body) as resp:
+                resp.raise_for_status()
+                # Minimal SSE, right for "\n" and "\r\n" line ends (aiohttp's line reader
+                # does not split a bare "\r"): an event ends at a blank line, its data lines
+                # join with "\n" (one leading space dropped), comments and other fields are
+                # skipped.
+                pending: list[bytes] = []
+                async for raw in resp.content:
+                    line = raw.rstrip(b"\r\n")
+                    if line.startswith(b"data:"):
+                        pending.append(line[6:] if line[5:6] == b" " else line[5:])
+                        continue
+                    if line or not pending:
+                        continue
+                    payload = pending[0] if len(pending) == 1 else b"\n".join(pending)
+                    pending = []
+                    if payload == b"[DONE]":
+                        break
+                    obj = json.loads(payload)
+                    if "error" in obj:
+                        raise RuntimeError(obj["error"])
+                    choices = obj.get("choices")
+                    if choices and choices[0]["delta"].get("content"):
+                        n += 1
+            return n
+
+        async def close() -> None:
+            if "s" in state:
+                await state["s"].close()
+
+        return one, close
+
+    raise SystemExit(f"unknown openai client {name!r}")
+
+
+# --------------------------------------------------------------------------- driver
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    base = f"http://127.0.0.1:{args.port}"
+    t_setup = time.perf_counter()
+    if args.proto == "pizzagpt":
+        one, close = pizzagpt_client(args.client, base)
+    else:
+        one, close = openai_client(args.client, base, args.stream)
+    setup_s = time.perf_counter() - t_setup
+
+    t = time.perf_counter()
+    first_units = await one()
+    first_s = time.perf_counter() - t
+    for _ in range(max(0, args.warmup - 1)):
+        await one()
+
+    errors: list[str] = []
+    units = 0
+
+    async def guarded(sem: asyncio.Semaphore) -> None:
+        nonlocal units
+        async with sem:
+            try:
+                got = await one()  # not `units += await one()`: that reads units first
+                units += got
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    profiler = None
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+    cpu0 = cpu_s()
+    t0 = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    if args.concurrency <= 1:
+        for _ in range(args.n):
+            try:
+                units += await one()
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+    else:
+        sem = asyncio.Semaphore(args.concurrency)
+        await asyncio.gather(*(guarded(sem) for _ in range(args.n)))
+    if profiler is not None:
+        profiler.disable()
+    elapsed = time.perf_counter() - t0
+    cpu = cpu_s() - cpu0
+    if profiler is not None:
+        profiler.dump_stats(args.profile)
+    await close()
+    await asyncio.sleep(0.05)  # let transports settle (not timed)
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "client": args.client,
+        "proto": args.proto,
+        "stream": args.stream,
+        "n": args.n,
+        "concurrency": args.concurrency,
+        "warmup": args.warmup,
+        "elapsed_s": elapsed,
+        "client_cpu_s": cpu,
+        "rps": args.n / elapsed,
+        "units": units,
+        "units_per_s": units / elapsed,
+        "first_request_s": first_s,
+        "first_units": first_units,
+        "client_setup_s": setup_s,
+        "maxrss_kib": ru.ru_maxrss,
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        "python": sys.version.split()[0],
+        "pid": os.getpid(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--client", required=True)
+    parser.add_argument("--proto", choices=["pizzagpt", "openai"], required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--profile", metavar="FILE", help="cProfile the timed part into FILE")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(run(args))))
+
+
+if __name__ == "__main__":
+    main()
