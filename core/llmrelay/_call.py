@@ -142,7 +142,7 @@ class Call:
         remaining = self.remaining()
         return remaining is not None and remaining <= 0
 
-    async def with_retries(self, attempt: Callable[[], Awaitable[T]]) -> T:
+    async def with_retries(self, attempt: Callable[[], Awaitable[T]], *, bounded: bool = True) -> T:
         """Run ``attempt`` with the retry policy and within the deadline.
 
         When the next wait would pass the deadline, the call stops at once with
@@ -152,7 +152,7 @@ class Call:
         self.start()
         try:
             # The first attempt skips tenacity's machinery: most calls succeed at once.
-            return await self._attempt(attempt)
+            return await self._attempt(attempt, bounded)
         except errors.ProviderError as exc:
             if not self._should_retry(exc) or self.retry.max_retries == 0:
                 raise
@@ -179,7 +179,7 @@ class Call:
                         # numbers and stop rules count it; the request is not sent again.
                         failure, first_failure = first_failure, None
                         raise failure
-                    return await self._attempt(attempt)
+                    return await self._attempt(attempt, bounded)
         except errors.ProviderError as exc:
             if deadline_stop and not isinstance(exc, errors.ProviderTimeout):
                 raise self._deadline_error(exc) from exc
@@ -188,13 +188,21 @@ class Call:
             "unreachable: tenacity either returns or re-raises"
         )  # pragma: no cover
 
-    async def _attempt(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """One attempt within the deadline, counted and logged."""
+    async def _attempt(self, attempt: Callable[[], Awaitable[T]], bounded: bool) -> T:
+        """One attempt within the deadline, counted and logged.
+
+        ``bounded=False`` means the attempt enforces the deadline itself (the transport hands
+        what is left of it to aiohttp as its total timeout, saving a second timer per request).
+        """
         self.attempts += 1
         started = time.monotonic()
         try:
-            result = await self._bounded(attempt())
+            result = await (self._bounded(attempt()) if bounded else attempt())
         except errors.ProviderError as exc:
+            if not bounded and isinstance(exc, errors.ProviderTimeout) and self._expired():
+                deadline = self._deadline_error()
+                self._log_failure(deadline, started)
+                raise deadline from None
             self._log_failure(exc, started)
             raise
         if log.isEnabledFor(logging.DEBUG):
@@ -277,6 +285,9 @@ class Call:
         transport = get_transport()
 
         async def attempt() -> HTTPResponse:
+            remaining = self.remaining()
+            if remaining is not None and remaining <= 0:
+                raise self._deadline_error()
             self._log_request(method, url, proxy)
             return await transport.request(
                 self.provider,
@@ -286,9 +297,10 @@ class Call:
                 data=data,
                 proxy=proxy,
                 timeouts=self.timeouts,
+                total=remaining,
             )
 
-        return await self.with_retries(attempt)
+        return await self.with_retries(attempt, bounded=False)
 
     async def post_json(
         self, url: str, payload: Any, *, headers: Mapping[str, str] | None = None

@@ -6,10 +6,13 @@ import difflib
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, NoReturn, Self
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Self
 
 from . import errors
 from ._call import Call, RetryPolicy
+
+if TYPE_CHECKING:
+    from ._config import Config
 from ._types import Chunk, FinishReason, Message, Messages, Usage, validate_messages
 
 __all__ = ["ChunkStream", "Completion", "Provider"]
@@ -83,11 +86,21 @@ class Provider:
         checked = validate_messages(messages)
         resolved = cls.get_model(model)
         call = cls.make_call(proxy=proxy, **kwargs)
-        return ChunkStream(cls.name, cls.generate(resolved, checked, call), call)
+        return cls.start(resolved, checked, call)
 
     @classmethod
-    def make_call(cls, proxy: str | None = None, **kwargs: Any) -> Call:
-        """Check the call options and build the :class:`Call` handed to :meth:`generate`."""
+    def start(cls, model: str, messages: list[Message], call: Call) -> ChunkStream:
+        """The stream of :meth:`generate` for input already checked (``model`` resolved)."""
+        return ChunkStream(cls.name, cls.generate(model, messages, call), call)
+
+    @classmethod
+    def make_call(
+        cls, proxy: str | None = None, *, config: Config | None = None, **kwargs: Any
+    ) -> Call:
+        """Check the call options and build the :class:`Call` handed to :meth:`generate`.
+
+        ``config`` saves a look-up when the caller already holds the configuration.
+        """
         drop = bool(kwargs.pop("drop_unsupported", False))
         options = {k: v for k, v in kwargs.items() if k not in CALL_OPTIONS}
         unsupported = sorted(set(options) - cls.supported_options)
@@ -110,9 +123,10 @@ class Provider:
             raise errors.InvalidRequest(
                 f"base_url must be an absolute http(s) URL, got {base_url!r}"
             )
-        from ._config import get_config
+        if config is None:
+            from ._config import get_config
 
-        config = get_config()  # a broken file or environment variable is reported here
+            config = get_config()  # a broken file or environment variable is reported here
         timeout = kwargs.get("timeout", config.timeout)
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0

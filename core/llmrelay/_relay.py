@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from . import errors
+from ._call import Call
 from ._config import get_config
 from ._provider import ChunkStream, Provider
 from ._registry import Registry, get_registry
@@ -34,7 +35,7 @@ class RelayStream(ChunkStream):
     def __init__(
         self,
         model: str,
-        candidates: list[tuple[type[Provider], str]],
+        candidates: list[tuple[type[Provider], str, Call]],
         messages: list[Message],
         proxy: str | None,
         options: dict[str, Any],
@@ -54,17 +55,19 @@ class RelayStream(ChunkStream):
     async def _run(self) -> AsyncGenerator[Chunk, None]:
         loop = asyncio.get_running_loop()
         deadline = None if self._timeout is None else loop.time() + self._timeout
-        for provider, model in self._candidates:
-            options = self._options
+        for provider, model, call in self._candidates:
             if deadline is not None:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
-                options = {**options, "timeout": remaining}
+                call.timeout = remaining
             self.provider = provider.name
-            stream = provider.create_async_generator(
-                model, self._messages, proxy=self._proxy, **options
-            )
+            if _overrides_entry(provider):
+                stream = provider.create_async_generator(
+                    model, self._messages, proxy=self._proxy, **self._options
+                )
+            else:  # input and options were checked once, in relay(): skip doing it again
+                stream = provider.start(model, self._messages, call)
             sent = False
             try:
                 async for chunk in stream:
@@ -100,6 +103,12 @@ class RelayStream(ChunkStream):
         if len(self.errors) == 1:
             raise self.errors[0]
         raise errors.AllProvidersFailed(self.model, self.errors)
+
+
+def _overrides_entry(provider: type[Provider]) -> bool:
+    """A provider that replaced ``create_async_generator`` itself is called through it."""
+    own = provider.create_async_generator.__func__  # type: ignore[attr-defined]
+    return own is not Provider.create_async_generator.__func__  # type: ignore[attr-defined]
 
 
 def _provider_side(exc: errors.ProviderError) -> bool:
@@ -142,15 +151,15 @@ def relay(
     checked = validate_messages(messages)
     config = get_config()
     candidates = route(model or config.default_model, registry or get_registry(), config)
-    usable: list[tuple[type[Provider], str]] = []
+    usable: list[tuple[type[Provider], str, Call]] = []
     first_refusal: errors.InvalidRequest | None = None
     for provider, provider_model in candidates:
         try:
-            provider.make_call(proxy=proxy, **options)
+            call = provider.make_call(proxy=proxy, config=config, **options)
         except errors.InvalidRequest as exc:
             first_refusal = first_refusal or exc
             continue
-        usable.append((provider, provider_model))
+        usable.append((provider, provider_model, call))
     if not usable:
         assert first_refusal is not None
         raise first_refusal

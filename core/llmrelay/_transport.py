@@ -180,14 +180,18 @@ class Transport:
         data: bytes | None = None,
         proxy: ProxyURL | None = None,
         timeouts: Timeouts = Timeouts(),
+        total: float | None = None,
     ) -> HTTPResponse:
         """Send one request and read the whole answer (one attempt, no retry).
+
+        ``total`` bounds the whole attempt (the caller's remaining deadline), enforced by
+        aiohttp's own timer; expiry surfaces as ``ProviderTimeout``.
 
         The same steps as :meth:`open` then a read, written out flat: this is the hot path
         of every non-streamed call.
         """
         session = await self.session(proxy)
-        kwargs = self._request_kwargs(headers, data, proxy, timeouts)
+        kwargs = self._request_kwargs(headers, data, proxy, timeouts, total)
         started = time.monotonic()
         try:
             async with session.request(method, url, **kwargs) as response:
@@ -211,12 +215,17 @@ class Transport:
         data: bytes | None,
         proxy: ProxyURL | None,
         timeouts: Timeouts,
+        total: float | None = None,
     ) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "headers": headers,
-            "data": data,
-            "timeout": _client_timeout(timeouts),
-        }
+        if total is None:
+            timeout = _client_timeout(timeouts)
+        else:
+            import aiohttp
+
+            timeout = aiohttp.ClientTimeout(
+                total=total, sock_connect=timeouts.connect, sock_read=timeouts.read
+            )
+        kwargs: dict[str, Any] = {"headers": headers, "data": data, "timeout": timeout}
         if proxy is not None and not proxy.is_socks:
             kwargs["proxy"] = _http_proxy_url(proxy)
         return kwargs
