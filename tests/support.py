@@ -14,6 +14,22 @@ from pathlib import Path
 
 from aiohttp import web
 
+import llmrelay
+from llmrelay import Provider
+
+
+class Plugin:
+    """A plugin object registering the given providers, as a third-party distribution would."""
+
+    def __init__(self, *providers: type[Provider]) -> None:
+        self.providers = providers
+
+    @llmrelay.hookimpl
+    def register_providers(self, register: Callable[[type[Provider]], None]) -> None:
+        for provider in self.providers:
+            register(provider)
+
+
 #: The ``serve`` fixture: ``base_url = await serve(app)`` starts ``app`` on 127.0.0.1.
 Serve = Callable[[web.Application], Awaitable[str]]
 

@@ -17,6 +17,7 @@ from aiohttp import web
 import llmrelay
 from llmrelay import Call, Chunk, FinishReason, Message, Provider, Registry, errors
 from tests.replicas.faults import FAULTS, FaultState, make_app
+from tests.support import Plugin
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
 
@@ -58,18 +59,6 @@ def fake(
     Fake.supported_options = options
     Fake.__name__ = Fake.__qualname__ = f"Fake_{name}"
     return Fake
-
-
-class Plugin:
-    """A plugin object registering the given providers, as a third-party distribution would."""
-
-    def __init__(self, *providers: type[Provider]) -> None:
-        self.providers = providers
-
-    @llmrelay.hookimpl
-    def register_providers(self, register: Callable[[type[Provider]], None]) -> None:
-        for provider in self.providers:
-            register(provider)
 
 
 @pytest.fixture(autouse=True)

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-import llmrelay
 from llmrelay import Call, Chunk, FinishReason, Message, Provider, Registry
 from llmrelay._config import Config
 from llmrelay._routing import Health, config_problems, route
 from llmrelay.cli import cli
 from llmrelay.errors import ModelNotFound
 from tests.endpoint_support import endpoint, run_cli
+from tests.support import Plugin
 
 
 def fake(name: str, *, working: bool = True, models: tuple[str, ...] = ("m",)) -> type[Provider]:
@@ -35,16 +35,6 @@ def fake(name: str, *, working: bool = True, models: tuple[str, ...] = ("m",)) -
     Fake.models, Fake.default_model = models, models[0]
     Fake.__name__ = Fake.__qualname__ = f"Fake_{name}"
     return Fake
-
-
-class Plugin:
-    def __init__(self, *providers: type[Provider]) -> None:
-        self.providers = providers
-
-    @llmrelay.hookimpl
-    def register_providers(self, register: Callable[[type[Provider]], None]) -> None:
-        for provider in self.providers:
-            register(provider)
 
 
 class Clock:

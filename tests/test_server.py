@@ -18,7 +18,6 @@ import aiohttp
 import openai
 import pytest
 
-import llmrelay
 from llmrelay import Call, Chunk, FinishReason, Message, Provider, Registry, Usage, errors
 from llmrelay._config import EndpointConfig
 from llmrelay.server import (
@@ -34,24 +33,12 @@ from llmrelay.server import (
 from llmrelay_openai_compat import provider_for
 from tests.replicas.openai import STATE, ReplicaState
 from tests.replicas.openai import make_app as make_replica
-from tests.support import Serve
+from tests.support import Plugin, Serve
 
 HI = [{"role": "user", "content": "Hi there"}]
 KEY = "sk-server-key-0123456789"
 #: Short grace: a test that leaves a request running must not wait the default 25 s.
 FAST = ServerSettings(shutdown_grace=2.0)
-
-
-class Plugin:
-    """Registers the given providers, as a third-party distribution would."""
-
-    def __init__(self, *providers: type[Provider]) -> None:
-        self.providers = providers
-
-    @llmrelay.hookimpl
-    def register_providers(self, register: Callable[[type[Provider]], None]) -> None:
-        for provider in self.providers:
-            register(provider)
 
 
 class Echo(Provider):
