@@ -63,6 +63,11 @@ class RetryPolicy:
     max_retry_after: float = 60.0
 
 
+#: Shared defaults (both immutable), so building a ``Call`` allocates no policy of its own.
+_DEFAULT_POLICY = RetryPolicy()
+_DEFAULT_TIMEOUTS = Timeouts()
+
+
 @dataclass
 class Call:
     """The context of one provider call: who, where through, how long, which options.
@@ -79,8 +84,8 @@ class Call:
     default_proxy: str | None = None
     stream: bool = True
     timeout: float | None = DEFAULT_TIMEOUT
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    timeouts: Timeouts = field(default_factory=Timeouts)
+    retry: RetryPolicy = _DEFAULT_POLICY
+    timeouts: Timeouts = _DEFAULT_TIMEOUTS
     options: dict[str, Any] = field(default_factory=dict)
     attempts: int = 0
     _deadline: float | None = field(default=None, init=False, repr=False)
@@ -364,4 +369,9 @@ def _encode(
         return None, merged
     if not any(k.lower() == "content-type" for k in merged):
         merged["Content-Type"] = "application/json"
-    return json.dumps(json_body, ensure_ascii=False).encode("utf-8"), merged
+    return _JSON.encode(json_body).encode("utf-8"), merged
+
+
+#: One encoder for every request: ``json.dumps`` with any non-default argument builds a new
+#: ``JSONEncoder`` per call.
+_JSON = json.JSONEncoder(ensure_ascii=False)

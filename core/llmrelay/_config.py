@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from ._env import getenv
 from .errors import ConfigError
 
 __all__ = [
@@ -265,9 +266,7 @@ def render_toml(data: dict[str, Any]) -> str:
 
 def config_path() -> Path:
     """The configuration file llmrelay reads (it may not exist)."""
-    return _config_path(
-        os.environ.get("LLMRELAY_CONFIG"), os.environ.get("XDG_CONFIG_HOME"), os.environ.get("HOME")
-    )
+    return _config_path(getenv("LLMRELAY_CONFIG"), getenv("XDG_CONFIG_HOME"), getenv("HOME"))
 
 
 @functools.lru_cache(maxsize=8)
@@ -364,7 +363,7 @@ def get_config() -> Config:
         stamp: object = (stat.st_mtime_ns, stat.st_size)
     except OSError:
         stamp = None
-    key = (str(path), stamp, *(os.environ.get(v) for v in _ENV_FIELDS))
+    key = (str(path), stamp, *(getenv(v) for v in _ENV_FIELDS))
     if _cache is None or _cache[0] != key:
         _cache = (key, load_config())
     return _cache[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -103,7 +104,7 @@ class Provider:
         """
         drop = bool(kwargs.pop("drop_unsupported", False))
         options = {k: v for k, v in kwargs.items() if k not in CALL_OPTIONS}
-        unsupported = sorted(set(options) - cls.supported_options)
+        unsupported = sorted(options.keys() - cls.supported_options) if options else []
         if unsupported and not drop:
             accepted = ", ".join(sorted(cls.supported_options)) or "none"
             raise errors.InvalidRequest(
@@ -144,7 +145,7 @@ class Provider:
             base_url=base_url,
             proxy=proxy,
             timeout=None if timeout is None else float(timeout),
-            retry=RetryPolicy(max_retries=max_retries),
+            retry=_retry_policy(max_retries),
             options=options,
             stream=bool(kwargs.get("stream", True)),
             default_proxy=config.proxy,
@@ -159,6 +160,12 @@ class Provider:
         Subclasses implement this as an ``async def`` generator classmethod.
         """
         raise NotImplementedError(f"{cls.__name__} must implement generate()")
+
+
+@functools.lru_cache(maxsize=32)
+def _retry_policy(max_retries: int) -> RetryPolicy:
+    """Policies are immutable: share one per retry count instead of building one per call."""
+    return RetryPolicy(max_retries=max_retries)
 
 
 @dataclass(frozen=True)

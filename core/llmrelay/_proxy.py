@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
+from ._env import getenv
 from .errors import ConfigError, InvalidRequest
 
 __all__ = ["ACCEPTED_SCHEMES", "ProxyURL", "parse_proxy", "proxy_for"]
@@ -132,7 +132,7 @@ def proxy_for(
     if explicit is not None:
         return parse_proxy(explicit) if explicit else None
     source = "LLMRELAY_PROXY"
-    value = os.environ.get(source)
+    value = getenv(source)
     if value is None and configured:
         value, source = configured, "the configuration file's proxy"
     if value is None:
@@ -140,13 +140,13 @@ def proxy_for(
         # getproxies_environment() scans the whole environment, on every request.
         scheme = urlsplit(target_url).scheme
         for name in (f"{scheme}_proxy", "all_proxy"):
-            value = os.environ.get(name) or os.environ.get(name.upper())
+            value = getenv(name) or getenv(name.upper())
             if value:
                 source = name.upper()
                 break
     if not value:
         return None
-    no_proxy = os.environ.get("no_proxy") or os.environ.get("NO_PROXY")
+    no_proxy = getenv("no_proxy") or getenv("NO_PROXY")
     host = urlsplit(target_url).hostname or ""
     if no_proxy and host and _bypass(host, {"no": no_proxy}):
         return None
