@@ -916,3 +916,24 @@ def test_frames_survive_clients_that_split_on_unicode_line_ends() -> None:
 
 def test_settings_never_show_the_key() -> None:
     assert KEY not in repr(ServerSettings(api_key=KEY))
+
+
+def test_prepare_process_sizes_the_pool_and_the_file_limit() -> None:
+    """A worker can hold ``max_concurrency`` upstream connections and twice as many sockets."""
+    import resource
+
+    from llmrelay._transport import get_transport
+    from llmrelay.server._run import prepare_process
+
+    transport = get_transport()
+    before = transport.limit
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        prepare_process(500)
+        assert transport.limit == max(before, 500)
+        raised, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        expected = hard if hard == resource.RLIM_INFINITY else max(soft, min(hard, 1 << 20))
+        assert raised == expected
+    finally:
+        transport.limit = before
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -141,7 +141,9 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> APIErr
     if exc.status == 413:
         limit = request.app[STATE].settings.max_body_bytes
         return APIError(
-            413, f"the request body is larger than the limit of {limit} bytes", code="too_large"
+            413,
+            f"the request body is larger than the limit of {limit} bytes",
+            code="request_too_large",
         )
     kind = "invalid_request_error" if exc.status < 500 else "server_error"
     return APIError(exc.status, exc.reason, type=kind)

@@ -206,6 +206,39 @@ def run(options: RunOptions) -> None:
         _supervise(options)
 
 
+def prepare_process(max_concurrency: int) -> None:
+    """Size the process for ``max_concurrency`` requests at once, before serving any.
+
+    Each request holds a client socket and an upstream one: raise the soft open-file limit to
+    the hard one (warn if still short), let the upstream connection pool hold as many
+    connections as requests may run, and import now the modules that error paths import
+    lazily, so that running out of descriptors never also fails an import.
+    """
+    import resource
+
+    import aiohttp_socks  # noqa: F401  (used by the transport's error mapping)
+
+    from .._transport import get_transport
+
+    needed = 2 * max_concurrency + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard == resource.RLIM_INFINITY else max(soft, min(hard, 1 << 20))
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "open-file limit %d is low for --max-concurrency %d (about %d needed); "
+            "raise it (ulimit -n, or LimitNOFILE= under systemd)",
+            soft,
+            max_concurrency,
+            needed,
+        )
+    transport = get_transport()
+    transport.limit = max(transport.limit, max_concurrency)
+
+
 async def _serve(options: RunOptions, port: int, worker: int | None) -> None:
     """One event loop serving until told to stop; ``worker`` is set under a supervisor."""
     from .. import aclose
@@ -213,6 +246,7 @@ async def _serve(options: RunOptions, port: int, worker: int | None) -> None:
     from .._registry import get_registry
 
     get_config()  # a broken configuration stops the start, not the first request
+    prepare_process(options.settings.max_concurrency)
     registry = get_registry()
     for failure in registry.failures:
         log.warning("plugin %s failed to load: %s", failure.name, failure.error)
