@@ -80,8 +80,8 @@ class Call:
 
     provider: str
     base_url: str
-    proxy: str | None = None
-    default_proxy: str | None = None
+    proxy: str | None = field(default=None, repr=False)  # may hold a password
+    default_proxy: str | None = field(default=None, repr=False)
     stream: bool = True
     timeout: float | None = DEFAULT_TIMEOUT
     retry: RetryPolicy = _DEFAULT_POLICY
@@ -135,12 +135,19 @@ class Call:
             if asyncio.iscoroutine(awaitable):
                 awaitable.close()
             raise self._deadline_error()
+        started = time.monotonic()
         try:
             async with asyncio.timeout(remaining):
                 return await awaitable
         except TimeoutError as exc:
-            if isinstance(exc, errors.ProviderTimeout) and not self._expired():
-                raise
+            if not self._expired():
+                # Not our deadline: a socket timeout (aiohttp's read timeout is a TimeoutError
+                # too), which keeps its own, retryable, meaning.
+                if isinstance(exc, errors.LLMRelayError):
+                    raise
+                from ._transport import network_error
+
+                raise network_error(exc, self.provider, None, started) or exc from None
             raise self._deadline_error() from None
 
     def _expired(self) -> bool:
@@ -374,4 +381,4 @@ def _encode(
 
 #: One encoder for every request: ``json.dumps`` with any non-default argument builds a new
 #: ``JSONEncoder`` per call.
-_JSON = json.JSONEncoder(ensure_ascii=False)
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)

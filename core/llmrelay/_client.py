@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import concurrent.futures
 import logging
 import threading
 import time
@@ -322,9 +323,10 @@ class AsyncCompletions:
         """Ask ``model``; returns a ``ChatCompletion``, or a stream of chunks with ``stream=True``.
 
         ``model`` is a model name, an alias, or ``provider/model`` to pin one provider (empty:
-        the configured default). Options: ``timeout`` (total seconds per provider, retries
-        included; None for none), ``max_retries``, ``proxy``, ``drop_unsupported`` (leave out
-        options a provider does not support instead of refusing them), and request options
+        the configured default). Options: ``timeout`` (total seconds for the whole call,
+        retries and fallback included; None for none), ``max_retries``, ``proxy``,
+        ``drop_unsupported`` (leave out options a provider does not support instead of
+        refusing them), and request options
         such as ``temperature``, ``max_tokens`` and ``stop`` (None leaves them out), passed to
         providers that support them. Everything is checked before any I/O.
 
@@ -397,6 +399,12 @@ class AsyncClient:
     """
 
     def __init__(self, **defaults: Any) -> None:
+        clash = sorted(defaults.keys() & {"model", "messages", "stream"})
+        if clash:
+            raise InvalidRequest(
+                f"{', '.join(map(repr, clash))} cannot be a client default; "
+                "pass it to chat.completions.create()"
+            )
         self.defaults = defaults
         self.chat = AsyncChat(self)
         self.models = AsyncModels()
@@ -520,13 +528,16 @@ async def _shutdown(aclose: Callable[[], Awaitable[None]]) -> None:
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(30):
-            await aclose()
+            # Readers first: a stream being read cannot be closed under its reader's feet.
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await loop.shutdown_asyncgens()
-            await loop.shutdown_default_executor()
+            for step in (aclose, loop.shutdown_asyncgens, loop.shutdown_default_executor):
+                try:
+                    await step()
+                except Exception:
+                    log.warning("closing the llmrelay Client failed in a step", exc_info=True)
     except Exception:
         log.warning("closing the llmrelay Client's event loop failed", exc_info=True)
     finally:
@@ -557,7 +568,12 @@ class CompletionStream(Iterator[ChatCompletionChunk]):
     def __next__(self) -> ChatCompletionChunk:
         if self._stream._done:  # over, or closed (by the client too)
             raise StopIteration
-        chunk = self._client._runner.run(_next_chunk(self._stream))
+        try:
+            chunk = self._client._runner.run(_next_chunk(self._stream))
+        except concurrent.futures.CancelledError:
+            if self._client.closed:  # the client was closed while this read was waiting
+                raise StopIteration from None
+            raise
         if chunk is None:
             raise StopIteration
         return chunk

@@ -178,6 +178,13 @@ class Config(_Strict):
             raise ValueError(f"endpoint name(s) {', '.join(duplicates)} used more than once")
         return value
 
+    def __repr_args__(self) -> Any:
+        # The proxy URL may hold a password: repr() shows it redacted, like everything else.
+        from ._redact import redact
+
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if name == "proxy" and isinstance(value, str) else value
+
     def priority(self, provider: str) -> int:
         settings = self.providers.get(provider)
         return settings.priority if settings else 0

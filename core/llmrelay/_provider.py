@@ -114,6 +114,8 @@ class Provider:
             )
         for key in unsupported:
             options.pop(key)
+        if options:
+            _check_encodable(cls.name, options)
         if proxy is not None and not isinstance(proxy, str):
             raise errors.InvalidRequest(f"proxy must be a URL string, got {type(proxy).__name__}")
         if proxy:
@@ -161,6 +163,19 @@ class Provider:
         Subclasses implement this as an ``async def`` generator classmethod.
         """
         raise NotImplementedError(f"{cls.__name__} must implement generate()")
+
+
+def _check_encodable(provider: str, options: dict[str, Any]) -> None:
+    """Refuse, before any I/O, option values a request body cannot carry (sets, NaN, ...)."""
+    from ._call import _JSON
+
+    for key, value in options.items():
+        try:
+            _JSON.encode(value)
+        except (TypeError, ValueError) as exc:
+            raise errors.InvalidRequest(
+                f"option {key!r} for provider {provider!r} cannot be sent as JSON: {exc}"
+            ) from None
 
 
 @functools.lru_cache(maxsize=32)
@@ -269,7 +284,15 @@ class ChunkStream(AsyncIterator[Chunk]):
         raise self._typed(broken)
 
     async def aclose(self) -> None:
-        """Stop early and release the connection."""
+        """Stop early and release the connection.
+
+        When another task is reading the stream at this moment, its generator cannot be closed
+        from here: the stream is marked finished instead, and the reader's own exit (a
+        cancellation, or the end of its read) releases the connection.
+        """
+        self._finished = True
+        if getattr(self._chunks, "ag_running", False):
+            return
         await self._chunks.aclose()
 
     async def __aenter__(self) -> Self:

@@ -63,8 +63,11 @@ class RelayStream(ChunkStream):
                 call.timeout = remaining
             self.provider = provider.name
             if _overrides_entry(provider):
+                options = self._options
+                if deadline is not None:
+                    options = {**options, "timeout": call.timeout}
                 stream = provider.create_async_generator(
-                    model, self._messages, proxy=self._proxy, **self._options
+                    model, self._messages, proxy=self._proxy, **options
                 )
             else:  # input and options were checked once, in relay(): skip doing it again
                 stream = provider.start(model, self._messages, call)
@@ -111,6 +114,10 @@ def _overrides_entry(provider: type[Provider]) -> bool:
     return own is not Provider.create_async_generator.__func__  # type: ignore[attr-defined]
 
 
+#: Names of llmrelay's own parameters: as request options they would collide with them.
+_RESERVED_OPTIONS = frozenset({"config", "cls", "registry", "model", "messages"})
+
+
 def _provider_side(exc: errors.ProviderError) -> bool:
     """Whether ``exc`` says something about the provider's health, not about the request.
 
@@ -148,6 +155,11 @@ def relay(
         InvalidRequest: bad messages, proxy URL or options.
         ModelNotFound: no provider serves ``model``.
     """
+    clash = sorted(_RESERVED_OPTIONS & options.keys())
+    if clash:
+        raise errors.InvalidRequest(
+            f"{', '.join(map(repr, clash))} cannot be passed as a request option"
+        )
     checked = validate_messages(messages)
     config = get_config()
     candidates = route(model or config.default_model, registry or get_registry(), config)

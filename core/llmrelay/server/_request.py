@@ -47,7 +47,17 @@ MAX_JSON_DEPTH = 64
 #: Names that would steer llmrelay's call (where to connect, how long to wait, which
 #: registry) rather than the model's answer. Never taken from a client.
 RESERVED = frozenset(
-    {"base_url", "proxy", "timeout", "max_retries", "drop_unsupported", "registry", "api_key"}
+    {
+        "base_url",
+        "proxy",
+        "timeout",
+        "max_retries",
+        "drop_unsupported",
+        "registry",
+        "api_key",
+        "config",
+        "cls",
+    }
 )
 
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]

@@ -306,7 +306,10 @@ def error_from_body(
         cls = errors.RateLimited
     elif status is not None and 400 <= status < 500:
         cls = errors.BadRequest
-    return cls(message, provider=provider, status=status)
+    from llmrelay._transport import excerpt
+
+    # Upstream text is untrusted: shortened and scrubbed like every other error body.
+    return cls(excerpt(message), provider=provider, status=status, body=excerpt(json.dumps(data)))
 
 
 _MESSAGE = re.compile(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)(")?')
