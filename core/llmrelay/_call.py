@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -68,7 +69,7 @@ _DEFAULT_POLICY = RetryPolicy()
 _DEFAULT_TIMEOUTS = Timeouts()
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """The context of one provider call: who, where through, how long, which options.
 
@@ -154,7 +155,7 @@ class Call:
         remaining = self.remaining()
         return remaining is not None and remaining <= 0
 
-    async def with_retries(self, attempt: Callable[[], Awaitable[T]], *, bounded: bool = True) -> T:
+    async def with_retries(self, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run ``attempt`` with the retry policy and within the deadline.
 
         When the next wait would pass the deadline, the call stops at once with
@@ -164,11 +165,18 @@ class Call:
         self.start()
         try:
             # The first attempt skips tenacity's machinery: most calls succeed at once.
-            return await self._attempt(attempt, bounded)
+            return await self._attempt(attempt)
         except errors.ProviderError as exc:
             if not self._should_retry(exc) or self.retry.max_retries == 0:
                 raise
-            first_failure: errors.ProviderError | None = exc
+            failure = exc
+        return await self._retry(failure, functools.partial(self._attempt, attempt))
+
+    async def _retry(
+        self, first_failure: errors.ProviderError, again: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Retry after ``first_failure`` (a retryable error) with tenacity's waits and stops."""
+        pending: errors.ProviderError | None = first_failure
         deadline_stop = False
 
         def stop_at_deadline(state: RetryCallState) -> bool:
@@ -186,12 +194,12 @@ class Call:
         try:
             async for attempt_state in retrying:
                 with attempt_state:
-                    if first_failure is not None:
+                    if pending is not None:
                         # Hand tenacity the failure we already had, so its waits, attempt
                         # numbers and stop rules count it; the request is not sent again.
-                        failure, first_failure = first_failure, None
+                        failure, pending = pending, None
                         raise failure
-                    return await self._attempt(attempt, bounded)
+                    return await again()
         except errors.ProviderError as exc:
             if deadline_stop and not isinstance(exc, errors.ProviderTimeout):
                 raise self._deadline_error(exc) from exc
@@ -200,32 +208,59 @@ class Call:
             "unreachable: tenacity either returns or re-raises"
         )  # pragma: no cover
 
-    async def _attempt(self, attempt: Callable[[], Awaitable[T]], bounded: bool) -> T:
-        """One attempt within the deadline, counted and logged.
+    async def _attempt(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """One attempt within the deadline, counted and logged."""
+        self.attempts += 1
+        started = time.monotonic()
+        try:
+            result = await self._bounded(attempt())
+        except errors.ProviderError as exc:
+            self._log_failure(exc, started)
+            raise
+        self._log_success(getattr(result, "status", None), started)
+        return result
 
-        ``bounded=False`` means the attempt enforces the deadline itself (the transport hands
-        what is left of it to aiohttp as its total timeout, saving a second timer per request).
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        data: bytes | None,
+        proxy: ProxyURL | None,
+    ) -> HTTPResponse:
+        """One attempt of :meth:`request`, counted and logged.
+
+        The deadline is handed to aiohttp as the attempt's total timeout rather than wrapped
+        around it: one timer less per request, on the path every whole answer takes.
         """
         self.attempts += 1
         started = time.monotonic()
         try:
-            result = await (self._bounded(attempt()) if bounded else attempt())
+            remaining = self.remaining()
+            if remaining is not None and remaining <= 0:
+                raise self._deadline_error()
+            self._log_request(method, url, proxy)
+            response = await get_transport().request(
+                self.provider,
+                method,
+                url,
+                headers=headers,
+                data=data,
+                proxy=proxy,
+                timeouts=self.timeouts,
+                total=remaining,
+            )
         except errors.ProviderError as exc:
-            if not bounded and isinstance(exc, errors.ProviderTimeout) and self._expired():
-                deadline = self._deadline_error()
-                self._log_failure(deadline, started)
-                raise deadline from None
+            # aiohttp's total timeout firing is our deadline, not a socket timeout.
+            expired = isinstance(exc, errors.ProviderTimeout) and exc.retryable is not False
+            if expired and self._expired():
+                exc = self._deadline_error()
+                self._log_failure(exc, started)
+                raise exc from None
             self._log_failure(exc, started)
             raise
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "%s: attempt %d succeeded (status=%s) in %.2fs",
-                self.provider,
-                self.attempts,
-                getattr(result, "status", None),
-                time.monotonic() - started,
-            )
-        return result
+        self._log_success(response.status, started)
+        return response
 
     def _should_retry(self, exc: BaseException) -> bool:
         if not isinstance(exc, errors.ProviderError) or not exc.retryable:
@@ -246,6 +281,16 @@ class Call:
         """Whether sleeping ``sleep`` seconds would reach the deadline."""
         remaining = self.remaining()
         return remaining is not None and remaining <= (sleep or 0.0)
+
+    def _log_success(self, status: object, started: float) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s: attempt %d succeeded (status=%s) in %.2fs",
+                self.provider,
+                self.attempts,
+                status,
+                time.monotonic() - started,
+            )
 
     def _log_failure(self, exc: errors.ProviderError, started: float) -> None:
         if not log.isEnabledFor(logging.DEBUG):
@@ -294,25 +339,16 @@ class Call:
         """
         data, headers = _encode(json_body, headers)
         proxy = self.proxy_for(url)
-        transport = get_transport()
-
-        async def attempt() -> HTTPResponse:
-            remaining = self.remaining()
-            if remaining is not None and remaining <= 0:
-                raise self._deadline_error()
-            self._log_request(method, url, proxy)
-            return await transport.request(
-                self.provider,
-                method,
-                url,
-                headers=headers,
-                data=data,
-                proxy=proxy,
-                timeouts=self.timeouts,
-                total=remaining,
-            )
-
-        return await self.with_retries(attempt, bounded=False)
+        self.start()
+        try:
+            return await self._send(method, url, headers, data, proxy)
+        except errors.ProviderError as exc:
+            if not self._should_retry(exc) or self.retry.max_retries == 0:
+                raise
+            failure = exc
+        return await self._retry(
+            failure, functools.partial(self._send, method, url, headers, data, proxy)
+        )
 
     async def post_json(
         self, url: str, payload: Any, *, headers: Mapping[str, str] | None = None
@@ -374,7 +410,7 @@ def _encode(
     merged = dict(headers or {})
     if json_body is None:
         return None, merged
-    if not any(k.lower() == "content-type" for k in merged):
+    if "content-type" not in merged and not any(k.lower() == "content-type" for k in merged):
         merged["Content-Type"] = "application/json"
     return _JSON.encode(json_body).encode("utf-8"), merged
 

@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from ._env import getenv
+from ._env import EnvWatch, getenv
 from .errors import ConfigError
 
 __all__ = [
@@ -355,22 +356,44 @@ def _describe(exc: ValidationError, where: str) -> str:
     return f"invalid configuration in {where}: " + "; ".join(problems)
 
 
-_cache: tuple[tuple[object, ...], Config] | None = None
+#: Every variable the configuration depends on: where the file is, and the overrides.
+_CONFIG_ENV = EnvWatch("LLMRELAY_CONFIG", "XDG_CONFIG_HOME", "HOME", *_ENV_FIELDS)
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """A loaded configuration and what it was loaded from."""
+
+    env: tuple[object, ...]
+    path: str
+    stamp: object
+    config: Config
+
+
+_cache: _Loaded | None = None
+
+
+def _stamp(path: str) -> object:
+    """What changes when the file is written, replaced or removed (None: no file)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
 
 def get_config() -> Config:
     """``load_config()``, cached until the file or the environment changes.
 
-    Cheap enough to call per request: one ``stat`` and a few environment look-ups.
+    Cheap enough to call per request: one pass over the environment and one ``stat``.
     """
     global _cache
-    path = config_path()
-    try:
-        stat = path.stat()
-        stamp: object = (stat.st_mtime_ns, stat.st_size)
-    except OSError:
-        stamp = None
-    key = (str(path), stamp, *(getenv(v) for v in _ENV_FIELDS))
-    if _cache is None or _cache[0] != key:
-        _cache = (key, load_config())
-    return _cache[1]
+    env = _CONFIG_ENV.values()
+    cached = _cache
+    if cached is not None and cached.env == env and cached.stamp == _stamp(cached.path):
+        return cached.config
+    path = str(config_path())
+    stamp = _stamp(path)  # before reading: a write during the load is seen next time
+    config = load_config()
+    _cache = _Loaded(env, path, stamp, config)
+    return config

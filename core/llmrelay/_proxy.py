@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
-from ._env import getenv
+from ._env import EnvWatch, getenv
 from .errors import ConfigError, InvalidRequest
 
 __all__ = ["ACCEPTED_SCHEMES", "ProxyURL", "parse_proxy", "proxy_for"]
@@ -127,17 +127,39 @@ def proxy_for(
     configuration file's ``proxy`` (``configured``); then the standard ``HTTPS_PROXY`` /
     ``HTTP_PROXY`` / ``ALL_PROXY`` for the target's scheme. ``NO_PROXY`` exempts hosts from all
     but an explicit ``proxy=``. The environment is read at call time, so tests and long-lived
-    processes see changes.
+    processes see changes; the decision is cached per URL and environment, as both repeat.
     """
     if explicit is not None:
-        return parse_proxy(explicit) if explicit else None
+        return checked_proxy(explicit) if explicit else None
+    return _default_proxy(target_url, configured, _PROXY_ENV.values())
+
+
+#: The variables :func:`proxy_for` reads (lower case first, as curl and urllib prefer it).
+_PROXY_ENV = EnvWatch(
+    "LLMRELAY_PROXY",
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _default_proxy(
+    target_url: str, configured: str | None, env: tuple[object, ...]
+) -> ProxyURL | None:
+    """The proxy for ``target_url`` when no ``proxy=`` was given (``env``: the cache key)."""
     source = "LLMRELAY_PROXY"
     value = getenv(source)
     if value is None and configured:
         value, source = configured, "the configuration file's proxy"
     if value is None:
         # Only the few variables that matter, looked up directly: urllib's
-        # getproxies_environment() scans the whole environment, on every request.
+        # getproxies_environment() scans the whole environment.
         scheme = urlsplit(target_url).scheme
         for name in (f"{scheme}_proxy", "all_proxy"):
             value = getenv(name) or getenv(name.upper())
@@ -156,7 +178,16 @@ def proxy_for(
 _bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
 
 
+def checked_proxy(value: str) -> ProxyURL:
+    """``parse_proxy(value)`` for a caller's ``proxy=``, cached: it repeats on every request.
+
+    Raises:
+        InvalidRequest: as :func:`parse_proxy`.
+    """
+    return _parse_cached(value, None)
+
+
 @functools.lru_cache(maxsize=64)
-def _parse_cached(value: str, source: str) -> ProxyURL:
-    """Environment proxies repeat on every request: parse each distinct one once."""
+def _parse_cached(value: str, source: str | None) -> ProxyURL:
+    """Proxies repeat on every request: parse each distinct one once."""
     return parse_proxy(value, source=source)

@@ -51,7 +51,7 @@ class Timeouts:
     read: float = 60.0
 
 
-@dataclass
+@dataclass(slots=True)
 class HTTPResponse:
     """A fully read response: status, headers and body."""
 
@@ -106,8 +106,9 @@ class Transport:
 
     async def session(self, proxy: ProxyURL | None = None) -> aiohttp.ClientSession:
         """The shared session for the running loop and (SOCKS) proxy, created on first use."""
-        import aiohttp
+        return self._session(proxy)
 
+    def _session(self, proxy: ProxyURL | None) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
         state = self._loops.get(loop)
         if state is None:
@@ -117,6 +118,11 @@ class Transport:
         existing = state.sessions.get(key)
         if existing is not None and not existing.closed:
             return existing
+        return self._new_session(state, key)
+
+    def _new_session(self, state: _LoopSessions, key: ProxyURL | None) -> aiohttp.ClientSession:
+        import aiohttp
+
         if key is not None:
             from aiohttp_socks import ProxyConnector, ProxyType
 
@@ -160,11 +166,17 @@ class Transport:
         Network failures while connecting or reading are raised as typed errors too.
         """
 
-        session = await self.session(proxy)
-        kwargs = self._request_kwargs(headers, data, proxy, timeouts)
+        session = self._session(proxy)
         started = time.monotonic()
         with map_network_errors(provider, proxy, started):
-            async with session.request(method, url, **kwargs) as response:
+            async with session.request(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                timeout=_client_timeout(timeouts),
+                proxy=_http_proxy_url(proxy),
+            ) as response:
                 if response.status >= 400:
                     body = await response.text(errors="replace")
                     raise error_for_status(provider, response.status, response.headers, body, proxy)
@@ -190,11 +202,18 @@ class Transport:
         The same steps as :meth:`open` then a read, written out flat: this is the hot path
         of every non-streamed call.
         """
-        session = await self.session(proxy)
-        kwargs = self._request_kwargs(headers, data, proxy, timeouts, total)
+        session = self._session(proxy)
+        timeout = _client_timeout(timeouts) if total is None else _deadline(total, timeouts)
         started = time.monotonic()
         try:
-            async with session.request(method, url, **kwargs) as response:
+            async with session.request(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                timeout=timeout,
+                proxy=_http_proxy_url(proxy),
+            ) as response:
                 if response.status >= 400:
                     text = await response.text(errors="replace")
                     raise error_for_status(provider, response.status, response.headers, text, proxy)
@@ -209,27 +228,6 @@ class Transport:
         # The response's own headers stay case-insensitive (``headers["content-type"]``).
         return HTTPResponse(response.status, response.headers, body, str(response.url))
 
-    def _request_kwargs(
-        self,
-        headers: Mapping[str, str] | None,
-        data: bytes | None,
-        proxy: ProxyURL | None,
-        timeouts: Timeouts,
-        total: float | None = None,
-    ) -> dict[str, Any]:
-        if total is None:
-            timeout = _client_timeout(timeouts)
-        else:
-            import aiohttp
-
-            timeout = aiohttp.ClientTimeout(
-                total=total, sock_connect=timeouts.connect, sock_read=timeouts.read
-            )
-        kwargs: dict[str, Any] = {"headers": headers, "data": data, "timeout": timeout}
-        if proxy is not None and not proxy.is_socks:
-            kwargs["proxy"] = _http_proxy_url(proxy)
-        return kwargs
-
     async def aclose(self) -> None:
         """Close the sessions of the running loop (other loops close theirs when they end)."""
         loop = asyncio.get_running_loop()
@@ -241,9 +239,15 @@ class Transport:
         await _close_all(state)
 
 
-def _http_proxy_url(proxy: ProxyURL) -> Any:
-    """The proxy as a yarl URL built from its parts, so reserved characters in the credentials
-    stay inside the credentials (a string would send ``p@ss`` to the host ``ss``)."""
+@functools.lru_cache(maxsize=64)
+def _http_proxy_url(proxy: ProxyURL | None) -> Any:
+    """An HTTP proxy as a yarl URL built from its parts, so reserved characters in the
+    credentials stay inside the credentials (a string would send ``p@ss`` to the host ``ss``).
+
+    None for no proxy and for a SOCKS proxy (its session's connector speaks to it).
+    """
+    if proxy is None or proxy.is_socks:
+        return None
     from yarl import URL
 
     return URL.build(
@@ -253,6 +257,18 @@ def _http_proxy_url(proxy: ProxyURL) -> Any:
         host=proxy.host,
         port=proxy.port,
     )
+
+
+def _deadline(total: float, timeouts: Timeouts) -> aiohttp.ClientTimeout:
+    """aiohttp's timeout for an attempt that must end within ``total`` seconds.
+
+    The read timeout is left out when the deadline comes first anyway: it could never fire,
+    and re-arming it on every read costs a timer per packet.
+    """
+    import aiohttp
+
+    read = timeouts.read if timeouts.read < total else None
+    return aiohttp.ClientTimeout(total=total, sock_connect=timeouts.connect, sock_read=read)
 
 
 @functools.lru_cache(maxsize=32)

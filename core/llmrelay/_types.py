@@ -117,8 +117,8 @@ def validate_messages(messages: object) -> list[Message]:
         )
     if not messages:
         raise InvalidRequest("messages must not be empty: send at least one message")
-    if all(isinstance(m, Message) for m in messages):
-        return [m for m in messages if isinstance(m, Message)]
+    if all(isinstance(m, Message) for m in messages):  # already checked (frozen): no copy
+        return list(messages)
     try:
         return _MESSAGE_LIST.validate_python(
             [m.model_dump(exclude_unset=True) if isinstance(m, Message) else m for m in messages]

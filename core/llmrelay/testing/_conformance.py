@@ -201,19 +201,19 @@ class ProviderConformance:
         constructed: list[aiohttp.ClientSession] = []
         handed_out: list[aiohttp.ClientSession] = []
         original_init = aiohttp.ClientSession.__init__
-        original_session = Transport.session
+        original_session = Transport._session
 
         def counting_init(session: aiohttp.ClientSession, *args: Any, **kwargs: Any) -> None:
             constructed.append(session)
             original_init(session, *args, **kwargs)
 
-        async def session(transport: Transport, proxy: Any = None) -> aiohttp.ClientSession:
-            shared = await original_session(transport, proxy)
+        def session(transport: Transport, proxy: Any = None) -> aiohttp.ClientSession:
+            shared = original_session(transport, proxy)
             handed_out.append(shared)
             return shared
 
         monkeypatch.setattr(aiohttp.ClientSession, "__init__", counting_init)
-        monkeypatch.setattr(Transport, "session", session)
+        monkeypatch.setattr(Transport, "_session", session)
 
         async def two_calls() -> list[int]:
             opened = []
