@@ -16,9 +16,9 @@ import asyncio
 import builtins
 import concurrent.futures
 import logging
+import os
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from types import TracebackType
@@ -26,6 +26,7 @@ from typing import Any, Literal, Self, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict
 
+from ._provider import Completion
 from ._registry import Registry
 from ._relay import RelayStream, relay
 from ._types import FinishReasonName, Messages, Usage
@@ -166,7 +167,29 @@ def list_models(registry: Registry | None = None) -> ModelList:
 
 
 def _completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    # OpenAI's form: "chatcmpl-" and 24 random hex digits (os.urandom: no uuid object to build).
+    return f"chatcmpl-{os.urandom(12).hex()}"
+
+
+def _completion(completion: Completion, model: str, provider: str) -> ChatCompletion:
+    """The ``ChatCompletion`` for a whole answer."""
+    return ChatCompletion.model_validate(
+        {
+            "id": _completion_id(),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": completion.text},
+                    "finish_reason": completion.finish_reason.reason,
+                }
+            ],
+            "usage": completion.usage,
+            "provider": provider,
+        }
+    )
 
 
 def _shown_model(model: str) -> str:
@@ -225,19 +248,23 @@ class AsyncCompletionStream(AsyncIterator[ChatCompletionChunk]):
         role: Literal["assistant"] | None = None
         if self._first:
             self._first, role = False, "assistant"
-        choice = ChunkChoice.model_construct(
-            index=0,
-            delta=ChoiceDelta.model_construct(role=role, content=content),
-            finish_reason=finish,
-        )
-        return ChatCompletionChunk.model_construct(
-            id=self._id,
-            object="chat.completion.chunk",
-            created=self._created,
-            model=self._model,
-            choices=[choice],
-            usage=self._usage if finish is not None else None,
-            provider=self._stream.provider,
+        # model_validate of plain data runs in pydantic-core: twice as fast as model_construct.
+        return ChatCompletionChunk.model_validate(
+            {
+                "id": self._id,
+                "object": "chat.completion.chunk",
+                "created": self._created,
+                "model": self._model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": role, "content": content},
+                        "finish_reason": finish,
+                    }
+                ],
+                "usage": self._usage if finish is not None else None,
+                "provider": self._stream.provider,
+            }
         )
 
     def _release(self) -> None:
@@ -349,23 +376,7 @@ class AsyncCompletions:
             client._streams.add(answer)
             return answer
         completion = await chunks.collect()
-        return ChatCompletion.model_construct(
-            id=_completion_id(),
-            object="chat.completion",
-            created=int(time.time()),
-            model=_shown_model(model),
-            choices=[
-                Choice.model_construct(
-                    index=0,
-                    message=ChatCompletionMessage.model_construct(
-                        role="assistant", content=completion.text
-                    ),
-                    finish_reason=completion.finish_reason.reason,
-                )
-            ],
-            usage=completion.usage,
-            provider=chunks.provider,
-        )
+        return _completion(completion, _shown_model(model), chunks.provider)
 
 
 class AsyncChat:
@@ -410,6 +421,7 @@ class AsyncClient:
         self.models = AsyncModels()
         self._streams: weakref.WeakSet[AsyncCompletionStream] = weakref.WeakSet()
         self._closed = False
+        self._attached_to: weakref.ref[asyncio.AbstractEventLoop] | None = None
 
     @property
     def closed(self) -> bool:
@@ -419,10 +431,13 @@ class AsyncClient:
         if self._closed:
             raise RuntimeError("this AsyncClient is closed; create a new one")
         loop = asyncio.get_running_loop()
+        if self._attached_to is not None and self._attached_to() is loop:
+            return  # already among the loop's users (only aclose() takes it out)
         users = _clients_on.get(loop)
         if users is None:
             users = _clients_on[loop] = weakref.WeakSet()
         users.add(self)
+        self._attached_to = weakref.ref(loop)
 
     async def aclose(self) -> None:
         """Close this client's unfinished streams, and the loop's sessions if it is the last."""

@@ -112,6 +112,8 @@ def route(
             f"{'is' if len(candidates) == 1 else 'are'} disabled in the configuration "
             f"({config.source or 'defaults'})",
         )
+    if len(usable) == 1:
+        return usable  # a pinned provider, or the only one serving the model: nothing to order
     order = {name: i for i, name in enumerate(registry.providers)}
 
     def key(pair: tuple[type[Provider], str]) -> tuple[bool, int, bool, int, int]:
