@@ -69,6 +69,10 @@ class HTTPResponse:
 
     def json(self, provider: str) -> Any:
         """The body as JSON, or ``InvalidResponse`` quoting the start of the body."""
+        with contextlib.suppress(ValueError):
+            # UTF-8 first, what JSON APIs send: json.loads(bytes) sniffs the encoding each
+            # time. Another encoding, a BOM or bad JSON goes on to the sniffing below.
+            return json.loads(self.body.decode("utf-8"))
         try:
             return json.loads(self.body)
         except ValueError:

@@ -52,6 +52,11 @@ _FINISH = {
     "tool_calls": "tool_calls",
     "function_call": "tool_calls",
 }
+#: One immutable ``FinishReason`` per name, shared by every answer.
+_FINISH_REASON: dict[str, FinishReason] = {
+    name: FinishReason(name)  # type: ignore[arg-type]
+    for name in set(_FINISH.values())
+}
 
 
 class OpenAICompatible(Provider):
@@ -192,7 +197,7 @@ class StreamParser:
         if not self.done and self.finish is None:
             raise errors.ConnectError("stream ended before [DONE]", provider=self.provider)
         ending: list[Chunk] = [] if self.usage is None else [self.usage]
-        ending.append(FinishReason(self.finish or "stop"))  # type: ignore[arg-type]
+        ending.append(_FINISH_REASON[self.finish or "stop"])
         return ending
 
     def _handle(self, event: str, data: str) -> str:
@@ -242,7 +247,7 @@ def _from_completion(provider: str, data: Any) -> list[Chunk]:
         chunks.append(content)
     if data.get("usage"):
         chunks.append(_usage(provider, data["usage"]))
-    chunks.append(FinishReason(_finish(choice.get("finish_reason"))))  # type: ignore[arg-type]
+    chunks.append(_FINISH_REASON[_finish(choice.get("finish_reason"))])
     return chunks
 
 

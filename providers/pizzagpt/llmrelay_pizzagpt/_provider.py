@@ -33,6 +33,11 @@ _HEADERS = {
 }
 
 
+#: The only way a Pizzagpt answer ends (the service reports no finish reason); one shared,
+#: immutable instance instead of a new one per answer.
+_STOP = FinishReason("stop")
+
+
 class Pizzagpt(Provider):
     """pizzagpt.it's free chat API (gpt-4o-mini behind a single-question endpoint).
 
@@ -76,7 +81,7 @@ class Pizzagpt(Provider):
         if MISUSE_TEXT in content:
             raise MisuseDetected(content, provider=cls.name)
         yield content
-        yield FinishReason("stop")
+        yield _STOP
 
 
 def _content(data: Any) -> str | None:
