@@ -37,7 +37,7 @@ from llmrelay import (
     Timeouts,
     errors,
 )
-from llmrelay._transport import get_transport, parse_retry_after
+from llmrelay._transport import HTTPResponse, get_transport, parse_retry_after
 from tests.replicas.faults import FAULTS, FaultState, make_app
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
@@ -766,3 +766,24 @@ async def test_http_response_headers_are_case_insensitive(faults: Server) -> Non
     assert response.headers["Content-Type"] == response.headers["CONTENT-TYPE"]
     assert response.json("faulty") == {"answer": "ok"}
     await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"answer": "ciao é"}'.encode(),
+        '\ufeff{"answer": "ciao é"}'.encode(),  # UTF-8 with a byte-order mark
+        '{"answer": "ciao é"}'.encode("utf-16"),
+        '{"answer": "ciao é"}'.encode("utf-32-le"),
+    ],
+    ids=["utf-8", "utf-8-bom", "utf-16", "utf-32-le"],
+)
+def test_json_bodies_decode_in_every_encoding_json_allows(body: bytes) -> None:
+    response = HTTPResponse(200, {}, body, "http://127.0.0.1/")
+    assert response.json("p") == {"answer": "ciao é"}
+
+
+def test_a_body_that_is_not_json_is_invalid_response() -> None:
+    response = HTTPResponse(200, {}, b"<html>nope</html>", "http://127.0.0.1/")
+    with pytest.raises(errors.InvalidResponse, match="answer is not JSON: '<html>nope</html>'"):
+        response.json("p")
