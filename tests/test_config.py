@@ -167,6 +167,29 @@ def test_get_config_follows_the_file(config_file: Path) -> None:
     assert get_config().max_retries == 1
     config_file.write_text("max_retries = 3  # longer, so the size changes\n")
     assert get_config().max_retries == 3
+    replacement = config_file.with_name("new.toml")
+    replacement.write_text("max_retries = 4  # longer, so the size changes\n")
+    replacement.replace(config_file)  # an editor's atomic save: same size, another file
+    assert get_config().max_retries == 4
+    config_file.unlink()
+    with pytest.raises(ConfigError, match="does not exist"):
+        get_config()  # LLMRELAY_CONFIG still names it
+
+
+def test_get_config_follows_the_environment(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_file.write_text("max_retries = 1\n")
+    cached = get_config()
+    assert get_config() is cached  # nothing changed: the same object, no reload
+    monkeypatch.setenv("LLMRELAY_MAX_RETRIES", "5")
+    assert get_config().max_retries == 5
+    monkeypatch.delenv("LLMRELAY_MAX_RETRIES")
+    assert get_config().max_retries == 1
+    other = config_file.with_name("other.toml")
+    other.write_text("max_retries = 2\n")
+    monkeypatch.setenv("LLMRELAY_CONFIG", str(other))
+    assert get_config().max_retries == 2
 
 
 def test_masked_hides_every_secret(config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
