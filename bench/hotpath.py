@@ -257,9 +257,9 @@ def micro(env: dict[str, str], port: int) -> None:
         "_relay.py:relay",
         lambda: llmrelay.relay("bench/llama3", MESSAGES, stream=False),
     )
-    import uuid
+    from llmrelay._client import _completion_id
 
-    timed("uuid4().hex (completion id)", "_client.py:_completion_id", lambda: uuid.uuid4().hex)
+    timed("completion id", "_client.py:_completion_id", _completion_id)
     timed("json.dumps(request body) (raw pays it too)", "stdlib", lambda: json.dumps(body))
 
     class Fake(Provider):
@@ -342,28 +342,27 @@ def micro(env: dict[str, str], port: int) -> None:
     except ImportError as exc:
         rows.append(("StreamParser", str(exc), None))
     try:
-        from llmrelay._client import ChatCompletionChunk, ChoiceDelta, ChunkChoice
+        from llmrelay._client import ChatCompletionChunk
 
-        def chunk_objects() -> object:
-            choice = ChunkChoice.model_construct(
-                index=0,
-                delta=ChoiceDelta.model_construct(role=None, content=" lorem"),
-                finish_reason=None,
-            )
-            return ChatCompletionChunk.model_construct(
-                id="x",
-                object="chat.completion.chunk",
-                created=0,
-                model="m",
-                choices=[choice],
-                usage=None,
-                provider="bench",
+        def chunk_object() -> object:
+            return ChatCompletionChunk.model_validate(
+                {
+                    "id": "x",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": "m",
+                    "choices": [
+                        {"index": 0, "delta": {"role": None, "content": " lorem"}},
+                    ],
+                    "usage": None,
+                    "provider": "bench",
+                }
             )
 
         timed(
-            "3 x model_construct per chunk",
+            "one ChatCompletionChunk (model_validate of plain data)",
             "_client.py:AsyncCompletionStream._chunk",
-            chunk_objects,
+            chunk_object,
         )
     except ImportError as exc:
         rows.append(("chunk objects", str(exc), None))

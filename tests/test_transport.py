@@ -584,6 +584,33 @@ async def test_stream_deadline_after_a_chunk_is_interrupted(faults: Server) -> N
     assert "deadline" in str(cause)
 
 
+async def test_a_deadline_passing_between_reads_ends_the_next_read_not_the_callers_work(
+    faults: Server,
+) -> None:
+    """The deadline rides on the response (aiohttp's total timeout): it must never cancel
+    what the caller does between two reads, only the read after it."""
+    call = Call(provider="faulty", base_url=faults.base, timeout=0.3)
+    call.start()
+    async with call.open_stream("GET", f"{faults.base}/stream?chunks=1&then=stall") as response:
+        assert await call.read(response.content.readany())
+        await asyncio.sleep(0.5)  # the caller's own work outlives the deadline, uncancelled
+        with elapsed() as took, pytest.raises(errors.ProviderTimeout, match="deadline"):
+            await call.read(response.content.readany())
+    assert took() < 0.1  # at once: the deadline had passed
+
+
+async def test_a_deadline_reached_during_a_read_ends_it_as_the_deadline(faults: Server) -> None:
+    call = Call(provider="faulty", base_url=faults.base, timeout=0.4, timeouts=SHORT)
+    call.start()
+    async with call.open_stream("GET", f"{faults.base}/stream?chunks=1&then=stall") as response:
+        assert await call.read(response.content.readany())
+        with elapsed() as took, pytest.raises(errors.ProviderTimeout) as info:
+            await call.read(response.content.readany())
+    assert "deadline" in str(info.value)
+    assert info.value.retryable is False
+    assert 0.2 <= took() < 1.0
+
+
 @pytest.mark.parametrize(
     "path",
     [

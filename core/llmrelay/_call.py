@@ -90,6 +90,9 @@ class Call:
     options: dict[str, Any] = field(default_factory=dict)
     attempts: int = 0
     _deadline: float | None = field(default=None, init=False, repr=False)
+    #: Set once a stream is open with the deadline as aiohttp's total timeout: its reads need
+    #: no timer of their own.
+    _transport_bounds_reads: bool = field(default=False, init=False, repr=False)
 
     def url(self, endpoint: str = "") -> str:
         """An absolute URL: the base URL (``url`` or ``base_url=``) joined with ``endpoint``."""
@@ -141,15 +144,18 @@ class Call:
             async with asyncio.timeout(remaining):
                 return await awaitable
         except TimeoutError as exc:
-            if not self._expired():
-                # Not our deadline: a socket timeout (aiohttp's read timeout is a TimeoutError
-                # too), which keeps its own, retryable, meaning.
-                if isinstance(exc, errors.LLMRelayError):
-                    raise
-                from ._transport import network_error
+            raise self._timeout_error(exc, started) from None
 
-                raise network_error(exc, self.provider, None, started) or exc from None
-            raise self._deadline_error() from None
+    def _timeout_error(self, exc: TimeoutError, started: float) -> Exception:
+        """What a ``TimeoutError`` means: our deadline, or a socket timeout (aiohttp's read
+        timeout is a TimeoutError too), which keeps its own, retryable, meaning."""
+        if self._expired():
+            return self._deadline_error()
+        if isinstance(exc, errors.LLMRelayError):
+            return exc
+        from ._transport import network_error
+
+        return network_error(exc, self.provider, None, started) or exc
 
     def _expired(self) -> bool:
         remaining = self.remaining()
@@ -383,15 +389,34 @@ class Call:
                     data=data,
                     proxy=proxy,
                     timeouts=self.timeouts,
+                    total=self.remaining(),
                 )
             )
 
         async with stack:
-            yield await self.with_retries(attempt)
+            response = await self.with_retries(attempt)
+            # aiohttp now enforces the deadline on every read of this response (its total
+            # timeout covers the body): one timer per call instead of one per read.
+            self._transport_bounds_reads = True
+            yield response
 
     async def read(self, awaitable: Awaitable[T]) -> T:
-        """Await one read of an open stream within the deadline (for providers that stream)."""
-        return await self._bounded(awaitable)
+        """Await one read of an open stream within the deadline (for providers that stream).
+
+        A deadline reached while waiting raises ``ProviderTimeout``, as does a read started
+        after it; a read timeout (no bytes for too long) stays a retryable ``ProviderTimeout``.
+        """
+        if not self._transport_bounds_reads:
+            return await self._bounded(awaitable)
+        if self._expired():
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()
+            raise self._deadline_error()
+        started = time.monotonic()
+        try:
+            return await awaitable
+        except TimeoutError as exc:
+            raise self._timeout_error(exc, started) from None
 
 
 class stop_when(stop_base):

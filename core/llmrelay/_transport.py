@@ -163,11 +163,13 @@ class Transport:
         data: bytes | None = None,
         proxy: ProxyURL | None = None,
         timeouts: Timeouts = Timeouts(),
+        total: float | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send one request and yield the open response once its status is a success.
 
         An error status is read (for its message) and raised as the matching typed error.
         Network failures while connecting or reading are raised as typed errors too.
+        ``total`` bounds the request and every read of its body (aiohttp's total timeout).
         """
 
         session = self._session(proxy)
@@ -178,7 +180,7 @@ class Transport:
                 url,
                 headers=headers,
                 data=data,
-                timeout=_client_timeout(timeouts),
+                timeout=_client_timeout(timeouts) if total is None else _deadline(total, timeouts),
                 proxy=_http_proxy_url(proxy),
             ) as response:
                 if response.status >= 400:
