@@ -58,6 +58,22 @@ class SSEDecoder:
                 chunk = chunk[1:]
         buffer += chunk
         events: list[SSEEvent] = []
+        if b"\r" in buffer:
+            start = self._split_any(buffer, events)
+        else:  # "\n" line ends only, as nearly every server sends: split in C
+            last = buffer.rfind(b"\n")
+            if last != -1:  # complete lines only: a long unfinished line is not copied
+                for line in buffer[:last].split(b"\n"):
+                    self._line(line, events)
+            start = last + 1
+        del buffer[:start]
+        if len(buffer) > self._max:
+            raise SSETooLarge(f"an SSE line exceeded {self._max} bytes")
+        return events
+
+    def _split_any(self, buffer: bytearray, events: list[SSEEvent]) -> int:
+        """Process the complete lines of ``buffer``, whatever their line ends; return where
+        the unfinished last line starts."""
         start = 0
         length = len(buffer)
         while start < length:
@@ -74,24 +90,21 @@ class SSEDecoder:
                     self._pending_cr = True  # maybe half of "\r\n": drop a leading "\n" next
             else:
                 end, step = lf, 1
-            self._line(bytes(buffer[start:end]), events)
+            self._line(buffer[start:end], events)
             start = end + step
-        del buffer[:start]
-        if len(buffer) > self._max:
-            raise SSETooLarge(f"an SSE line exceeded {self._max} bytes")
-        return events
+        return start
 
     def close(self) -> list[SSEEvent]:
         """End of stream. An unterminated last line is processed; an event without its blank
         line is discarded, as the SSE spec says (the sender never finished it)."""
         events: list[SSEEvent] = []
         if self._buffer:
-            self._line(bytes(self._buffer), events)
+            self._line(self._buffer, events)
             self._buffer.clear()
         self._data, self._data_bytes, self._event = [], 0, ""
         return events
 
-    def _line(self, raw: bytes, events: list[SSEEvent]) -> None:
+    def _line(self, raw: bytes | bytearray, events: list[SSEEvent]) -> None:
         line = raw.decode("utf-8", errors="replace")
         if self._first_line:
             self._first_line = False
