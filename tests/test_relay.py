@@ -324,3 +324,32 @@ async def test_one_deadline_bounds_the_whole_relay(
     assert isinstance(info.value.__cause__, errors.AllProvidersFailed)
     assert 0.5 <= took < 1.0  # one deadline, not one per provider
     assert state.hits["/slow"] == 1
+
+
+async def test_a_stream_read_to_the_end_cannot_be_read_again(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    base, state = server
+    provider = fake("first", base, "/ok")
+    install(use_plugins, provider)
+    stream = llmrelay.relay("shared", MESSAGES)
+    assert await stream.text() == "first:ok"
+    with pytest.raises(errors.InvalidRequest, match="already read or closed"):
+        await stream.collect()
+    assert [chunk async for chunk in stream] == []  # iterating again just ends
+    direct = provider.create_async_generator("shared", MESSAGES)
+    assert [chunk async for chunk in direct] == ["first:ok", FinishReason("stop")]
+    with pytest.raises(errors.InvalidRequest, match="already read or closed"):
+        await direct.text()
+    assert state.hits["/ok"] == 2  # one request per stream, none for the re-reads
+
+
+async def test_a_stream_closed_before_reading_sends_nothing(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    base, state = server
+    install(use_plugins, fake("first", base, "/ok"))
+    stream = llmrelay.relay("shared", MESSAGES)
+    await stream.aclose()
+    assert [chunk async for chunk in stream] == []
+    assert state.hits["/ok"] == 0
