@@ -100,3 +100,14 @@ def test_usage_totals_and_prints_nothing() -> None:
     assert str(usage) == ""
     with pytest.raises(ValueError, match="greater than or equal to 0"):
         Usage(-1, 0)
+
+
+def test_any_sequence_of_messages_is_accepted() -> None:
+    from collections import UserList
+
+    raw = {"role": "user", "content": "Hi"}
+    for messages in ([raw], (raw,), UserList([raw]), [Message(role="user", content="Hi")]):
+        checked = validate_messages(messages)
+        assert checked == [Message(role="user", content="Hi")]
+    mixed = validate_messages([Message(role="system", content="Be brief"), raw])
+    assert [m.role for m in mixed] == ["system", "user"]

@@ -101,6 +101,7 @@ class Message(BaseModel):
 Messages: TypeAlias = Sequence[Message | dict[str, Any]]
 
 _MESSAGE_LIST = TypeAdapter(list[Message])
+_MESSAGE_VALIDATOR = _MESSAGE_LIST.validator
 
 
 def validate_messages(messages: object) -> list[Message]:
@@ -119,10 +120,15 @@ def validate_messages(messages: object) -> list[Message]:
         raise InvalidRequest("messages must not be empty: send at least one message")
     if all(isinstance(m, Message) for m in messages):  # already checked (frozen): no copy
         return list(messages)
+    if any(isinstance(m, Message) for m in messages):  # mixed: validate the Messages' data too
+        messages = [
+            m.model_dump(exclude_unset=True) if isinstance(m, Message) else m for m in messages
+        ]
+    elif type(messages) is not list:  # a tuple or another Sequence: pydantic wants a list
+        messages = list(messages)
     try:
-        return _MESSAGE_LIST.validate_python(
-            [m.model_dump(exclude_unset=True) if isinstance(m, Message) else m for m in messages]
-        )
+        # The core validator itself: TypeAdapter.validate_python adds a Python layer per call.
+        return _MESSAGE_VALIDATOR.validate_python(messages)  # type: ignore[no-any-return]
     except ValidationError as exc:
         raise InvalidRequest(_describe(exc)) from None
 
