@@ -904,7 +904,7 @@ async def test_embedding_with_the_default_app(serve: Serve) -> None:
 
 
 def test_frames_survive_clients_that_split_on_unicode_line_ends() -> None:
-    from llmrelay.server._sse import ChunkEncoder
+    from llmrelay.server._wire import ChunkEncoder
 
     text = "a\u2028b\u2029c\x85d é\n"
     frame = ChunkEncoder("chatcmpl-1", 1, "m\u2028", include_usage=False).content(text)
@@ -912,6 +912,57 @@ def test_frames_survive_clients_that_split_on_unicode_line_ends() -> None:
     assert blank == ""
     chunk = json.loads(line.removeprefix("data: "))
     assert (chunk["model"], chunk["choices"][0]["delta"]["content"]) == ("m\u2028", text)
+
+
+def test_whole_answer_body_on_the_wire() -> None:
+    """The ``chat.completion`` template gives OpenAI's object, field for field."""
+    from llmrelay.server._wire import completion_body
+
+    usage = Usage(3, 4)
+    body = completion_body("chatcmpl-1", 7, "m\u2028", 'a "quote"\n\ud800', "length", usage)
+    assert b"\\u2028" in body  # escaped: a raw one would end a line for some clients
+    assert json.loads(body.decode()) == {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 7,
+        "model": "m\u2028",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": 'a "quote"\n\ud800', "refusal": None},
+                "logprobs": None,
+                "finish_reason": "length",
+            }
+        ],
+        "usage": usage.model_dump(mode="json"),
+        "system_fingerprint": None,
+    }
+    assert json.loads(completion_body("chatcmpl-1", 7, "m", "", "stop", None))["usage"] is None
+
+
+def test_usage_chunk_carries_what_the_provider_reported() -> None:
+    from llmrelay.server._wire import ChunkEncoder
+
+    usage = Usage(3, 4, 9)
+    frame = ChunkEncoder("chatcmpl-1", 1, "m", include_usage=True).usage(usage)
+    chunk = json.loads(frame.decode().removeprefix("data: "))
+    assert (chunk["choices"], chunk["usage"]) == ([], usage.model_dump(mode="json"))
+
+
+def test_log_lines_read_as_the_standard_formatter_writes_them() -> None:
+    """``llmrelay serve`` formats the time once per second; the lines do not change."""
+    from llmrelay.server._run import _Formatter
+
+    fmt = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+    ours, standard = _Formatter(fmt), logging.Formatter(fmt)
+    for created in (1_700_000_000.001, 1_700_000_000.999, 1_700_000_001.0, 1_700_000_001.5):
+        record = logging.LogRecord("llmrelay.access", logging.INFO, __file__, 1, "%s", ("x",), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.format(record) == standard.format(record)
+    record.created = 1_700_000_000.25  # back in time (a clock step): still right
+    record.msecs = 250
+    assert ours.format(record) == standard.format(record)
+    assert ours.formatTime(record, "%H") == standard.formatTime(record, "%H")
 
 
 def test_settings_never_show_the_key() -> None:

@@ -9,12 +9,12 @@ line is written per request, even when the client disconnects mid-stream.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
 import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -68,7 +68,7 @@ def create_app(
 @web.middleware
 async def _edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
-    info = RequestLog(request_id=uuid.uuid4().hex)
+    info = RequestLog(request_id=os.urandom(16).hex())  # a UUID4's 32 hex digits, cheaper
     token = LOG.set(info)
     state = request.app[STATE]
     status = 500
@@ -100,7 +100,11 @@ async def _edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         LOG.reset(token)
         if state.settings.access_log:
-            _log_access(request, status, info, time.perf_counter() - started)
+            # Logged after the response is sent: the event loop runs the callback when this
+            # task next waits, which is after aiohttp has handed the response to the socket.
+            # The line is no part of the answer, so the client does not wait for it.
+            duration = time.perf_counter() - started
+            asyncio.get_running_loop().call_soon(_log_access, request, status, info, duration)
 
 
 def _authenticate(header: str | None, key: bytes) -> None:
@@ -149,15 +153,23 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> APIErr
     return APIError(exc.status, exc.reason, type=kind)
 
 
+#: The access line's format; its arguments are kept apart, as logging does (filters see them).
+_ACCESS_FORMAT = '%s "%s %s" %d model=%s provider=%s %.3fs id=%s%s'
+
+
 def _log_access(request: web.Request, status: int, info: RequestLog, duration: float) -> None:
     """One line per request, built only from values that cannot hold a secret: no headers, no
-    query string, no body; the model name (client input) escaped and cut to one short line."""
+    query string, no body; the model name (client input) escaped and cut to one short line.
+
+    The record is made and handled directly (``Logger.makeRecord`` and ``Logger.handle``, what
+    ``Logger.info`` does after it has searched the stack for its caller), so the line costs no
+    stack walk: the caller is known, it is this function.
+    """
     if not access_log.isEnabledFor(logging.INFO):
         return
     model = "-" if info.model is None else _printable(info.model, 100)
     extra = f" error={info.error}" if info.error else ""
-    access_log.info(
-        '%s "%s %s" %d model=%s provider=%s %.3fs id=%s%s',
+    args = (
         request.remote or "-",
         request.method,
         _printable(request.rel_url.raw_path, 200),
@@ -168,12 +180,38 @@ def _log_access(request: web.Request, status: int, info: RequestLog, duration: f
         info.request_id,
         extra,
     )
+    record = access_log.makeRecord(
+        access_log.name, logging.INFO, _HERE, _ACCESS_LINE, _ACCESS_FORMAT, args, None, _ACCESS_FUNC
+    )
+    access_log.handle(record)
+
+
+#: What ``Logger.findCaller`` would report for the access line: this module and function.
+_HERE = _log_access.__code__.co_filename
+_ACCESS_LINE = _log_access.__code__.co_firstlineno
+_ACCESS_FUNC = _log_access.__name__
 
 
 def _printable(text: str, limit: int) -> str:
-    """``text`` with control and non-ASCII characters escaped: no forged log lines."""
-    escaped = text.encode("unicode_escape").decode("ascii").replace(" ", "\\x20")
+    """``text`` with control and non-ASCII characters escaped (no forged log lines), cut to
+    ``limit`` characters."""
+    if len(text) > limit:
+        # Escaping never shortens: only the start can show, so only the start is escaped
+        # (the text is client input, possibly megabytes).
+        return _escape(text[:limit])[: limit - 3] + "..."
+    return _printable_short(text, limit)
+
+
+@functools.lru_cache(maxsize=256)
+def _printable_short(text: str, limit: int) -> str:
+    """Cached: the same few paths and model names come back request after request (and an
+    entry is at most ``limit`` characters long)."""
+    escaped = _escape(text)
     return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."
+
+
+def _escape(text: str) -> str:
+    return text.encode("unicode_escape").decode("ascii").replace(" ", "\\x20")
 
 
 async def _start_draining(app: web.Application) -> None:

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from typing import Any
 
 from aiohttp import web
@@ -29,7 +28,7 @@ from .._routing import route
 from .._types import Chunk, Usage
 from ._errors import APIError, error_for, internal_error, invalid_request, retry_after_headers
 from ._request import ChatRequest, load_json_object, unsupported_param, validate_chat_request
-from ._sse import DONE, ChunkEncoder, frame
+from ._sse import FrameWriter
 from ._state import (
     LOG,
     PROVIDER_HEADER,
@@ -39,10 +38,21 @@ from ._state import (
     RequestLog,
     ServerState,
 )
+from ._wire import DONE, ChunkEncoder, completion_body, completion_id, frame
 
 __all__ = ["chat_completions"]
 
 log = logging.getLogger("llmrelay.server")
+
+#: The headers of every whole answer but the provider's: built once, copied per response.
+_JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
+#: Those of every stream but the provider's and the request id.
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    # nginx buffers responses unless told not to; a buffered stream is no stream.
+    "X-Accel-Buffering": "no",
+}
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -148,67 +158,56 @@ def _unsupported(model: str, options: dict[str, Any], registry: Registry | None)
     return unsupported_param(options, [p.supported_options for p, _ in candidates])
 
 
-def _completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
-
-
 async def _complete(chat: ChatRequest, stream: RelayStream, info: RequestLog) -> web.Response:
     try:
         completion = await stream.collect()
     finally:
         info.provider = stream.provider
-    body = {
-        "id": _completion_id(),
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": chat.model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": completion.text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": completion.finish_reason.reason,
-            }
-        ],
-        "usage": None if completion.usage is None else completion.usage.model_dump(mode="json"),
-        "system_fingerprint": None,
-    }
-    return web.json_response(body, headers={PROVIDER_HEADER: stream.provider})
+    body = completion_body(
+        completion_id(),
+        int(time.time()),
+        chat.model,
+        completion.text,
+        completion.finish_reason.reason,
+        completion.usage,
+    )
+    return web.Response(body=body, headers={**_JSON_HEADERS, PROVIDER_HEADER: stream.provider})
 
 
 async def _stream(
     request: web.Request, chat: ChatRequest, stream: RelayStream, info: RequestLog
 ) -> web.StreamResponse:
+    writer: FrameWriter | None = None
     try:
         first = await _first_item(stream)
         info.provider = stream.provider
         response = web.StreamResponse(
             headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
-                "Cache-Control": "no-cache",
-                # nginx buffers responses unless told not to; a buffered stream is no stream.
-                "X-Accel-Buffering": "no",
+                **_SSE_HEADERS,
                 PROVIDER_HEADER: stream.provider,
                 REQUEST_ID_HEADER: info.request_id,
             }
         )
         await response.prepare(request)
-        encoder = ChunkEncoder(_completion_id(), int(time.time()), chat.model, chat.wants_usage)
+        encoder = ChunkEncoder(completion_id(), int(time.time()), chat.model, chat.wants_usage)
+        writer = FrameWriter(response)
         try:
-            await _send_chunks(response, encoder, first, stream, info, chat.wants_usage)
+            await _send_chunks(writer, encoder, first, stream, info, chat.wants_usage)
         except ConnectionResetError:
             info.status = 499  # the client left; ``finally`` closes the upstream request
         except asyncio.CancelledError as exc:
             if not _is_shutdown(exc):
                 raise
-            await _end_for_shutdown(response, info)
+            await _end_for_shutdown(writer, info)
         return response
     finally:
+        if writer is not None:
+            writer.discard()
         info.provider = stream.provider
         await stream.aclose()
 
 
-async def _end_for_shutdown(response: web.StreamResponse, info: RequestLog) -> None:
+async def _end_for_shutdown(writer: FrameWriter, info: RequestLog) -> None:
     """The grace period ran out mid-stream: end it with an error event and ``[DONE]``, which a
     client can report, rather than a cut connection, which it cannot tell from a crash."""
     task = asyncio.current_task()
@@ -217,9 +216,7 @@ async def _end_for_shutdown(response: web.StreamResponse, info: RequestLog) -> N
     error = _shutting_down()
     info.error = error.code
     with contextlib.suppress(ConnectionError):
-        await response.write(frame(error.body()))
-        await response.write(DONE)
-        await response.write_eof()
+        await writer.end(frame(error.body()) + DONE)
 
 
 async def _first_item(stream: RelayStream) -> Chunk:
@@ -232,27 +229,31 @@ async def _first_item(stream: RelayStream) -> Chunk:
 
 
 async def _send_chunks(
-    response: web.StreamResponse,
+    writer: FrameWriter,
     encoder: ChunkEncoder,
     item: Chunk,
     stream: RelayStream,
     info: RequestLog,
     include_usage: bool,
 ) -> None:
-    await response.write(encoder.role())
+    """Relay the stream as frames; the last ones (finish, usage, ``[DONE]``, or an error
+    event and ``[DONE]``) leave together with the end of the response."""
+    writer.hold(encoder.role())  # sent with the first text, in the same write as the headers
     usage: Usage | None = None
+    last = DONE
     try:
         while True:
             if isinstance(item, str):
                 if item:
-                    await response.write(encoder.content(item))
+                    await writer.send(encoder.content(item))
             elif isinstance(item, Usage):
                 usage = item
             else:
-                await response.write(encoder.finish(item.reason))
+                ending = encoder.finish(item.reason)
                 if include_usage and usage is not None:
                     # Sent only when the provider reported usage: llmrelay never invents counts.
-                    await response.write(encoder.usage(usage))
+                    ending += encoder.usage(usage)
+                last = ending + DONE
                 break
             item = await anext(stream)
     except ConnectionResetError:
@@ -261,11 +262,10 @@ async def _send_chunks(
         error = error_for(exc)
         info.error = error.code or error.type
         log.warning("stream from %s failed after it started: %s", stream.provider, exc)
-        await response.write(frame(error.body()))
+        last = frame(error.body()) + DONE
     except Exception:
         log.exception("stream from %s failed after it started", stream.provider)
         error = internal_error()
         info.error = error.type
-        await response.write(frame(error.body()))
-    await response.write(DONE)
-    await response.write_eof()
+        last = frame(error.body()) + DONE
+    await writer.end(last)

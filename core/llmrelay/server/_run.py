@@ -176,14 +176,40 @@ async def serving(
 
 
 def configure_logging(level: str) -> None:
-    """Log lines to stderr, one per event, with the process id to tell workers apart."""
-    logging.basicConfig(
-        level=logging.WARNING,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-        force=True,
+    """Log lines to stderr, one per event, with the process id to tell workers apart.
+
+    The format shows no thread or process name, so records do not look them up (the
+    ``logging`` module's documented switches for that): the access log writes a record per
+    request.
+    """
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
     )
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("llmrelay").setLevel(level.upper())
+
+
+class _Formatter(logging.Formatter):
+    """The standard formatter, with the date and time of ``%(asctime)s`` formatted once per
+    second instead of once per line (``time.strftime`` is most of a line's formatting, and an
+    access log writes many lines a second). The text is the same to the character."""
+
+    _second: int | None = None
+    _stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            stamp = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second, self._stamp = second, stamp
+        if not self.default_msec_format:
+            return self._stamp
+        return self.default_msec_format % (self._stamp, record.msecs)
 
 
 def run(options: RunOptions) -> None:

@@ -50,7 +50,7 @@ class ServerState:
     key: bytes | None = field(default=None, repr=False)
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestLog:
     """What the access-log line of one request says beyond method, path and status.
 
