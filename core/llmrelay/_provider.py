@@ -243,8 +243,8 @@ class ChunkStream(AsyncIterator[Chunk]):
         if self._finished:
             await self.aclose()
             raise StopAsyncIteration
-        if self.call is not None:
-            self.call.start()
+        if not self._sent_text and self.call is not None:
+            self.call.start()  # the deadline starts with the first read (idempotent)
         try:
             chunk = await self._chunks.__anext__()
         except StopAsyncIteration:
@@ -254,6 +254,10 @@ class ChunkStream(AsyncIterator[Chunk]):
             if typed is exc:
                 raise
             raise typed from (exc if isinstance(typed, errors.StreamInterrupted) else None)
+        if type(chunk) is str and not self._usage_seen:  # text: nearly every chunk
+            if chunk:
+                self._sent_text = True
+            return chunk
         return self._check(chunk)
 
     def _typed(self, exc: Exception) -> Exception:
