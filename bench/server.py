@@ -11,15 +11,18 @@ What it does, in order:
    front of it, real ``llmrelay serve`` processes with a temporary configuration
    (``LLMRELAY_CONFIG``: one OpenAI-compatible endpoint, ``replica``, serving ``llama3``):
    ``--workers 1`` and ``--workers 2``, each with ``--max-concurrency`` above the largest load.
-   The access log stays on (the default), written to a file.
+   The access log stays on (the default), written to a file. And the floor: bench/forward.py,
+   a bare aiohttp forwarder with no llmrelay in it (one process, the same pool size).
 3. Throughput: a fresh load-generator process (bench/loadgen.py, aiohttp, every answer
    checked) per case and repetition; ``stream=false`` requests/s and ``stream=true`` chunks/s
-   at concurrency 1 and 50, against the replica directly and through each server.
+   at concurrency 1 and 50, against the replica directly, through the bare forwarder and
+   through each server.
    Repetitions are interleaved (direct and through the server back to back), and the same
    outside-load guard as run.py applies.
-4. 1 000 concurrent streams (``--big``), all started at once, against each target: every
-   stream must carry exactly the expected chunks in order and end with ``[DONE]``. The
-   established connections at the server's and the replica's ports are sampled meanwhile.
+4. 1 000 concurrent streams (``--big``), all started at once, against each target but the
+   bare forwarder: every stream must carry exactly the expected chunks in order and end with
+   ``[DONE]``. The established connections at the server's and the replica's ports are
+   sampled meanwhile.
 5. The same 1 000 streams against a server with the default ``--max-concurrency``, to show
    what an operator who keeps the default gets.
 6. Peak RSS of every worker (``VmHWM`` in /proc/PID/status) after each phase.
@@ -73,9 +76,12 @@ GEN_TIMEOUT_S = 600
 #: Bound for a server or the replica to start, and to stop after SIGTERM.
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 20
-TARGETS = ("direct", "w1", "w2")
+#: The throughput cases' targets; the 1 000-stream case leaves the bare forwarder out.
+TARGETS = ("direct", "fwd", "w1", "w2")
+BIG_TARGETS = ("direct", "w1", "w2")
 TARGET_LABELS = {
     "direct": "replica directly",
+    "fwd": "bare aiohttp forward (no llmrelay; the floor)",
     "w1": "llmrelay serve, 1 worker",
     "w2": "llmrelay serve, 2 workers",
     "w1-default": "llmrelay serve, 1 worker, default --max-concurrency",
@@ -176,7 +182,7 @@ def nofile_soft(pid: int) -> str:
 
 @dataclass
 class Service:
-    """A process this bench started: the replica or one ``llmrelay serve``."""
+    """A process this bench started: the replica, the bare forwarder or one ``llmrelay serve``."""
 
     name: str
     popen: subprocess.Popen[bytes]
@@ -230,12 +236,8 @@ class Service:
         return self.popen.returncode
 
 
-def start_replica(port: int, chunks: int, env: dict[str, str], tmp: Path) -> Service:
-    log_path = tmp / "replica.log"
-    argv = [PY, str(HERE / "replica.py"), "--port", str(port), "--chunks", str(chunks)]
-    with open(log_path, "wb") as log_file:
-        popen = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log_file, env=env)
-    svc = Service("replica", popen, port, log_path, workers=[popen.pid], argv=argv)
+def wait_health(svc: Service) -> Service:
+    """``svc`` once ``GET /health`` answers 200; stopped and an error if it does not start."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         try:
@@ -243,11 +245,31 @@ def start_replica(port: int, chunks: int, env: dict[str, str], tmp: Path) -> Ser
                 return svc
         except OSError:
             pass
-        if popen.poll() is not None:
+        if svc.popen.poll() is not None:
             break
         time.sleep(0.1)
     svc.stop()
-    raise RuntimeError("the replica did not start: " + log_path.read_text()[-2000:])
+    raise RuntimeError(f"{svc.name} did not start: " + svc.log_path.read_text()[-2000:])
+
+
+def start_replica(port: int, chunks: int, env: dict[str, str], tmp: Path) -> Service:
+    log_path = tmp / "replica.log"
+    argv = [PY, str(HERE / "replica.py"), "--port", str(port), "--chunks", str(chunks)]
+    with open(log_path, "wb") as log_file:
+        popen = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log_file, env=env)
+    return wait_health(Service("replica", popen, port, log_path, workers=[popen.pid], argv=argv))
+
+
+def start_forwarder(
+    port: int, upstream: Service, limit: int, env: dict[str, str], tmp: Path
+) -> Service:
+    """bench/forward.py in front of ``upstream``; its /health is the upstream's, forwarded."""
+    log_path = tmp / "forward.log"
+    argv = [PY, str(HERE / "forward.py"), "--port", str(port), "--upstream", upstream.url]
+    argv += ["--limit", str(limit)]
+    with open(log_path, "wb") as log_file:
+        popen = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log_file, env=env)
+    return wait_health(Service("fwd", popen, port, log_path, workers=[popen.pid], argv=argv))
 
 
 def start_server(
@@ -290,6 +312,12 @@ def start_server(
         time.sleep(0.02)
     svc.stop()
     raise RuntimeError(f"server {name} did not start: " + log_path.read_text()[-2000:])
+
+
+def shown_argv(argv: list[str]) -> list[str]:
+    """``argv`` as the results show it: the program's name, paths in the work tree relative."""
+    rest = [a[len(str(ROOT)) + 1 :] if a.startswith(str(ROOT) + "/") else a for a in argv[1:]]
+    return [Path(argv[0]).name, *rest]
 
 
 def write_config(path: Path, replica_port: int) -> None:
@@ -458,14 +486,17 @@ def measure(args: argparse.Namespace, env: dict[str, str], tmp: Path) -> dict[st
     services: list[Service] = [replica]
     try:
         write_config(Path(env["LLMRELAY_CONFIG"]), replica.port)
-        servers = {}
+        # The floor: the same upstream pool size as llmrelay serve's, max(100, --max-concurrency)
+        # (core/llmrelay/server/_run.py, prepare_process).
+        servers = {"fwd": start_forwarder(free_port(), replica, max(100, limit), env, tmp)}
+        services.append(servers["fwd"])
         for name, workers in (("w1", 1), ("w2", 2)):
             servers[name] = start_server(name, free_port(), workers, limit, env, tmp, extra)
             services.append(servers[name])
         bench = Bench(args, env, replica, servers, tmp)
         data["servers"] = {
             s.name: {
-                "argv": [Path(s.argv[0]).name, *s.argv[1:]],
+                "argv": shown_argv(s.argv),
                 "workers": s.workers,
                 "helpers": [cmdline(p)[:120] for p in s.helpers],
                 "nofile_soft": nofile_soft(s.workers[0]),
@@ -498,7 +529,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], tmp: Path) -> dict[st
 
         big_reps = args.big_reps
         for rep in range(1, big_reps + 1):
-            for target in TARGETS if rep % 2 else tuple(reversed(TARGETS)):
+            for target in BIG_TARGETS if rep % 2 else tuple(reversed(BIG_TARGETS)):
                 res = guard.run(lambda t=target: bench.run_gen(big_case(args, t), sample=True))
                 res["rep"] = rep
                 data["big"].append(res)
@@ -516,7 +547,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], tmp: Path) -> dict[st
         services.append(default)
         bench.servers["w1-default"] = default
         data["servers"]["w1-default"] = {
-            "argv": [Path(default.argv[0]).name, *default.argv[1:]],
+            "argv": shown_argv(default.argv),
             "workers": default.workers,
             "helpers": [],
             "nofile_soft": nofile_soft(default.workers[0]),
@@ -543,7 +574,9 @@ ACCESS = re.compile(r'llmrelay\.access: \S+ "POST /v1/chat/completions" (\d+) ')
 
 
 def access_log_summary(svc: Service) -> dict[str, Any]:
-    """Access-log lines for chat requests by status, against the requests the bench sent."""
+    """Access-log lines for chat requests by status, against the requests the bench sent.
+
+    The bare forwarder writes no access log: only its error lines (tracebacks) count."""
     statuses: Counter[str] = Counter()
     errors = []
     for line in svc.log_path.read_text(errors="replace").splitlines():
@@ -577,13 +610,15 @@ def mib(kib: float) -> str:
     return f"{kib / 1024:.0f} MiB"
 
 
-def ratio_cell(data: dict[str, Any], mode: str, conc: int, target: str) -> tuple[str, float]:
-    """Median ratio to direct, with the range of the per-repetition (back-to-back) ratios."""
-    rows: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
+def ratio_cell(
+    data: dict[str, Any], mode: str, conc: int, target: str, base: str = "direct"
+) -> tuple[str, float]:
+    """Median ratio to ``base``, with the range of the per-repetition (back-to-back) ratios."""
+    rows: dict[str, dict[int, float]] = defaultdict(dict)
     for r in data["throughput"]:
         if r["mode"] == mode and r["concurrency"] == conc:
-            rows[(r["target"], 0)][r["rep"]] = r["units_per_s"]
-    mine, direct = rows[(target, 0)], rows[("direct", 0)]
+            rows[r["target"]][r["rep"]] = r["units_per_s"]
+    mine, direct = rows[target], rows[base]
     if not mine or not direct:
         return "–", float("nan")
     ratio = med(list(mine.values())) / med(list(direct.values()))
@@ -636,21 +671,30 @@ def render(data: dict[str, Any], raw_name: str) -> str:
     # -- targets
     w("## Issue 6's target: ≥ 0.5× the replica's direct throughput with one worker")
     w("")
-    w("| figure | 1 worker ÷ direct | target | met | 2 workers ÷ direct |")
-    w("|---|---|---|---|---|")
+    w(
+        "| figure | 1 worker ÷ direct | target | met | 2 workers ÷ direct "
+        "| bare aiohttp forward ÷ direct | 1 worker ÷ bare forward |"
+    )
+    w("|---|---|---|---|---|---|---|")
     for mode in ("chat", "stream"):
         for conc in (1, 50):
             cell, ratio = ratio_cell(data, mode, conc, "w1")
             cell2, _ = ratio_cell(data, mode, conc, "w2")
+            floor, _ = ratio_cell(data, mode, conc, "fwd")
+            over_floor, _ = ratio_cell(data, mode, conc, "w1", base="fwd")
             met = "–" if ratio != ratio else ("yes" if ratio >= TARGET_RATIO else "**no**")
             w(
                 f"| {MODE_LABELS[mode]}, concurrency {conc} | {cell} | ≥ {TARGET_RATIO} | {met} | "
-                f"{cell2} |"
+                f"{cell2} | {floor} | {over_floor} |"
             )
     w("")
     w(
         "Ratio of the medians; the bracket is the lowest and highest ratio of a pair of runs "
-        "made back to back."
+        "made back to back. *Bare aiohttp forward*: bench/forward.py, an aiohttp.web server "
+        "that forwards each request unchanged with one aiohttp `ClientSession` and streams the "
+        "answer back, with no llmrelay in it: what any aiohttp-based relay costs on these 2 "
+        "shared cores, the floor under the target. *1 worker ÷ bare forward* is the share of "
+        "the floor's throughput that llmrelay's own layers keep."
     )
     w("")
     big = data.get("big", [])
@@ -782,9 +826,11 @@ def render(data: dict[str, Any], raw_name: str) -> str:
         )
         w("|---|---|---|---|---|---|---|")
         phases = ("started", "warm_idle", "after_throughput", "after_big")
-        for name in ("w1", "w2", "w1-default"):
+        for name in ("fwd", "w1", "w2", "w1-default"):
             if name == "w1-default":  # started for its one case: only its peak is shown
                 snaps = [None, None, None, mem.get("default_limit", {}).get(name)]
+            elif name == "fwd":  # not in the big case
+                snaps = [mem.get(phase, {}).get(name) for phase in phases[:3]] + [None]
             else:
                 snaps = [mem.get(phase, {}).get(name) for phase in phases]
             ref = next((s for s in snaps if s), None)
@@ -814,8 +860,9 @@ def render(data: dict[str, Any], raw_name: str) -> str:
     w("|---|---|---|---|---|")
     for name, a in data.get("access_log", {}).items():
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted(a["statuses"].items()))
+        lines = "none written" if name == "fwd" else f"{a['lines']} ({statuses})"
         w(
-            f"| {TARGET_LABELS[name]} | {a['sent']} | {a['lines']} ({statuses}) | "
+            f"| {TARGET_LABELS[name]} | {a['sent']} | {lines} | "
             f"{a['error_lines']} | {data['exit_codes'].get(name)} |"
         )
     w("")
