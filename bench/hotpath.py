@@ -31,7 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from run import HERE, PY, ROOT, child_env, free_port, start_replica
+from run import HERE, PY, ROOT, child_env, free_port, start_replica, write_bench_config
 
 CASES = {
     # name: (proto, stream, default n, unit)
@@ -390,10 +390,7 @@ def main() -> None:
         config = Path(tmp) / "config.toml"
         env = child_env(config)
         port = free_port()
-        config.write_text(
-            f'[[endpoints]]\nname = "bench"\nbase_url = "http://127.0.0.1:{port}/v1"\n'
-            'models = ["llama3"]\n'
-        )
+        write_bench_config(config, port)
         server = start_replica(port, env)
         try:
             git = subprocess.run(

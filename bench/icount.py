@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from run import HERE, PY, child_env, free_port, git, start_replica
+from run import HERE, PY, child_env, free_port, git, start_replica, write_bench_config
 
 #: name: (proto, stream, N1, N2, unit); the stream cases count content chunks (200 a stream).
 CASES: dict[str, tuple[str, bool, int, int, str]] = {
@@ -104,10 +104,7 @@ def main() -> None:
         config = Path(tmp) / "config.toml"
         env = child_env(config)
         port = free_port()
-        config.write_text(
-            f'[[endpoints]]\nname = "bench"\nbase_url = "http://127.0.0.1:{port}/v1"\n'
-            'models = ["llama3"]\n'
-        )
+        write_bench_config(config, port)
         replica = start_replica(port, env)
         try:
             rows = []

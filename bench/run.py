@@ -406,6 +406,18 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def write_bench_config(path: Path, port: int) -> None:
+    """The llmrelay configuration every bench script uses: endpoint "bench" (model "llama3")
+    at the replica on ``port``."""
+    path.write_text(
+        "# written by a bench/ script for one run\n"
+        "[[endpoints]]\n"
+        'name = "bench"\n'
+        f'base_url = "http://127.0.0.1:{port}/v1"\n'
+        'models = ["llama3"]\n'
+    )
+
+
 def start_replica(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [PY, str(HERE / "replica.py"), "--port", str(port), "--chunks", str(STREAM_CHUNKS)],
@@ -567,13 +579,7 @@ def measure_throughput(
     port = free_port()
     server = start_replica(port, env)
     # The configured endpoint points at this replica (the file is written before any client).
-    Path(env["LLMRELAY_CONFIG"]).write_text(
-        "# written by bench/run.py for one run\n"
-        "[[endpoints]]\n"
-        'name = "bench"\n'
-        f'base_url = "http://127.0.0.1:{port}/v1"\n'
-        'models = ["llama3"]\n'
-    )
+    write_bench_config(Path(env["LLMRELAY_CONFIG"]), port)
     results = []
     try:
         cases = throughput_cases(quick, g4f_python)

@@ -250,15 +250,19 @@ class ChunkStream(AsyncIterator[Chunk]):
         except StopAsyncIteration:
             self._broken("no FinishReason before the end")
         except Exception as exc:
-            typed = self._typed(exc)
-            if typed is exc:
-                raise
-            raise typed from (exc if isinstance(typed, errors.StreamInterrupted) else None)
+            self._raise_typed(exc)
         if type(chunk) is str and not self._usage_seen:  # text: nearly every chunk
             if chunk:
                 self._sent_text = True
             return chunk
         return self._check(chunk)
+
+    def _raise_typed(self, exc: Exception) -> NoReturn:
+        """Raise ``exc`` as :meth:`_typed` says; a ``StreamInterrupted`` keeps it as cause."""
+        typed = self._typed(exc)
+        if typed is exc:
+            raise exc
+        raise typed from (exc if isinstance(typed, errors.StreamInterrupted) else None)
 
     def _typed(self, exc: Exception) -> Exception:
         """The error to raise for ``exc``: after text, a provider error is StreamInterrupted."""
@@ -357,10 +361,7 @@ class ChunkStream(AsyncIterator[Chunk]):
                     parts.append(checked)  # a str subclass
             self._broken("no FinishReason before the end")
         except Exception as exc:
-            typed = self._typed(exc)
-            if typed is exc:
-                raise
-            raise typed from (exc if isinstance(typed, errors.StreamInterrupted) else None)
+            self._raise_typed(exc)
         finally:
             self._finished = True
             await self._chunks.aclose()
