@@ -1,4 +1,4 @@
-"""Instructions per request: the one figure of llmrelay's cost that outside load cannot move.
+"""Instructions per request: the figure of llmrelay's cost that outside load hardly moves.
 
   uv run python bench/icount.py            # every case below, about 10 minutes on 2 cores
   uv run python bench/icount.py --case pizzagpt --case openai
@@ -46,7 +46,8 @@ _COLLECTED = re.compile(r"Collected : (\d+)")
 
 
 def instructions(argv: list[str], env: dict[str, str]) -> int:
-    """The instructions callgrind counted for ``argv`` (the whole process)."""
+    """The instructions callgrind counted for ``argv`` (the whole process), after checking
+    that every request of the run succeeded: a failing request is cheaper than an answer."""
     run = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
         capture_output=True,
@@ -58,6 +59,12 @@ def instructions(argv: list[str], env: dict[str, str]) -> int:
     found = _COLLECTED.search(run.stderr)
     if run.returncode != 0 or found is None:
         raise RuntimeError(f"{' '.join(argv)} failed under valgrind:\n{run.stderr[-2000:]}")
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    if result["errors"]:
+        raise RuntimeError(
+            f"{' '.join(argv)}: {result['errors']} failed requests, e.g. "
+            f"{result['error_samples'][:2]}"
+        )
     return int(found.group(1))
 
 
