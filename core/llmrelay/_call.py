@@ -168,15 +168,21 @@ class Call:
         ``ProviderTimeout`` (its ``__cause__`` and message keep the last error): the deadline is
         what ended the call, and waiting only to fail later helps nobody.
         """
+        return await self._with_retries(functools.partial(self._attempt, attempt))
+
+    async def _with_retries(self, once: Callable[[], Awaitable[T]]) -> T:
+        """Run ``once`` (one counted, logged attempt) and, after a retryable failure, retry it.
+
+        The first attempt skips tenacity's machinery: most calls succeed at once.
+        """
         self.start()
         try:
-            # The first attempt skips tenacity's machinery: most calls succeed at once.
-            return await self._attempt(attempt)
+            return await once()
         except errors.ProviderError as exc:
             if not self._should_retry(exc) or self.retry.max_retries == 0:
                 raise
             failure = exc
-        return await self._retry(failure, functools.partial(self._attempt, attempt))
+        return await self._retry(failure, once)
 
     async def _retry(
         self, first_failure: errors.ProviderError, again: Callable[[], Awaitable[T]]
@@ -345,15 +351,8 @@ class Call:
         """
         data, headers = _encode(json_body, headers)
         proxy = self.proxy_for(url)
-        self.start()
-        try:
-            return await self._send(method, url, headers, data, proxy)
-        except errors.ProviderError as exc:
-            if not self._should_retry(exc) or self.retry.max_retries == 0:
-                raise
-            failure = exc
-        return await self._retry(
-            failure, functools.partial(self._send, method, url, headers, data, proxy)
+        return await self._with_retries(
+            functools.partial(self._send, method, url, headers, data, proxy)
         )
 
     async def post_json(

@@ -180,7 +180,7 @@ class Transport:
                 url,
                 headers=headers,
                 data=data,
-                timeout=_client_timeout(timeouts) if total is None else _deadline(total, timeouts),
+                timeout=_timeout(timeouts, total),
                 proxy=_http_proxy_url(proxy),
             ) as response:
                 if response.status >= 400:
@@ -209,7 +209,7 @@ class Transport:
         of every non-streamed call.
         """
         session = self._session(proxy)
-        timeout = _client_timeout(timeouts) if total is None else _deadline(total, timeouts)
+        timeout = _timeout(timeouts, total)
         started = time.monotonic()
         try:
             async with session.request(
@@ -263,6 +263,11 @@ def _http_proxy_url(proxy: ProxyURL | None) -> Any:
         host=proxy.host,
         port=proxy.port,
     )
+
+
+def _timeout(timeouts: Timeouts, total: float | None) -> aiohttp.ClientTimeout:
+    """aiohttp's timeout for an attempt: the socket ``timeouts``, and ``total`` if given."""
+    return _client_timeout(timeouts) if total is None else _deadline(total, timeouts)
 
 
 def _deadline(total: float, timeouts: Timeouts) -> aiohttp.ClientTimeout:
