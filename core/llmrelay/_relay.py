@@ -57,8 +57,6 @@ class RelayStream(ChunkStream):
         self._timeout = timeout
         self._deadline: float | None = None
         self._current: ChunkStream | None = None
-        self._sent_text = False
-        self._usage_seen = False
         self._finished = False
 
     async def __anext__(self) -> Chunk:
@@ -75,9 +73,7 @@ class RelayStream(ChunkStream):
                 self._finished = True
                 await stream.aclose()
                 raise
-            if type(chunk) is str:
-                self._sent_text = self._sent_text or bool(chunk)
-            elif isinstance(chunk, FinishReason):
+            if isinstance(chunk, FinishReason):
                 self._health.succeeded(stream.provider)
             return chunk
 
@@ -140,7 +136,9 @@ class RelayStream(ChunkStream):
         try:
             if _provider_side(exc):
                 self._health.failed(stream.provider)
-            if self._sent_text or stream._sent_text or isinstance(exc, errors.StreamInterrupted):
+            # Only the provider answering can have sent text: an earlier one that had would
+            # have ended the relay here.
+            if stream._sent_text or isinstance(exc, errors.StreamInterrupted):
                 self._finished = True
                 raise exc
             self.errors.append(exc)
