@@ -257,9 +257,9 @@ def micro(env: dict[str, str], port: int) -> None:
         "_relay.py:relay",
         lambda: llmrelay.relay("bench/llama3", MESSAGES, stream=False),
     )
-    from llmrelay._client import _completion_id
+    from llmrelay._client import completion_id
 
-    timed("completion id", "_client.py:_completion_id", _completion_id)
+    timed("completion id", "_client.py:completion_id", completion_id)
     timed("json.dumps(request body) (raw pays it too)", "stdlib", lambda: json.dumps(body))
 
     class Fake(Provider):

@@ -166,8 +166,9 @@ def list_models(registry: Registry | None = None) -> ModelList:
     return ModelList(data=models)
 
 
-def _completion_id() -> str:
-    # OpenAI's form: "chatcmpl-" and 24 random hex digits (os.urandom: no uuid object to build).
+def completion_id() -> str:
+    """``chatcmpl-`` and 24 random hex digits, the shape of OpenAI's ids (the client's and the
+    server's; os.urandom, so no uuid object is built per answer)."""
     return f"chatcmpl-{os.urandom(12).hex()}"
 
 
@@ -175,7 +176,7 @@ def _completion(completion: Completion, model: str, provider: str) -> ChatComple
     """The ``ChatCompletion`` for a whole answer."""
     return ChatCompletion.model_validate(
         {
-            "id": _completion_id(),
+            "id": completion_id(),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
@@ -210,7 +211,7 @@ class AsyncCompletionStream(AsyncIterator[ChatCompletionChunk]):
         self._stream = stream
         self._model = model
         self._owner = owner
-        self._id = _completion_id()
+        self._id = completion_id()
         self._created = int(time.time())
         self._first = True
         self._usage: Usage | None = None

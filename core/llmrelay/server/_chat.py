@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import errors
+from .._client import completion_id
 from .._config import get_config
 from .._registry import Registry, get_registry
 from .._relay import RelayStream, relay
@@ -38,7 +39,7 @@ from ._state import (
     RequestLog,
     ServerState,
 )
-from ._wire import DONE, ChunkEncoder, completion_body, completion_id, frame
+from ._wire import DONE, ChunkEncoder, completion_body, frame
 
 __all__ = ["chat_completions"]
 

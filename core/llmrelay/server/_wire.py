@@ -16,14 +16,13 @@ a content chunk costs one string encoding. The frames are exactly what OpenAI se
 from __future__ import annotations
 
 import json
-import os
 import re
 from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import Any
 
 from .._types import Usage
 
-__all__ = ["DONE", "ChunkEncoder", "completion_body", "completion_id", "frame"]
+__all__ = ["DONE", "ChunkEncoder", "completion_body", "frame"]
 
 DONE = b"data: [DONE]\n\n"
 
@@ -68,11 +67,6 @@ def _usage(usage: Usage) -> str:
         f'"completion_tokens":{usage.completion_tokens:d},'
         f'"total_tokens":{usage.total_tokens:d}}}'
     )
-
-
-def completion_id() -> str:
-    """``chatcmpl-`` and 24 random hex digits, the shape of OpenAI's ids."""
-    return f"chatcmpl-{os.urandom(12).hex()}"
 
 
 def frame(payload: Any) -> bytes:
