@@ -483,12 +483,13 @@ async def test_slow_response_past_the_deadline(faults: Server) -> None:
     assert 0.45 <= took() < 1.5
 
 
-async def test_slow_first_byte_is_a_read_timeout_and_retried(faults: Server) -> None:
+async def test_a_stream_slow_to_start_is_a_read_timeout_and_retried(faults: Server) -> None:
     call = fast_call(
         faults.base,
         "/slow?delay=5",
         retry=RetryPolicy(max_retries=1, backoff=0.01, jitter=0.01),
         timeouts=Timeouts(connect=1.0, read=0.3),
+        sse=True,
     )
     with elapsed() as took, pytest.raises(errors.ProviderTimeout) as info:
         await ask(call)
@@ -498,18 +499,36 @@ async def test_slow_first_byte_is_a_read_timeout_and_retried(faults: Server) -> 
     assert 0.55 <= took() < 1.5
 
 
-async def test_stalled_body_is_a_read_timeout(faults: Server) -> None:
+async def test_a_whole_answer_slower_than_the_read_timeout_is_waited_for(
+    faults: Server,
+) -> None:
+    """A model answering in one piece is silent until it has finished: only the deadline
+    bounds that silence, so a slow answer is neither cut off nor sent twice."""
+    call = fast_call(
+        faults.base,
+        "/slow?delay=0.6",
+        timeouts=Timeouts(connect=1.0, read=0.2),
+        timeout=5.0,
+    )
+    with elapsed() as took:
+        assert await ask(call) == "ok"
+    assert faults.state.hits["/slow"] == 1
+    assert 0.55 <= took() < 1.5
+
+
+async def test_a_whole_answer_stalled_mid_body_ends_at_the_deadline(faults: Server) -> None:
     call = fast_call(
         faults.base,
         "/stall-body?delay=5",
-        retry=RetryPolicy(max_retries=0),
-        timeouts=Timeouts(connect=1.0, read=0.3),
+        timeout=0.5,
+        timeouts=Timeouts(connect=1.0, read=0.1),
     )
     with elapsed() as took, pytest.raises(errors.ProviderTimeout) as info:
         await ask(call)
     assert faults.state.hits["/stall-body"] == 1
-    assert "read timed out" in str(info.value)
-    assert 0.25 <= took() < 1.0
+    check_provider_error(info.value, status=None, retryable=False)
+    assert "deadline of 0.5s" in str(info.value)
+    assert 0.45 <= took() < 1.2
 
 
 async def test_deadline_reached_during_retries_is_a_timeout(faults: Server) -> None:
@@ -632,7 +651,7 @@ async def test_no_bare_aiohttp_or_asyncio_error_escapes(faults: Server, path: st
         faults.base,
         path,
         retry=RetryPolicy(max_retries=0),
-        timeout=1.0,
+        timeout=0.5,  # what ends a whole answer that stalls (it has no read timeout)
         timeouts=Timeouts(connect=0.5, read=0.2),
         sse=path.startswith("/stream"),
     )

@@ -43,8 +43,10 @@ log = logging.getLogger("llmrelay")
 class Timeouts:
     """Per-attempt socket timeouts, in seconds.
 
-    ``connect`` bounds the TCP (and proxy) connect; ``read`` bounds the wait for the next bytes,
-    which is what matters for a stream. The total deadline of a call is separate (see ``Call``).
+    ``connect`` bounds the TCP (and proxy) connect. ``read`` bounds the wait for the next bytes
+    of a stream (its headers included): a stream that falls silent that long is dead. A whole
+    answer has no read timeout: its first byte comes when the model has finished, so a silence
+    there is the model thinking, which only the call's deadline may bound (see ``Call``).
     """
 
     connect: float = 10.0
@@ -180,7 +182,7 @@ class Transport:
                 url,
                 headers=headers,
                 data=data,
-                timeout=_timeout(timeouts, total),
+                timeout=_stream_timeout(timeouts, total),
                 proxy=_http_proxy_url(proxy),
             ) as response:
                 if response.status >= 400:
@@ -203,13 +205,14 @@ class Transport:
         """Send one request and read the whole answer (one attempt, no retry).
 
         ``total`` bounds the whole attempt (the caller's remaining deadline), enforced by
-        aiohttp's own timer; expiry surfaces as ``ProviderTimeout``.
+        aiohttp's own timer; expiry surfaces as ``ProviderTimeout``. There is no read timeout
+        (see ``Timeouts``): a long silence before a whole answer is the model at work.
 
         The same steps as :meth:`open` then a read, written out flat: this is the hot path
         of every non-streamed call.
         """
         session = self._session(proxy)
-        timeout = _timeout(timeouts, total)
+        timeout = _whole_answer_timeout(timeouts, total)
         started = time.monotonic()
         try:
             async with session.request(
@@ -265,29 +268,48 @@ def _http_proxy_url(proxy: ProxyURL | None) -> Any:
     )
 
 
-def _timeout(timeouts: Timeouts, total: float | None) -> aiohttp.ClientTimeout:
-    """aiohttp's timeout for an attempt: the socket ``timeouts``, and ``total`` if given."""
-    return _client_timeout(timeouts) if total is None else _deadline(total, timeouts)
+def _stream_timeout(timeouts: Timeouts, total: float | None) -> aiohttp.ClientTimeout:
+    """aiohttp's timeout for opening a stream: connect, read between bytes, and ``total``.
 
-
-def _deadline(total: float, timeouts: Timeouts) -> aiohttp.ClientTimeout:
-    """aiohttp's timeout for an attempt that must end within ``total`` seconds.
-
-    The read timeout is left out when the deadline comes first anyway: it could never fire,
-    and re-arming it on every read costs a timer per packet.
+    ``total`` (what is left of the deadline) then bounds every read of the body too, so the
+    reads need no timer of their own. The read timeout is left out when the deadline comes
+    first anyway: it could never fire, and re-arming it costs a timer per packet.
     """
+    if total is None:
+        return _socket_timeout(timeouts)
     import aiohttp
 
     read = timeouts.read if timeouts.read < total else None
     return aiohttp.ClientTimeout(total=total, sock_connect=timeouts.connect, sock_read=read)
 
 
+def _whole_answer_timeout(timeouts: Timeouts, total: float | None) -> aiohttp.ClientTimeout:
+    """aiohttp's timeout for a whole answer: connect, and ``total`` if the call has a deadline.
+
+    No read timeout: a model answering in one piece sends nothing until it has finished, so
+    a read timeout would cut off (and retry) every answer that takes longer to write.
+    """
+    if total is None:
+        return _connect_timeout(timeouts.connect)
+    import aiohttp
+
+    return aiohttp.ClientTimeout(total=total, sock_connect=timeouts.connect)
+
+
 @functools.lru_cache(maxsize=32)
-def _client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
-    """aiohttp's timeout for ``timeouts`` (built once per distinct value: it is immutable)."""
+def _socket_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
+    """aiohttp's timeout for ``timeouts`` alone (built once per value: it is immutable)."""
     import aiohttp
 
     return aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.read)
+
+
+@functools.lru_cache(maxsize=32)
+def _connect_timeout(connect: float) -> aiohttp.ClientTimeout:
+    """aiohttp's timeout with a connect limit only (built once per value)."""
+    import aiohttp
+
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect)
 
 
 async def _keep(state: _LoopSessions) -> None:
