@@ -179,10 +179,14 @@ class Call:
         try:
             return await once()
         except errors.ProviderError as exc:
-            if not self._should_retry(exc) or self.retry.max_retries == 0:
+            if not self._retries_after(exc):
                 raise
             failure = exc
         return await self._retry(failure, once)
+
+    def _retries_after(self, first_failure: errors.ProviderError) -> bool:
+        """Whether the first attempt's failure is worth another attempt."""
+        return self.retry.max_retries > 0 and self._should_retry(first_failure)
 
     async def _retry(
         self, first_failure: errors.ProviderError, again: Callable[[], Awaitable[T]]
@@ -351,9 +355,17 @@ class Call:
         """
         data, headers = _encode(json_body, headers)
         proxy = self.proxy_for(url)
-        return await self._with_retries(
-            functools.partial(self._send, method, url, headers, data, proxy)
-        )
+        # _with_retries' first attempt, written out: no partial and no coroutine of its own
+        # on the path every whole answer takes.
+        self.start()
+        try:
+            return await self._send(method, url, headers, data, proxy)
+        except errors.ProviderError as exc:
+            if not self._retries_after(exc):
+                raise
+            failure = exc
+        again = functools.partial(self._send, method, url, headers, data, proxy)
+        return await self._retry(failure, again)
 
     async def post_json(
         self, url: str, payload: Any, *, headers: Mapping[str, str] | None = None
@@ -434,8 +446,12 @@ def _encode(
     merged = dict(headers or {})
     if json_body is None:
         return None, merged
-    if "content-type" not in merged and not any(k.lower() == "content-type" for k in merged):
-        merged["Content-Type"] = "application/json"
+    if "content-type" not in merged and "Content-Type" not in merged:
+        for key in merged:  # another spelling? (a loop, not any(): no generator per request)
+            if key.lower() == "content-type":
+                break
+        else:
+            merged["Content-Type"] = "application/json"
     return _JSON.encode(json_body).encode("utf-8"), merged
 
 

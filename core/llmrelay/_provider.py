@@ -103,7 +103,7 @@ class Provider:
         ``config`` saves a look-up when the caller already holds the configuration.
         """
         options: dict[str, Any] = {}
-        if kwargs.keys() - CALL_OPTIONS:  # request options: checked against what we support
+        if not kwargs.keys() <= CALL_OPTIONS:  # request options: checked against what we support
             options = cls._request_options(kwargs)
         if proxy is not None:
             if not isinstance(proxy, str):

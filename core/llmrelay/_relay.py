@@ -219,8 +219,8 @@ def relay(
         InvalidRequest: bad messages, proxy URL or options.
         ModelNotFound: no provider serves ``model``.
     """
-    clash = sorted(_RESERVED_OPTIONS & options.keys())
-    if clash:
+    if not options.keys().isdisjoint(_RESERVED_OPTIONS):
+        clash = sorted(_RESERVED_OPTIONS & options.keys())
         raise errors.InvalidRequest(
             f"{', '.join(map(repr, clash))} cannot be passed as a request option"
         )

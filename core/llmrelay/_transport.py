@@ -53,14 +53,24 @@ class Timeouts:
     read: float = 60.0
 
 
-@dataclass(slots=True)
 class HTTPResponse:
-    """A fully read response: status, headers and body."""
+    """A fully read response: status, headers, body, and the URL it came from."""
 
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-    url: str
+    __slots__ = ("_url", "body", "headers", "status")
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes, url: object) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self._url = url  # aiohttp's yarl URL, turned into text only when someone asks
+
+    @property
+    def url(self) -> str:
+        """The URL of the answer (after any redirect)."""
+        return str(self._url)
+
+    def __repr__(self) -> str:
+        return f"HTTPResponse(status={self.status}, url={self.url!r}, {len(self.body)} bytes)"
 
     def text(self) -> str:
         return self.body.decode("utf-8", errors="replace")
@@ -71,10 +81,12 @@ class HTTPResponse:
 
     def json(self, provider: str) -> Any:
         """The body as JSON, or ``InvalidResponse`` quoting the start of the body."""
-        with contextlib.suppress(ValueError):
+        try:
             # UTF-8 first, what JSON APIs send: json.loads(bytes) sniffs the encoding each
             # time. Another encoding, a BOM or bad JSON goes on to the sniffing below.
             return json.loads(self.body.decode("utf-8"))
+        except ValueError:
+            pass
         try:
             return json.loads(self.body)
         except ValueError:
@@ -215,18 +227,23 @@ class Transport:
         timeout = _whole_answer_timeout(timeouts, total)
         started = time.monotonic()
         try:
-            async with session.request(
+            # Awaited, not entered: ``release()`` below is all its ``async with`` would do
+            # once the body is read, and the two coroutines less are per request.
+            response = await session.request(
                 method,
                 url,
                 headers=headers,
                 data=data,
                 timeout=timeout,
                 proxy=_http_proxy_url(proxy),
-            ) as response:
+            )
+            try:
                 if response.status >= 400:
                     text = await response.text(errors="replace")
                     raise error_for_status(provider, response.status, response.headers, text, proxy)
                 body = await response.read()
+            finally:
+                response.release()  # back to the pool when read to the end; closed if not
         except errors.LLMRelayError:
             raise
         except Exception as exc:
@@ -235,7 +252,7 @@ class Transport:
                 raise
             raise typed from None
         # The response's own headers stay case-insensitive (``headers["content-type"]``).
-        return HTTPResponse(response.status, response.headers, body, str(response.url))
+        return HTTPResponse(response.status, response.headers, body, response.url)
 
     async def aclose(self) -> None:
         """Close the sessions of the running loop (other loops close theirs when they end)."""

@@ -118,9 +118,13 @@ def validate_messages(messages: object) -> list[Message]:
         )
     if not messages:
         raise InvalidRequest("messages must not be empty: send at least one message")
-    if all(isinstance(m, Message) for m in messages):  # already checked (frozen): no copy
+    models = 0  # a loop, not all()/any() over a generator: this runs on every request
+    for m in messages:
+        if isinstance(m, Message):
+            models += 1
+    if models == len(messages):  # already checked (frozen): no copy
         return list(messages)
-    if any(isinstance(m, Message) for m in messages):  # mixed: validate the Messages' data too
+    if models:  # mixed: validate the Messages' data too
         messages = [
             m.model_dump(exclude_unset=True) if isinstance(m, Message) else m for m in messages
         ]

@@ -13,6 +13,8 @@ import re
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar
 
+from pydantic import TypeAdapter
+
 from llmrelay import Call, Chunk, FinishReason, Message, Provider, Usage, errors
 from llmrelay._config import EndpointConfig
 from llmrelay._endpoints import cached_models, request_headers
@@ -44,6 +46,10 @@ OPTIONS = frozenset(
 #: The model asked for by ``NAME/`` when an endpoint lists no models and sets no default:
 #: single-model servers (llama.cpp, LM Studio with one model loaded) answer whatever it is.
 PLACEHOLDER_MODEL = "default"
+
+#: The messages as JSON data in one call into pydantic-core (``model_dump`` per message
+#: adds a Python layer for each).
+_MESSAGES_JSON = TypeAdapter(list[Message]).serializer.to_python
 
 _FINISH = {
     "stop": "stop",
@@ -135,7 +141,7 @@ def _request_body(provider: str, model: str, messages: list[Message], call: Call
         )
     return {
         "model": model,
-        "messages": [m.model_dump(mode="json", exclude_unset=True) for m in messages],
+        "messages": _MESSAGES_JSON(messages, mode="json", exclude_unset=True),
         **options,
         **extra,
     }
