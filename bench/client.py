@@ -7,6 +7,8 @@ runs in the workspace's venv (llmrelay, raw aiohttp, openai) and in the throwawa
     --client llmrelay         Pizzagpt.create_async_generator(..., base_url=replica).text()
     --client aiohttp-shared   raw aiohttp, one shared ClientSession (the reference)
     --client g4f              g4f.Provider.Pizzagpt (g4f 0.5.3.2), its url pointed at the replica
+    --client aiohttp-contract raw aiohttp inside the provider contract's bare shape (pydantic
+                              messages, an async generator, a deadline): the floor of the design
   OpenAI protocol (POST /v1/chat/completions):
     --client llmrelay         AsyncClient().chat.completions.create(model="bench/llama3", ...),
                               through the OpenAI-compatible provider (endpoint from
@@ -117,6 +119,53 @@ def pizzagpt_client(name: str, base: str) -> tuple[One, Close]:
             check_answer(content)
             if MISUSE in content:
                 raise ValueError(content)
+            return 1
+
+        async def close() -> None:
+            if "s" in state:
+                await state["s"].close()
+
+        return one, close
+
+    if name == "aiohttp-contract":
+        # The floor of any design with llmrelay's provider contract, and nothing else of it:
+        # the raw client above, with the messages validated into pydantic models and the
+        # answer produced by an async generator (text, then a finish reason) read with
+        # ``async for``, under a total deadline. No configuration, routing, retries, proxies
+        # or typed errors: what llmrelay adds beyond this is what those cost.
+        from typing import Literal
+
+        import aiohttp
+        import pydantic
+
+        class Message(pydantic.BaseModel):
+            model_config = pydantic.ConfigDict(frozen=True)
+            role: Literal["system", "user", "assistant"]
+            content: str
+
+        validate = pydantic.TypeAdapter(list[Message]).validate_python
+        url = base + "/api/chatx-completion"
+        headers = dict(PIZZA_HEADERS, origin=base, referer=base + "/en")
+        state: dict[str, aiohttp.ClientSession] = {}
+
+        async def generate(messages: list[Message]) -> Any:  # AsyncGenerator[str, None]
+            session = state.get("s")
+            if session is None:
+                session = state["s"] = aiohttp.ClientSession()
+            body = json.dumps({"question": messages[-1].content}).encode()
+            timeout = aiohttp.ClientTimeout(total=120.0, sock_connect=10.0)
+            async with session.post(url, data=body, headers=headers, timeout=timeout) as resp:
+                resp.raise_for_status()
+                data = json.loads(await resp.read())
+            content = data.get("answer", data).get("content")
+            if MISUSE in content:
+                raise ValueError(content)
+            yield content
+            yield "stop"
+
+        async def one() -> int:
+            parts = [chunk async for chunk in generate(validate(MESSAGES))]
+            check_answer(parts[0])
             return 1
 
         async def close() -> None:
