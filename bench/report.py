@@ -21,6 +21,7 @@ LABELS = {
     ("pizzagpt", "llmrelay"): "llmrelay Pizzagpt `.text()`",
     ("pizzagpt", "aiohttp-shared"): "raw aiohttp, shared session",
     ("pizzagpt", "g4f"): "g4f Pizzagpt (0.5.3.2)",
+    ("pizzagpt", "aiohttp-contract"): "raw aiohttp in the provider contract's shape",
     ("openai", "llmrelay"): "llmrelay `AsyncClient`",
     ("openai", "aiohttp-shared"): "raw aiohttp, shared session",
     ("openai", "openai"): "openai `AsyncOpenAI`",
@@ -47,6 +48,12 @@ TARGETS = [
 ]
 CONTEXT = [
     ("Pizzagpt: g4f ÷ raw aiohttp (req/s)", "pizzagpt", "g4f", REFERENCE),
+    (
+        "Pizzagpt: raw aiohttp in the contract's shape ÷ raw aiohttp (req/s)",
+        "pizzagpt",
+        "aiohttp-contract",
+        REFERENCE,
+    ),
     ("OpenAI non-stream: openai SDK ÷ raw aiohttp (req/s)", "openai", "openai", REFERENCE),
     ("OpenAI stream: openai SDK ÷ raw aiohttp (chunks/s)", "openai-stream", "openai", REFERENCE),
 ]

@@ -442,7 +442,7 @@ def start_replica(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
 def throughput_cases(quick: bool, g4f_python: str | None) -> list[dict[str, Any]]:
     k = 10 if quick else 1
     cases = []
-    pizza_clients = [("llmrelay", PY), ("aiohttp-shared", PY)]
+    pizza_clients = [("llmrelay", PY), ("aiohttp-shared", PY), ("aiohttp-contract", PY)]
     if g4f_python:
         pizza_clients.append(("g4f", g4f_python))
     for conc in (1, 50):
