@@ -179,14 +179,10 @@ class Call:
         try:
             return await once()
         except errors.ProviderError as exc:
-            if not self._retries_after(exc):
+            if self.retry.max_retries == 0 or not self._should_retry(exc):
                 raise
             failure = exc
         return await self._retry(failure, once)
-
-    def _retries_after(self, first_failure: errors.ProviderError) -> bool:
-        """Whether the first attempt's failure is worth another attempt."""
-        return self.retry.max_retries > 0 and self._should_retry(first_failure)
 
     async def _retry(
         self, first_failure: errors.ProviderError, again: Callable[[], Awaitable[T]]
@@ -355,17 +351,9 @@ class Call:
         """
         data, headers = _encode(json_body, headers)
         proxy = self.proxy_for(url)
-        # _with_retries' first attempt, written out: no partial and no coroutine of its own
-        # on the path every whole answer takes.
-        self.start()
-        try:
-            return await self._send(method, url, headers, data, proxy)
-        except errors.ProviderError as exc:
-            if not self._retries_after(exc):
-                raise
-            failure = exc
-        again = functools.partial(self._send, method, url, headers, data, proxy)
-        return await self._retry(failure, again)
+        return await self._with_retries(
+            functools.partial(self._send, method, url, headers, data, proxy)
+        )
 
     async def post_json(
         self, url: str, payload: Any, *, headers: Mapping[str, str] | None = None
