@@ -66,6 +66,25 @@ def check_answer(text: object) -> None:
         raise RuntimeError(f"unexpected answer {text!r}")
 
 
+class LazySession:
+    """The raw clients' one shared aiohttp session, made on first use (inside the loop)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._kwargs = kwargs
+        self._session: Any = None
+
+    def get(self) -> Any:  # aiohttp.ClientSession
+        if self._session is None:
+            import aiohttp
+
+            self._session = aiohttp.ClientSession(**self._kwargs)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
 # --------------------------------------------------------------------------- pizzagpt clients
 def pizzagpt_client(name: str, base: str) -> tuple[One, Close]:
     if name == "llmrelay":
@@ -102,17 +121,11 @@ def pizzagpt_client(name: str, base: str) -> tuple[One, Close]:
         return one, close
 
     if name == "aiohttp-shared":
-        import aiohttp
-
         url = base + "/api/chatx-completion"
-        headers = dict(PIZZA_HEADERS, origin=base, referer=base + "/en")
-        state: dict[str, aiohttp.ClientSession] = {}
+        shared = LazySession(headers=dict(PIZZA_HEADERS, origin=base, referer=base + "/en"))
 
         async def one() -> int:
-            session = state.get("s")
-            if session is None:
-                session = state["s"] = aiohttp.ClientSession(headers=headers)
-            async with session.post(url, json={"question": MESSAGES[-1]["content"]}) as resp:
+            async with shared.get().post(url, json={"question": MESSAGES[-1]["content"]}) as resp:
                 resp.raise_for_status()
                 data = await resp.json()
             content = data.get("answer", data).get("content")
@@ -121,11 +134,7 @@ def pizzagpt_client(name: str, base: str) -> tuple[One, Close]:
                 raise ValueError(content)
             return 1
 
-        async def close() -> None:
-            if "s" in state:
-                await state["s"].close()
-
-        return one, close
+        return one, shared.close
 
     if name == "aiohttp-contract":
         # The floor of any design with llmrelay's provider contract, and nothing else of it:
@@ -146,12 +155,10 @@ def pizzagpt_client(name: str, base: str) -> tuple[One, Close]:
         validate = pydantic.TypeAdapter(list[Message]).validate_python
         url = base + "/api/chatx-completion"
         headers = dict(PIZZA_HEADERS, origin=base, referer=base + "/en")
-        state: dict[str, aiohttp.ClientSession] = {}
+        shared = LazySession()  # no session headers: a shared session serves every provider
 
         async def generate(messages: list[Message]) -> Any:  # AsyncGenerator[str, None]
-            session = state.get("s")
-            if session is None:
-                session = state["s"] = aiohttp.ClientSession()
+            session = shared.get()
             body = json.dumps({"question": messages[-1].content}).encode()
             timeout = aiohttp.ClientTimeout(total=120.0, sock_connect=10.0)
             async with session.post(url, data=body, headers=headers, timeout=timeout) as resp:
@@ -168,11 +175,7 @@ def pizzagpt_client(name: str, base: str) -> tuple[One, Close]:
             check_answer(parts[0])
             return 1
 
-        async def close() -> None:
-            if "s" in state:
-                await state["s"].close()
-
-        return one, close
+        return one, shared.close
 
     raise SystemExit(f"unknown pizzagpt client {name!r}")
 
@@ -238,16 +241,11 @@ def openai_client(name: str, base: str, stream: bool) -> tuple[One, Close]:
         return one, close
 
     if name == "aiohttp-shared":
-        import aiohttp
-
         url = base + "/v1/chat/completions"
-        headers = {"Authorization": "Bearer x"}
-        state: dict[str, aiohttp.ClientSession] = {}
+        shared = LazySession(headers={"Authorization": "Bearer x"})
 
         async def one() -> int:
-            session = state.get("s")
-            if session is None:
-                session = state["s"] = aiohttp.ClientSession(headers=headers)
+            session = shared.get()
             body: dict[str, Any] = {"model": MODEL, "messages": MESSAGES}
             if not stream:
                 async with session.post(url, json=body) as resp:
@@ -284,11 +282,7 @@ def openai_client(name: str, base: str, stream: bool) -> tuple[One, Close]:
                         n += 1
             return n
 
-        async def close() -> None:
-            if "s" in state:
-                await state["s"].close()
-
-        return one, close
+        return one, shared.close
 
     raise SystemExit(f"unknown openai client {name!r}")
 
