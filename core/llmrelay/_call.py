@@ -179,10 +179,14 @@ class Call:
         try:
             return await once()
         except errors.ProviderError as exc:
-            if self.retry.max_retries == 0 or not self._should_retry(exc):
+            if not self._retries_after(exc):
                 raise
             failure = exc
         return await self._retry(failure, once)
+
+    def _retries_after(self, first_failure: errors.ProviderError) -> bool:
+        """Whether the first attempt's failure is worth another attempt."""
+        return self.retry.max_retries > 0 and self._should_retry(first_failure)
 
     async def _retry(
         self, first_failure: errors.ProviderError, again: Callable[[], Awaitable[T]]
@@ -351,9 +355,18 @@ class Call:
         """
         data, headers = _encode(json_body, headers)
         proxy = self.proxy_for(url)
-        return await self._with_retries(
-            functools.partial(self._send, method, url, headers, data, proxy)
-        )
+        # _with_retries' first attempt, written out: while the answer is awaited, a request
+        # holds no partial, bound method or coroutine of _with_retries. Objects alive across
+        # that await are what sets how often the garbage collector runs under concurrency.
+        self.start()
+        try:
+            return await self._send(method, url, headers, data, proxy)
+        except errors.ProviderError as exc:
+            if not self._retries_after(exc):
+                raise
+            failure = exc
+        again = functools.partial(self._send, method, url, headers, data, proxy)
+        return await self._retry(failure, again)
 
     async def post_json(
         self, url: str, payload: Any, *, headers: Mapping[str, str] | None = None
@@ -440,9 +453,44 @@ def _encode(
                 break
         else:
             merged["Content-Type"] = "application/json"
-    return _JSON.encode(json_body).encode("utf-8"), merged
+    return encode_json(json_body).encode("utf-8"), merged
 
 
-#: One encoder for every request: ``json.dumps`` with any non-default argument builds a new
-#: ``JSONEncoder`` per call.
+#: The JSON rules of every request body (UTF-8 kept as is, NaN and infinities refused), with a
+#: circular-reference check: what options are checked with before any I/O.
 _JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+
+
+def _body_encoder() -> Callable[[Any], str]:
+    """``_JSON.encode`` as one reusable C encoder (4.8 µs -> 1.2 µs for a small body).
+
+    ``JSONEncoder.encode`` builds a new C encoder on every call; this builds it once. It skips
+    the circular-reference check: a body holds validated messages and options that ``_JSON``
+    already encoded (``_check_encodable``), and a cycle a provider builds itself still fails,
+    as ``RecursionError``. Without CPython's C accelerator it is ``_JSON.encode`` itself.
+    """
+    from json import encoder
+
+    make = getattr(encoder, "c_make_encoder", None)  # CPython's C accelerator (untyped)
+    if make is None:  # pragma: no cover - CPython always has it
+        return _JSON.encode
+    chunks = make(
+        None,  # markers: no circular-reference check (see above)
+        _JSON.default,
+        encoder.encode_basestring,  # ensure_ascii=False
+        None,  # indent
+        _JSON.key_separator,
+        _JSON.item_separator,
+        False,  # sort_keys
+        False,  # skipkeys
+        False,  # allow_nan
+    )
+
+    def encode(value: Any) -> str:
+        return "".join(chunks(value, 0))
+
+    return encode
+
+
+#: ``json.dumps(value, ensure_ascii=False, allow_nan=False)``, for request bodies.
+encode_json = _body_encoder()

@@ -1,0 +1,57 @@
+"""Request bodies: the reused encoder writes exactly what ``json.dumps`` would, and refuses
+what it refuses, so the bytes sent (and recorded in cassettes) did not change with it."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from llmrelay._call import _encode, encode_json
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(JSON_VALUES)
+def test_a_body_is_encoded_exactly_as_json_dumps_would(value: Any) -> None:
+    assert encode_json(value) == json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
+@given(st.dictionaries(st.integers(), st.text(), max_size=3))
+def test_non_string_keys_are_written_as_json_dumps_writes_them(value: dict[int, str]) -> None:
+    assert encode_json(value) == json.dumps(value, ensure_ascii=False)
+
+
+def test_text_is_sent_as_utf8_not_escaped() -> None:
+    data, headers = _encode({"question": "Привет, как дела? 🍕"}, None)
+    assert data == '{"question": "Привет, как дела? 🍕"}'.encode()
+    assert headers == {"Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_nan_and_infinities_are_refused(bad: float) -> None:
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        encode_json({"temperature": bad})
+
+
+def test_a_value_json_cannot_carry_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="set is not JSON serializable"):
+        encode_json({"stop": {"a", "b"}})
+
+
+def test_an_encoding_failure_leaves_the_encoder_usable() -> None:
+    with pytest.raises(TypeError):
+        encode_json({"a": [1, object()]})
+    assert encode_json({"a": [1, 2]}) == '{"a": [1, 2]}'
