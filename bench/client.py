@@ -15,6 +15,9 @@ runs in the workspace's venv (llmrelay, raw aiohttp, openai) and in the throwawa
                               LLMRELAY_CONFIG, which run.py writes)
     --client aiohttp-shared   raw aiohttp, one shared ClientSession, minimal SSE parsing
     --client openai           openai.AsyncOpenAI(base_url=replica/v1)
+    --client aiohttp-contract raw aiohttp inside the contracts' bare shape for a whole answer
+                              (whole answers only): pydantic messages, an async generator,
+                              a deadline, per-request headers, a pydantic ChatCompletion
 
 Every client asks the same thing; in stream mode every client sends
 ``stream_options: {"include_usage": true}`` (llmrelay's provider always does), so all of
@@ -85,6 +88,20 @@ class LazySession:
             await self._session.close()
 
 
+def contract_messages() -> Callable[[Any], list[Any]]:
+    """The contract-shaped clients' message check: a list of frozen pydantic models."""
+    from typing import Literal
+
+    import pydantic
+
+    class Message(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(frozen=True)
+        role: Literal["system", "user", "assistant"]
+        content: str
+
+    return pydantic.TypeAdapter(list[Message]).validate_python
+
+
 # --------------------------------------------------------------------------- pizzagpt clients
 def pizzagpt_client(name: str, base: str) -> tuple[One, Close]:
     if name == "llmrelay":
@@ -142,22 +159,14 @@ def pizzagpt_client(name: str, base: str) -> tuple[One, Close]:
         # answer produced by an async generator (text, then a finish reason) read with
         # ``async for``, under a total deadline. No configuration, routing, retries, proxies
         # or typed errors: what llmrelay adds beyond this is what those cost.
-        from typing import Literal
-
         import aiohttp
-        import pydantic
 
-        class Message(pydantic.BaseModel):
-            model_config = pydantic.ConfigDict(frozen=True)
-            role: Literal["system", "user", "assistant"]
-            content: str
-
-        validate = pydantic.TypeAdapter(list[Message]).validate_python
+        validate = contract_messages()
         url = base + "/api/chatx-completion"
         headers = dict(PIZZA_HEADERS, origin=base, referer=base + "/en")
         shared = LazySession()  # no session headers: a shared session serves every provider
 
-        async def generate(messages: list[Message]) -> Any:  # AsyncGenerator[str, None]
+        async def generate(messages: list[Any]) -> Any:  # AsyncGenerator[str, None]
             session = shared.get()
             body = json.dumps({"question": messages[-1].content}).encode()
             timeout = aiohttp.ClientTimeout(total=120.0, sock_connect=10.0)
@@ -281,6 +290,82 @@ def openai_client(name: str, base: str, stream: bool) -> tuple[One, Close]:
                     if choices and choices[0]["delta"].get("content"):
                         n += 1
             return n
+
+        return one, shared.close
+
+    if name == "aiohttp-contract" and not stream:
+        # The floor of any design with llmrelay's contracts for a whole answer, and nothing
+        # else of it: raw aiohttp on a session shared by every provider (so per-request
+        # headers), a per-call deadline, pydantic-validated messages, an async generator
+        # (text, usage, finish reason) read with ``async for``, and a pydantic ChatCompletion
+        # in OpenAI's shape as the result. No configuration, routing, fallback, retries,
+        # proxies or typed errors.
+        from typing import Literal
+
+        import aiohttp
+        import pydantic
+
+        class Message(pydantic.BaseModel):
+            role: Literal["assistant"]
+            content: str
+
+        class Choice(pydantic.BaseModel):
+            index: int
+            message: Message
+            finish_reason: str
+
+        class TokenUsage(pydantic.BaseModel):
+            prompt_tokens: int
+            completion_tokens: int
+            total_tokens: int
+
+        class ChatCompletion(pydantic.BaseModel):
+            id: str
+            object: Literal["chat.completion"]
+            created: int
+            model: str
+            choices: list[Choice]
+            usage: TokenUsage | None
+
+        validate = contract_messages()
+        to_json = pydantic.TypeAdapter(list[Any]).dump_python
+        url = base + "/v1/chat/completions"
+        headers = {"Authorization": "Bearer x", "Content-Type": "application/json"}
+        shared = LazySession()
+
+        async def generate(messages: list[Any]) -> Any:  # AsyncGenerator[object, None]
+            session = shared.get()
+            body = json.dumps({"model": MODEL, "messages": to_json(messages)}).encode()
+            timeout = aiohttp.ClientTimeout(total=120.0, sock_connect=10.0)
+            async with session.post(url, data=body, headers=headers, timeout=timeout) as resp:
+                resp.raise_for_status()
+                data = json.loads(await resp.read())
+            choice = data["choices"][0]
+            yield choice["message"]["content"]
+            yield data.get("usage")
+            yield choice.get("finish_reason") or "stop"
+
+        async def one() -> int:
+            parts = [chunk async for chunk in generate(validate(MESSAGES))]
+            content, usage, reason = parts
+            answer = ChatCompletion.model_validate(
+                {
+                    "id": f"chatcmpl-{os.urandom(12).hex()}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": MODEL,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": content},
+                            "finish_reason": reason,
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
+            check_answer(answer.choices[0].message.content)
+            return 1
 
         return one, shared.close
 
