@@ -25,6 +25,7 @@ LABELS = {
     ("openai", "llmrelay"): "llmrelay `AsyncClient`",
     ("openai", "aiohttp-shared"): "raw aiohttp, shared session",
     ("openai", "openai"): "openai `AsyncOpenAI`",
+    ("openai", "aiohttp-contract"): "raw aiohttp in the contracts' shape",
 }
 REFERENCE = "aiohttp-shared"
 QUICK_NOTE = " **Quick run: 1/10 of the requests, 1 repetition; indicative only.**"
@@ -55,6 +56,12 @@ CONTEXT = [
         REFERENCE,
     ),
     ("OpenAI non-stream: openai SDK ÷ raw aiohttp (req/s)", "openai", "openai", REFERENCE),
+    (
+        "OpenAI non-stream: raw aiohttp in the contracts' shape ÷ raw aiohttp (req/s)",
+        "openai",
+        "aiohttp-contract",
+        REFERENCE,
+    ),
     ("OpenAI stream: openai SDK ÷ raw aiohttp (chunks/s)", "openai-stream", "openai", REFERENCE),
 ]
 
