@@ -50,7 +50,8 @@ class RelayStream(ChunkStream):
         self.call = None
         self.errors: list[errors.ProviderError] = []
         self._health = tracker
-        self._pending = iter(candidates)
+        self._candidates = candidates
+        self._tried = 0  # how many candidates were started (an index: no iterator object)
         self._messages = messages
         self._proxy = proxy
         self._options = options
@@ -109,7 +110,9 @@ class RelayStream(ChunkStream):
         loop = asyncio.get_running_loop()
         if self._deadline is None and self._timeout is not None:
             self._deadline = loop.time() + self._timeout
-        for provider, model, call in self._pending:
+        while self._tried < len(self._candidates):
+            provider, model, call = self._candidates[self._tried]
+            self._tried += 1
             if self._deadline is not None:
                 remaining = self._deadline - loop.time()
                 if remaining <= 0:
