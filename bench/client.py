@@ -294,12 +294,13 @@ def openai_client(name: str, base: str, stream: bool) -> tuple[One, Close]:
         return one, shared.close
 
     if name == "aiohttp-contract" and not stream:
-        # The floor of any design with llmrelay's contracts for a whole answer, and nothing
-        # else of it: raw aiohttp on a session shared by every provider (so per-request
-        # headers), a per-call deadline, pydantic-validated messages, an async generator
-        # (text, usage, finish reason) read with ``async for``, and a pydantic ChatCompletion
-        # in OpenAI's shape as the result. No configuration, routing, fallback, retries,
-        # proxies or typed errors.
+        # A lower bound for any design with llmrelay's contracts for a whole answer: their
+        # bare shape, without their checks. Raw aiohttp on a session shared by every
+        # provider (so per-request headers), a per-call deadline, pydantic-validated
+        # messages, an async generator (text, usage, finish reason) read with ``async for``,
+        # and a pydantic ChatCompletion in OpenAI's shape as the result. No chunk-order or
+        # error-body checks, configuration, routing, fallback, retries, proxies or typed
+        # errors.
         from typing import Literal
 
         import aiohttp

@@ -461,7 +461,7 @@ def throughput_cases(quick: bool, g4f_python: str | None) -> list[dict[str, Any]
             )
     oai_clients = [("llmrelay", PY), ("aiohttp-shared", PY), ("openai", PY)]
     for group, n, stream, warmup in (("openai", 1000, False, 20), ("openai-stream", 200, True, 5)):
-        # The contract-shaped floor exists for whole answers (the target that is not met).
+        # The contract-shaped lower bound is written for whole answers only.
         floor = [] if stream else [("aiohttp-contract", PY)]
         for conc in (1, 50):
             for client, python in oai_clients + floor:

@@ -51,7 +51,18 @@ def test_a_value_json_cannot_carry_is_a_type_error() -> None:
         encode_json({"stop": {"a", "b"}})
 
 
-def test_an_encoding_failure_leaves_the_encoder_usable() -> None:
+def test_a_body_that_contains_itself_is_refused_as_json_dumps_refuses_it() -> None:
+    body: dict[str, Any] = {"messages": []}
+    body["messages"].append(body)
+    with pytest.raises(ValueError, match="Circular reference detected"):
+        encode_json(body)
+
+
+def test_a_failure_leaves_nothing_behind_for_the_next_body() -> None:
+    kept = {"messages": [{"role": "user", "content": "hi"}, object()]}
     with pytest.raises(TypeError):
-        encode_json({"a": [1, object()]})
-    assert encode_json({"a": [1, 2]}) == '{"a": [1, 2]}'
+        encode_json(kept)  # fails while inside ``kept`` and its list
+    kept["messages"].pop()
+    # The very same objects again, now valid: no stale "already being encoded" mark on them.
+    assert encode_json(kept) == json.dumps(kept)
+    assert encode_json({"a": kept, "b": kept}) == json.dumps({"a": kept, "b": kept})
