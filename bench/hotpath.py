@@ -31,7 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from run import HERE, PY, ROOT, child_env, free_port, start_replica, write_bench_config
+from run import HERE, PY, ROOT, bench_replica
 
 CASES = {
     # name: (proto, stream, default n, unit)
@@ -386,27 +386,18 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(tempfile.gettempdir()) / "llmrelay-bench-profiles"
     out.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="llmrelay-profile-") as tmp:
-        config = Path(tmp) / "config.toml"
-        env = child_env(config)
-        port = free_port()
-        write_bench_config(config, port)
-        server = start_replica(port, env)
-        try:
-            git = subprocess.run(
-                ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout.strip()
-            print(f"# llmrelay per-request profile (commit {git}, Python {sys.version.split()[0]})")
-            chosen = {"all": list(CASES), "none": []}.get(args.case, [args.case])
-            for name in chosen:
-                report_case(name, args.n or CASES[name][2], args.top, port, env, out)
-            micro(env, port)
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+    with bench_replica() as (port, env):
+        git = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        print(f"# llmrelay per-request profile (commit {git}, Python {sys.version.split()[0]})")
+        chosen = {"all": list(CASES), "none": []}.get(args.case, [args.case])
+        for name in chosen:
+            report_case(name, args.n or CASES[name][2], args.top, port, env, out)
+        micro(env, port)
 
 
 if __name__ == "__main__":

@@ -28,11 +28,9 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from run import HERE, PY, child_env, free_port, git, start_replica, write_bench_config
+from run import HERE, PY, bench_replica, git
 
 #: name: (proto, stream, N1, N2, unit); the stream cases count content chunks (200 a stream).
 CASES: dict[str, tuple[str, bool, int, int, str]] = {
@@ -107,23 +105,14 @@ def main() -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is needed: apt-get install -y valgrind")
     cases = args.case or list(CASES)
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "config.toml"
-        env = child_env(config)
-        port = free_port()
-        write_bench_config(config, port)
-        replica = start_replica(port, env)
-        try:
-            rows = []
-            for case in cases:
-                for client in CLIENTS:
-                    row = measure(case, client, port, env)
-                    per_unit = row["instructions_per_unit"]
-                    print(f"[icount] {case} {client}: {per_unit:.0f}", flush=True)
-                    rows.append(row)
-        finally:
-            replica.terminate()
-            replica.wait(timeout=10)
+    rows = []
+    with bench_replica() as (port, env):
+        for case in cases:
+            for client in CLIENTS:
+                row = measure(case, client, port, env)
+                per_unit = row["instructions_per_unit"]
+                print(f"[icount] {case} {client}: {per_unit:.0f}", flush=True)
+                rows.append(row)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = HERE / "results" / f"icount-{stamp}.json"
     out.parent.mkdir(exist_ok=True)

@@ -27,6 +27,7 @@ Re-render the table from a raw file: ``uv run python bench/report.py bench/resul
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -42,6 +43,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -437,6 +439,23 @@ def start_replica(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     proc.kill()
     stderr = proc.stderr.read().decode() if proc.stderr else ""
     raise RuntimeError("the replica did not start: " + stderr)
+
+
+@contextlib.contextmanager
+def bench_replica() -> Iterator[tuple[int, dict[str, str]]]:
+    """A replica on a free port, and the child environment whose llmrelay configuration
+    points at it; stopped on exit. For the scripts that measure one client at a time."""
+    with tempfile.TemporaryDirectory(prefix="llmrelay-bench-") as tmp:
+        config = Path(tmp) / "config.toml"
+        env = child_env(config)
+        port = free_port()
+        write_bench_config(config, port)
+        replica = start_replica(port, env)
+        try:
+            yield port, env
+        finally:
+            replica.terminate()
+            replica.wait(timeout=10)
 
 
 def throughput_cases(quick: bool, g4f_python: str | None) -> list[dict[str, Any]]:
