@@ -166,23 +166,17 @@ class Call:
 
         When the next wait would pass the deadline, the call stops at once with
         ``ProviderTimeout`` (its ``__cause__`` and message keep the last error): the deadline is
-        what ended the call, and waiting only to fail later helps nobody.
-        """
-        return await self._with_retries(functools.partial(self._attempt, attempt))
-
-    async def _with_retries(self, once: Callable[[], Awaitable[T]]) -> T:
-        """Run ``once`` (one counted, logged attempt) and, after a retryable failure, retry it.
-
-        The first attempt skips tenacity's machinery: most calls succeed at once.
+        what ended the call, and waiting only to fail later helps nobody. The first attempt
+        skips tenacity's machinery: most calls succeed at once.
         """
         self.start()
         try:
-            return await once()
+            return await self._attempt(attempt)
         except errors.ProviderError as exc:
             if not self._retries_after(exc):
                 raise
             failure = exc
-        return await self._retry(failure, once)
+        return await self._retry(failure, functools.partial(self._attempt, attempt))
 
     def _retries_after(self, first_failure: errors.ProviderError) -> bool:
         """Whether the first attempt's failure is worth another attempt."""
