@@ -434,9 +434,10 @@ def _provider(name: str, **attrs: Any) -> type[Provider]:
         (_provider("x", model_aliases={"fast": 1}), "model_aliases must map str to str"),
         (
             _provider("x", generate=inspect.getattr_static(Provider, "generate")),
-            "does not implement generate()",
+            "implements neither generate() (a stream of chunks) nor complete()",
         ),
         (_provider("x", generate=lambda *a: None), "generate must be a classmethod"),
+        (_provider("x", complete=lambda *a: None), "complete must be a classmethod"),
         (Provider, "Provider.name must be a non-empty string"),
         (object(), "is not a subclass of llmrelay.Provider"),
     ],

@@ -35,7 +35,7 @@ from click.testing import CliRunner
 
 import llmrelay
 import llmrelay.testing
-from llmrelay import Call, Chunk, FinishReason, Message, Usage, format_prompt
+from llmrelay import Call, Chunk, Completion, FinishReason, Message, Usage, format_prompt
 from llmrelay._cassettes import cassette
 from llmrelay._config import EndpointConfig
 from llmrelay.errors import (
@@ -227,6 +227,22 @@ class _LeakyHeader(Pizzagpt):
     headers: ClassVar[dict[str, str]] = {**Pizzagpt.headers, "X-Session-Token": "tok-42-secret"}
 
 
+class _WholeDiffers(Pizzagpt):
+    """Its whole answer (``complete``) is not what its stream (``generate``) says."""
+
+    @classmethod
+    async def complete(cls, model: str, messages: list[Message], call: Call) -> Completion:
+        answer = await super().complete(model, messages, call)
+        return Completion(answer.text.upper(), answer.finish_reason)
+
+    @classmethod
+    async def generate(
+        cls, model: str, messages: list[Message], call: Call
+    ) -> AsyncGenerator[Chunk, None]:
+        for chunk in (await super().complete(model, messages, call)).chunks():
+            yield chunk
+
+
 def _suite(provider: type[Pizzagpt], **attrs: Any) -> ProviderConformance:
     namespace = {
         "provider": provider,
@@ -256,6 +272,12 @@ def test_the_suite_catches_a_session_of_its_own() -> None:
 def test_the_suite_catches_a_broken_chunk_order(provider: type[Pizzagpt], message: str) -> None:
     with pytest.raises(AssertionError, match=re.escape(message)):
         _suite(provider).test_chunks_are_text_then_usage_then_one_finish_reason(SYSTEM_USER.path)
+
+
+def test_the_suite_catches_a_whole_answer_unlike_the_stream() -> None:
+    with pytest.raises(AssertionError, match=r"the whole answer .* differs from the stream's"):
+        _suite(_WholeDiffers).test_a_whole_answer_is_the_stream_joined(SYSTEM_USER.path)
+    _suite(Pizzagpt).test_a_whole_answer_is_the_stream_joined(SYSTEM_USER.path)
 
 
 def test_the_suite_catches_an_untyped_error() -> None:

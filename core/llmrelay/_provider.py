@@ -27,8 +27,10 @@ class Provider:
 
     A provider declares what it serves with class attributes and implements :meth:`generate`,
     an async generator that yields ``str`` chunks, then optionally one :class:`Usage`, and ends
-    with exactly one :class:`FinishReason`. Callers use :meth:`create_async_generator`, which
-    validates input before any I/O and checks the provider keeps that contract.
+    with exactly one :class:`FinishReason`; or :meth:`complete`, a coroutine that returns the
+    whole answer as a :class:`Completion`, for a backend that answers in one piece; or both.
+    Callers use :meth:`create_async_generator`, which validates input before any I/O and
+    checks the provider keeps that contract.
 
     HTTP goes through the :class:`Call` that ``generate`` receives (shared sessions, proxies,
     timeouts, retries, typed errors), never through a ``ClientSession`` of the provider's own.
@@ -54,6 +56,20 @@ class Provider:
     needs_auth: ClassVar[bool] = False
     #: Request options (``temperature``, ...) this provider understands; others are refused.
     supported_options: ClassVar[frozenset[str]] = frozenset()
+    #: Whether the class (or a parent below Provider) implements :meth:`complete`, and
+    #: whether whole answers come from it (set per subclass).
+    _implements_complete: ClassVar[bool] = False
+    _native_complete: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A subclass that overrides generate() but not the complete() it inherits means its
+        # generate(): whole answers then come from that, not from the parent's complete().
+        completes, generates = _owner(cls, "complete"), _owner(cls, "generate")
+        cls._implements_complete = completes is not Provider
+        cls._native_complete = cls._implements_complete and (
+            generates is Provider or issubclass(completes, generates)
+        )
 
     @classmethod
     def get_model(cls, model: str | None) -> str:
@@ -91,8 +107,20 @@ class Provider:
 
     @classmethod
     def start(cls, model: str, messages: list[Message], call: Call) -> ChunkStream:
-        """The stream of :meth:`generate` for input already checked (``model`` resolved)."""
-        return ChunkStream(cls.name, cls.generate(model, messages, call), call)
+        """The stream of :meth:`generate` for input already checked (``model`` resolved).
+
+        Nothing runs until the stream is read: iterating it runs :meth:`generate`; collecting
+        it (``collect()``, ``text()``) runs :meth:`complete` instead when the provider
+        implements it and the call does not ask for a stream the provider could send.
+        """
+        return ChunkStream._of(cls, model, messages, call)
+
+    @classmethod
+    def completes(cls, call: Call) -> bool:
+        """Whether a whole answer for ``call`` comes from :meth:`complete` (not collected
+        from :meth:`generate`): the provider implements it, and the call does not ask for a
+        stream the provider could send (``stream=True`` keeps a long answer streaming)."""
+        return cls._native_complete and not (call.stream and cls.supports_stream)
 
     @classmethod
     def make_call(
@@ -160,9 +188,61 @@ class Provider:
     ) -> AsyncGenerator[Chunk, None]:
         """Yield the answer: ``str`` chunks, optionally a ``Usage``, then one ``FinishReason``.
 
-        Subclasses implement this as an ``async def`` generator classmethod.
+        Subclasses implement this as an ``async def`` generator classmethod. A provider that
+        implements only :meth:`complete` gets this for free: its answer as one text chunk,
+        the usage if reported, and the finish reason.
         """
-        raise NotImplementedError(f"{cls.__name__} must implement generate()")
+        if cls._implements_complete:
+            return _chunks_of_complete(cls, model, messages, call)
+        raise NotImplementedError(f"{cls.__name__} must implement generate() or complete()")
+
+    @classmethod
+    async def complete(cls, model: str, messages: list[Message], call: Call) -> Completion:
+        """Return the whole answer as one :class:`Completion`.
+
+        Implement this (an ``async def`` classmethod) instead of :meth:`generate` when the
+        backend answers in one piece, or beside it when it can do both: a whole answer then
+        skips the chunk-by-chunk path (an async generator, its checks, the joining), which
+        is most of the cost of a short answer on the caller's side. The default collects
+        :meth:`generate`.
+        """
+        return await ChunkStream(cls.name, cls.generate(model, messages, call), call).collect()
+
+
+def _owner(cls: type, name: str) -> type:
+    """The class in ``cls``'s MRO that defines ``name``."""
+    return next(klass for klass in cls.__mro__ if name in vars(klass))
+
+
+async def _chunks_of_complete(
+    provider: type[Provider], model: str, messages: list[Message], call: Call
+) -> AsyncGenerator[Chunk, None]:
+    """The chunks of :meth:`Provider.complete`'s answer, for a provider without ``generate``."""
+    answer = checked_completion(provider.name, await provider.complete(model, messages, call))
+    for chunk in answer.chunks():
+        yield chunk
+
+
+def checked_completion(provider: str, answer: object) -> Completion:
+    """``answer``, what a provider's ``complete()`` returned, if it is a valid ``Completion``.
+
+    Raises:
+        InvalidResponse: it is not (the provider broke its contract).
+    """
+    if (
+        type(answer) is Completion  # the exact type: nearly always, and fast
+        or isinstance(answer, Completion)
+    ) and (
+        isinstance(answer.text, str)
+        and isinstance(answer.finish_reason, FinishReason)
+        and (answer.usage is None or isinstance(answer.usage, Usage))
+    ):
+        return answer
+    raise errors.InvalidResponse(
+        f"complete() returned an invalid {type(answer).__name__} (provider contract broken: "
+        "expected a Completion with str text, a FinishReason and a Usage or None)",
+        provider=provider,
+    )
 
 
 def _check_encodable(provider: str, options: dict[str, Any]) -> None:
@@ -206,6 +286,15 @@ class Completion:
     finish_reason: FinishReason
     usage: Usage | None = None
 
+    def chunks(self) -> list[Chunk]:
+        """The answer as a stream carries it: the text (if any), the usage (if reported), the
+        finish reason."""
+        chunks: list[Chunk] = [self.text] if self.text else []
+        if self.usage is not None:
+            chunks.append(self.usage)
+        chunks.append(self.finish_reason)
+        return chunks
+
 
 class ChunkStream(AsyncIterator[Chunk]):
     """What :meth:`Provider.create_async_generator` returns.
@@ -225,10 +314,35 @@ class ChunkStream(AsyncIterator[Chunk]):
     ) -> None:
         self.provider = provider
         self.call = call
-        self._chunks = chunks
+        self._chunks: AsyncGenerator[Chunk, None] | None = chunks
+        #: The provider call not started yet (see ``_of``): its generator, or its complete().
+        self._pending: tuple[type[Provider], str, list[Message], Call] | None = None
         self._sent_text = False
         self._usage_seen = False
         self._finished = False
+
+    @classmethod
+    def _of(
+        cls, provider: type[Provider], model: str, messages: list[Message], call: Call
+    ) -> ChunkStream:
+        """The stream of one provider call, started by the first read: iterating runs the
+        provider's ``generate``; ``collect()`` may run its ``complete`` instead."""
+        stream = cls.__new__(cls)
+        stream.provider = provider.name
+        stream.call = call
+        stream._chunks = None
+        stream._pending = (provider, model, messages, call)
+        stream._sent_text = stream._usage_seen = stream._finished = False
+        return stream
+
+    def _generator(self) -> AsyncGenerator[Chunk, None]:
+        """The provider's generator, created on the first read of a stream made by ``_of``."""
+        if self._chunks is None:
+            if self._pending is None:  # pragma: no cover - __init__ or _of set one of the two
+                raise RuntimeError("a ChunkStream without chunks")
+            provider, model, messages, call = self._pending
+            self._chunks = provider.generate(model, messages, call)
+        return self._chunks
 
     def __aiter__(self) -> Self:
         return self
@@ -246,7 +360,7 @@ class ChunkStream(AsyncIterator[Chunk]):
         if not self._sent_text and self.call is not None:
             self.call.start()  # the deadline starts with the first read (idempotent)
         try:
-            chunk = await self._chunks.__anext__()
+            chunk = await (self._chunks or self._generator()).__anext__()
         except StopAsyncIteration:
             self._broken("no FinishReason before the end")
         except Exception as exc:
@@ -313,8 +427,8 @@ class ChunkStream(AsyncIterator[Chunk]):
         cancellation, or the end of its read) releases the connection.
         """
         self._finished = True
-        if getattr(self._chunks, "ag_running", False):
-            return
+        if self._chunks is None or getattr(self._chunks, "ag_running", False):
+            return  # never started (nothing to release), or read by another task right now
         await self._chunks.aclose()
 
     async def __aenter__(self) -> Self:
@@ -341,10 +455,20 @@ class ChunkStream(AsyncIterator[Chunk]):
             )
         if self.call is not None:
             self.call.start()
+        if self._chunks is None and self._pending is not None:
+            provider, model, messages, call = self._pending
+            if provider.completes(call):  # the provider's own whole answer
+                self._finished = True
+                try:
+                    answer = await provider.complete(model, messages, call)
+                except Exception as exc:
+                    self._raise_typed(exc)
+                return checked_completion(self.provider, answer)
+        chunks = self._generator()
         parts: list[str] = []
         usage: Usage | None = None
         try:
-            async for chunk in self._chunks:
+            async for chunk in chunks:
                 if type(chunk) is str:
                     if self._usage_seen:
                         self._broken("text after Usage")
@@ -364,7 +488,7 @@ class ChunkStream(AsyncIterator[Chunk]):
             self._raise_typed(exc)
         finally:
             self._finished = True
-            await self._chunks.aclose()
+            await chunks.aclose()
 
     async def text(self) -> str:
         """Read the whole stream and return its text."""

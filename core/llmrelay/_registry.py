@@ -244,11 +244,19 @@ def check_provider(provider: object) -> None:
                 f"provider {provider.__name__}.model_aliases point at models it does not "
                 f"list: {', '.join(map(repr, unknown))}"
             )
-    generate = inspect.getattr_static(provider, "generate")
-    if generate is inspect.getattr_static(Provider, "generate"):
-        raise TypeError(f"provider {provider.__name__} does not implement generate()")
-    if not isinstance(generate, classmethod):
-        raise TypeError(f"provider {provider.__name__}.generate must be a classmethod")
+    implemented = [
+        name
+        for name in ("generate", "complete")
+        if inspect.getattr_static(provider, name) is not inspect.getattr_static(Provider, name)
+    ]
+    if not implemented:
+        raise TypeError(
+            f"provider {provider.__name__} implements neither generate() (a stream of chunks) "
+            "nor complete() (a whole answer)"
+        )
+    for name in implemented:
+        if not isinstance(inspect.getattr_static(provider, name), classmethod):
+            raise TypeError(f"provider {provider.__name__}.{name} must be a classmethod")
 
 
 def _split_env(name: str) -> set[str] | None:

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import email.utils
 import functools
-import json
 import logging
 import time
 import weakref
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import errors
+from ._json import loads
 from ._proxy import ProxyURL
 from ._redact import redact
 
@@ -82,13 +82,7 @@ class HTTPResponse:
     def json(self, provider: str) -> Any:
         """The body as JSON, or ``InvalidResponse`` quoting the start of the body."""
         try:
-            # UTF-8 first, what JSON APIs send: json.loads(bytes) sniffs the encoding each
-            # time. Another encoding, a BOM or bad JSON goes on to the sniffing below.
-            return json.loads(self.body.decode("utf-8"))
-        except ValueError:
-            pass
-        try:
-            return json.loads(self.body)
+            return loads(self.body)
         except ValueError:
             raise errors.InvalidResponse(
                 f"answer is not JSON: {excerpt(self.text())!r}",

@@ -29,7 +29,7 @@ import pytest
 
 from .. import errors
 from .._cassettes import cassette as _cassette
-from .._provider import ChunkStream, Provider
+from .._provider import ChunkStream, Completion, Provider
 from .._redact import SECRET_HEADERS
 from .._registry import check_provider
 from .._types import Chunk, FinishReason, Messages, Usage, validate_messages
@@ -188,6 +188,26 @@ class ProviderConformance:
         assert text.strip(), "a normal answer has some text"
         if self.expected_text is not None:
             assert text == self.expected_text
+
+    def test_a_whole_answer_is_the_stream_joined(self, conformance_cassette: Path | None) -> None:
+        """``.collect()`` (the provider's ``complete()``, when it has one) gives the text, usage
+        and finish reason that iterating gives."""
+        self._need_answer(conformance_cassette)
+
+        async def both() -> tuple[list[Chunk], Completion]:
+            with self._replay(conformance_cassette):
+                streamed = [chunk async for chunk in self._create()]
+            with self._replay(conformance_cassette):
+                whole = await self._create().collect()
+            return streamed, whole
+
+        streamed, whole = self._run(both())
+        assert isinstance(whole, Completion), f"collect() gave a {type(whole).__name__}"
+        text = "".join(chunk for chunk in streamed if isinstance(chunk, str))
+        usage = next((chunk for chunk in streamed if isinstance(chunk, Usage)), None)
+        assert whole == Completion(text, streamed[-1], usage), (  # type: ignore[arg-type]
+            f"the whole answer {whole} differs from the stream's {streamed}"
+        )
 
     def test_http_goes_through_the_core_transport(
         self, conformance_cassette: Path | None, monkeypatch: pytest.MonkeyPatch

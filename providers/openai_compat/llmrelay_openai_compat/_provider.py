@@ -15,9 +15,10 @@ from typing import Any, ClassVar
 
 from pydantic import TypeAdapter
 
-from llmrelay import Call, Chunk, FinishReason, Message, Provider, Usage, errors
+from llmrelay import Call, Chunk, Completion, FinishReason, Message, Provider, Usage, errors
 from llmrelay._config import EndpointConfig
 from llmrelay._endpoints import cached_models, request_headers
+from llmrelay._json import loads
 from llmrelay.sse import SSEDecoder, SSETooLarge
 
 __all__ = ["OpenAICompatible", "StreamParser", "provider_for"]
@@ -90,21 +91,29 @@ class OpenAICompatible(Provider):
         return request_headers(cls.name, cls.api_key_env, cls.extra_headers)
 
     @classmethod
+    async def complete(cls, model: str, messages: list[Message], call: Call) -> Completion:
+        """A whole answer: one request without ``"stream": true``."""
+        body = _request_body(cls.name, model, messages, call)
+        body.pop("stream_options", None)  # servers refuse it without "stream": true
+        try:
+            answer = await call.request(
+                "POST", call.url(cls.api_endpoint or ""), headers=cls.headers(), json_body=body
+            )
+        except errors.HTTPStatusError as exc:
+            raise upstream_error(exc) from None
+        return _completion(cls.name, answer.json(cls.name))
+
+    @classmethod
     async def generate(
         cls, model: str, messages: list[Message], call: Call
     ) -> AsyncGenerator[Chunk, None]:
+        if not call.stream:
+            for chunk in (await cls.complete(model, messages, call)).chunks():
+                yield chunk
+            return
         body = _request_body(cls.name, model, messages, call)
         url = call.url(cls.api_endpoint or "")
         headers = cls.headers()
-        if not call.stream:
-            body.pop("stream_options", None)  # servers refuse it without "stream": true
-            try:
-                answer = await call.request("POST", url, headers=headers, json_body=body)
-            except errors.HTTPStatusError as exc:
-                raise upstream_error(exc) from None
-            for chunk in _from_completion(cls.name, answer.json(cls.name)):
-                yield chunk
-            return
         body["stream"] = True
         body.setdefault("stream_options", {"include_usage": True})
         parser = StreamParser(cls.name)
@@ -118,7 +127,7 @@ class OpenAICompatible(Provider):
             if "text/event-stream" not in response.headers.get("Content-Type", ""):
                 # Some servers ignore "stream": take the whole answer as one chunk.
                 data = await call.read(response.read())
-                for chunk in _from_completion(cls.name, _json(cls.name, data)):
+                for chunk in _completion(cls.name, _json(cls.name, data)).chunks():
                     yield chunk
                 return
             while not parser.done:
@@ -237,7 +246,8 @@ class StreamParser:
         return text
 
 
-def _from_completion(provider: str, data: Any) -> list[Chunk]:
+def _completion(provider: str, data: Any) -> Completion:
+    """The ``Completion`` in a ``chat.completion`` object (choice 0)."""
     if not isinstance(data, dict):
         raise _invalid(provider, str(data))
     if data.get("error"):
@@ -248,13 +258,12 @@ def _from_completion(provider: str, data: Any) -> list[Chunk]:
     choice = choices[0]
     message = choice.get("message") or {}
     content = message.get("content") if isinstance(message, dict) else None
-    chunks: list[Chunk] = []
-    if isinstance(content, str) and content:
-        chunks.append(content)
-    if data.get("usage"):
-        chunks.append(_usage(provider, data["usage"]))
-    chunks.append(_FINISH_REASON[_finish(choice.get("finish_reason"))])
-    return chunks
+    usage = data.get("usage")
+    return Completion(
+        content if isinstance(content, str) else "",
+        _FINISH_REASON[_finish(choice.get("finish_reason"))],
+        _usage(provider, usage) if usage else None,
+    )
 
 
 def _finish(reason: Any) -> str:
@@ -280,7 +289,7 @@ def _usage(provider: str, usage: Any) -> Usage:
 
 def _json(provider: str, data: str | bytes) -> Any:
     try:
-        return json.loads(data)
+        return loads(data)
     except ValueError:
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
         raise _invalid(provider, text) from None

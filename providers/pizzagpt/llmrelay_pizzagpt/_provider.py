@@ -7,10 +7,9 @@ abuse filter whose refusal arrives as the answer's text.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
-from llmrelay import Call, Chunk, FinishReason, Message, Provider, format_prompt
+from llmrelay import Call, Completion, FinishReason, Message, Provider, format_prompt
 from llmrelay.errors import InvalidRequest, InvalidResponse, MisuseDetected
 
 __all__ = ["MISUSE_TEXT", "Pizzagpt"]
@@ -60,9 +59,9 @@ class Pizzagpt(Provider):
     headers: ClassVar[dict[str, str]] = _HEADERS
 
     @classmethod
-    async def generate(
-        cls, model: str, messages: list[Message], call: Call
-    ) -> AsyncGenerator[Chunk, None]:
+    async def complete(cls, model: str, messages: list[Message], call: Call) -> Completion:
+        """The service answers in one piece: one request, one answer (its stream is that
+        answer as one chunk, from ``Provider.generate``)."""
         question = format_prompt(messages)
         if not question.strip():
             raise InvalidRequest("pizzagpt: the prompt is empty; send a message with some text")
@@ -80,8 +79,7 @@ class Pizzagpt(Provider):
             )
         if MISUSE_TEXT in content:
             raise MisuseDetected(content, provider=cls.name)
-        yield content
-        yield _STOP
+        return Completion(content, _STOP)
 
 
 def _content(data: Any) -> str | None:

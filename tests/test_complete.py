@@ -1,0 +1,196 @@
+"""``Provider.complete``: a whole answer in one piece, and how it relates to ``generate``.
+
+The providers here make no I/O: what they answer, and which of their methods ran, is all
+that is under test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, ClassVar
+
+import pytest
+
+import llmrelay
+from llmrelay import (
+    Call,
+    Chunk,
+    Completion,
+    FinishReason,
+    Message,
+    Provider,
+    Registry,
+    Usage,
+    errors,
+)
+from tests.support import Plugin
+
+MESSAGES = [{"role": "user", "content": "Hello"}]
+USAGE = Usage(3, 2)
+
+
+class Whole(Provider):
+    """Answers in one piece: only ``complete``."""
+
+    name = "whole"
+    url = "http://127.0.0.1:9"
+    default_model = "m"
+    models = ("m",)
+    ran: ClassVar[list[str]] = []
+
+    @classmethod
+    async def complete(cls, model: str, messages: list[Message], call: Call) -> Completion:
+        cls.ran.append("complete")
+        return Completion(f"{cls.name}: {messages[-1].text}", FinishReason("length"), USAGE)
+
+
+class Both(Whole):
+    """Streams when asked to, answers whole otherwise."""
+
+    name = "both"
+    supports_stream = True
+    ran: ClassVar[list[str]] = []
+
+    @classmethod
+    async def complete(cls, model: str, messages: list[Message], call: Call) -> Completion:
+        return await super().complete(model, messages, call)
+
+    @classmethod
+    async def generate(
+        cls, model: str, messages: list[Message], call: Call
+    ) -> AsyncGenerator[Chunk, None]:
+        cls.ran.append("generate")
+        yield f"{cls.name}: "
+        yield messages[-1].text
+        yield USAGE
+        yield FinishReason("length")
+
+
+class OwnGenerate(Whole):
+    """Overrides the ``generate`` it would inherit, not the ``complete``."""
+
+    name = "own"
+    ran: ClassVar[list[str]] = []
+
+    @classmethod
+    async def generate(
+        cls, model: str, messages: list[Message], call: Call
+    ) -> AsyncGenerator[Chunk, None]:
+        cls.ran.append("generate")
+        yield "from generate"
+        yield FinishReason("stop")
+
+
+@pytest.fixture(autouse=True)
+def _forget_runs() -> None:
+    for provider in (Whole, Both, OwnGenerate):
+        provider.ran.clear()
+
+
+async def test_a_provider_with_only_complete_streams_its_answer_as_chunks() -> None:
+    chunks = [chunk async for chunk in Whole.create_async_generator("m", MESSAGES)]
+    assert chunks == ["whole: Hello", USAGE, FinishReason("length")]
+    assert Whole.ran == ["complete"]
+
+
+async def test_a_whole_answer_comes_from_complete() -> None:
+    completion = await Whole.create_async_generator("m", MESSAGES).collect()
+    assert completion == Completion("whole: Hello", FinishReason("length"), USAGE)
+    assert await Whole.create_async_generator("m", MESSAGES).text() == "whole: Hello"
+    assert Whole.ran == ["complete", "complete"]
+
+
+@pytest.mark.parametrize(
+    ("stream", "expected"),
+    [(False, ["complete"]), (True, ["generate"])],
+)
+async def test_with_both_the_callers_wish_for_a_stream_decides(
+    stream: bool, expected: list[str]
+) -> None:
+    """``stream=True`` keeps a long answer streaming even when it is collected whole."""
+    completion = await Both.create_async_generator("m", MESSAGES, stream=stream).collect()
+    assert completion == Completion("both: Hello", FinishReason("length"), USAGE)
+    assert Both.ran == expected
+
+
+async def test_iterating_always_runs_generate() -> None:
+    stream = Both.create_async_generator("m", MESSAGES, stream=False)
+    assert [chunk async for chunk in stream][-1] == FinishReason("length")
+    assert Both.ran == ["generate"]
+
+
+async def test_a_subclass_overriding_generate_gets_whole_answers_from_it() -> None:
+    assert await OwnGenerate.create_async_generator("m", MESSAGES).text() == "from generate"
+    assert OwnGenerate.ran == ["generate"]
+
+
+async def test_an_unread_stream_runs_nothing() -> None:
+    stream = Both.create_async_generator("m", MESSAGES)
+    await stream.aclose()
+    assert Both.ran == []
+    with pytest.raises(errors.InvalidRequest, match="already read or closed"):
+        await stream.collect()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "just text",
+        Completion(None, FinishReason("stop")),  # type: ignore[arg-type]
+        Completion("text", "stop"),  # type: ignore[arg-type]
+        Completion("text", FinishReason("stop"), {"prompt_tokens": 1}),  # type: ignore[arg-type]
+    ],
+)
+async def test_a_broken_completion_is_an_invalid_response(answer: object) -> None:
+    class Broken(Whole):
+        name = "broken"
+
+        @classmethod
+        async def complete(cls, model: str, messages: list[Message], call: Call) -> Any:
+            return answer
+
+    with pytest.raises(errors.InvalidResponse, match="provider contract broken") as info:
+        await Broken.create_async_generator("m", MESSAGES).collect()
+    assert info.value.provider == "broken"
+    with pytest.raises(errors.InvalidResponse, match="provider contract broken"):
+        [chunk async for chunk in Broken.create_async_generator("m", MESSAGES)]
+
+
+def _failing(name: str, error: Exception) -> type[Provider]:
+    class Failing(Whole):
+        ran: ClassVar[list[str]] = []
+
+        @classmethod
+        async def complete(cls, model: str, messages: list[Message], call: Call) -> Completion:
+            cls.ran.append("complete")
+            raise error
+
+    Failing.name = name
+    return Failing
+
+
+async def test_a_failed_whole_answer_falls_back_to_the_next_provider(
+    use_plugins: Callable[..., Registry],
+) -> None:
+    first = _failing("first", errors.ServerError("HTTP 500", provider="first", status=500))
+    use_plugins(*((p.name, Plugin(p)) for p in (first, Whole)))
+    stream = llmrelay.relay("m", MESSAGES, max_retries=0)
+    assert await stream.text() == "whole: Hello"
+    assert stream.provider == "whole"
+    assert [e.provider for e in stream.errors] == ["first"]
+
+
+async def test_a_provider_without_either_method_says_so() -> None:
+    class Neither(Provider):
+        name = "neither"
+        url = "http://127.0.0.1:9"
+        default_model = "m"
+
+    with pytest.raises(NotImplementedError, match="must implement generate\\(\\) or complete"):
+        await Neither.create_async_generator("m", MESSAGES).text()
+
+
+def test_completion_chunks_are_what_a_stream_carries() -> None:
+    stop = FinishReason("stop")
+    assert Completion("hi", stop, USAGE).chunks() == ["hi", USAGE, stop]
+    assert Completion("", stop).chunks() == [stop]
