@@ -1,7 +1,9 @@
-"""Where llmrelay's per-request time goes, beside raw aiohttp: cProfile at concurrency 1.
+"""Where llmrelay's per-request time goes, beside raw aiohttp: cProfile (concurrency 1 unless
+``--concurrency`` says otherwise).
 
   uv run python bench/hotpath.py                    # pizzagpt, openai and openai-stream
   uv run python bench/hotpath.py --case pizzagpt --n 3000 --top 25
+  uv run python bench/hotpath.py --case openai --concurrency 50
 
 For each case it runs bench/client.py twice per client (llmrelay, raw aiohttp shared
 session) against bench/replica.py: once plain (true CPU µs per unit) and once under cProfile
@@ -43,7 +45,14 @@ STREAM_CHUNKS = 200
 
 
 def run_client(
-    client: str, proto: str, stream: bool, n: int, port: int, env: dict[str, str], prof: str
+    client: str,
+    proto: str,
+    stream: bool,
+    n: int,
+    port: int,
+    env: dict[str, str],
+    prof: str,
+    concurrency: int = 1,
 ) -> dict[str, Any]:
     argv = [
         PY,
@@ -58,6 +67,8 @@ def run_client(
         str(n),
         "--warmup",
         "50" if not stream else "5",
+        "--concurrency",
+        str(concurrency),
     ]
     if stream:
         argv.append("--stream")
@@ -113,19 +124,21 @@ def by_package(stats: pstats.Stats) -> dict[str, float]:
     return out
 
 
-def report_case(name: str, n: int, top: int, port: int, env: dict[str, str], out: Path) -> None:
+def report_case(
+    name: str, n: int, top: int, port: int, env: dict[str, str], out: Path, concurrency: int = 1
+) -> None:
     proto, stream, _, unit = CASES[name]
     units = n * (STREAM_CHUNKS if stream else 1)
     plain: dict[str, dict[str, Any]] = {}
     profs: dict[str, pstats.Stats] = {}
     for client in ("aiohttp-shared", "llmrelay"):
-        plain[client] = run_client(client, proto, stream, n, port, env, "")
-        prof = out / f"profile-{name}-{client}.prof"
-        profiled = run_client(client, proto, stream, n, port, env, str(prof))
+        plain[client] = run_client(client, proto, stream, n, port, env, "", concurrency)
+        prof = out / f"profile-{name}-{client}-c{concurrency}.prof"
+        profiled = run_client(client, proto, stream, n, port, env, str(prof), concurrency)
         plain[client]["profiled_wall_s"] = profiled["elapsed_s"]
         profs[client] = pstats.Stats(str(prof))
 
-    print(f"\n## {name}: concurrency 1, {n} requests, µs per {unit}\n")
+    print(f"\n## {name}: concurrency {concurrency}, {n} requests, µs per {unit}\n")
     print("| client | wall µs | CPU µs | wall µs under cProfile |")
     print("|---|---:|---:|---:|")
     for client, r in plain.items():
@@ -383,6 +396,7 @@ def main() -> None:
     )
     parser.add_argument("--n", type=int, help="requests per run (default per case)")
     parser.add_argument("--top", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=1, help="requests in flight")
     args = parser.parse_args()
     out = Path(tempfile.gettempdir()) / "llmrelay-bench-profiles"
     out.mkdir(exist_ok=True)
@@ -396,7 +410,7 @@ def main() -> None:
         print(f"# llmrelay per-request profile (commit {git}, Python {sys.version.split()[0]})")
         chosen = {"all": list(CASES), "none": []}.get(args.case, [args.case])
         for name in chosen:
-            report_case(name, args.n or CASES[name][2], args.top, port, env, out)
+            report_case(name, args.n or CASES[name][2], args.top, port, env, out, args.concurrency)
         micro(env, port)
 
 

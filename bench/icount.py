@@ -2,6 +2,7 @@
 
   uv run python bench/icount.py            # every case below, about 10 minutes on 2 cores
   uv run python bench/icount.py --case pizzagpt --case openai
+  uv run python bench/icount.py --case openai --concurrency 50   # requests in flight
 
 On a shared 2-core machine, requests per second and even CPU µs per request move by 20% or
 more between identical runs (other work, the host's caches and clock). Counting the
@@ -11,6 +12,7 @@ the same code and the same load, so it shows what a change really saved.
 For each case it runs bench/client.py under ``valgrind --tool=callgrind`` twice against
 bench/replica.py, with ``--n N1`` and ``--n N2`` units, concurrency 1, and reports
 ``(instructions(N2) - instructions(N1)) / (N2 - N1)``: imports, setup and warm-up cancel out.
+``--concurrency 50`` counts the same with 50 requests in flight (as run.py's second load).
 What it does not count: time in the kernel (system calls) and the cost of cache misses, so a
 ratio here is not a ratio of seconds; it ranks, it does not time. Under valgrind the client is
 about 50 times slower, so the replica always has the answer ready: the client never waits.
@@ -66,16 +68,25 @@ def instructions(argv: list[str], env: dict[str, str]) -> int:
     return int(found.group(1))
 
 
-def measure(case: str, client: str, port: int, env: dict[str, str]) -> dict[str, Any]:
+def measure(
+    case: str, client: str, port: int, env: dict[str, str], concurrency: int = 1
+) -> dict[str, Any]:
     proto, stream, n1, n2, unit = CASES[case]
     counts = []
     for n in (n1, n2):
         argv = [PY, str(HERE / "client.py"), "--client", client, "--proto", proto]
         argv += ["--port", str(port), "--n", str(n), "--warmup", "5" if stream else "20"]
+        argv += ["--concurrency", str(concurrency)]
         counts.append(instructions([*argv, *(["--stream"] if stream else [])], env))
     units = (n2 - n1) * (STREAM_CHUNKS if stream else 1)
     per_unit = (counts[1] - counts[0]) / units
-    return {"case": case, "client": client, "unit": unit, "instructions_per_unit": per_unit}
+    return {
+        "case": case,
+        "client": client,
+        "unit": unit,
+        "concurrency": concurrency,
+        "instructions_per_unit": per_unit,
+    }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -101,6 +112,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--case", action="append", choices=sorted(CASES), help="repeatable")
+    parser.add_argument("--concurrency", type=int, default=1, help="requests in flight")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is needed: apt-get install -y valgrind")
@@ -109,16 +121,24 @@ def main() -> None:
     with bench_replica() as (port, env):
         for case in cases:
             for client in CLIENTS:
-                row = measure(case, client, port, env)
+                row = measure(case, client, port, env, args.concurrency)
                 per_unit = row["instructions_per_unit"]
                 print(f"[icount] {case} {client}: {per_unit:.0f}", flush=True)
                 rows.append(row)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = HERE / "results" / f"icount-{stamp}.json"
     out.parent.mkdir(exist_ok=True)
-    meta = {"commit": git("rev-parse", "--short", "HEAD"), "date": stamp, "python": sys.version}
+    meta = {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "date": stamp,
+        "python": sys.version,
+        "concurrency": args.concurrency,
+    }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print(f"\nCommit {meta['commit']}, {stamp}; raw figures in {out.relative_to(HERE.parent)}.\n")
+    print(
+        f"\nCommit {meta['commit']}, {stamp}, concurrency {args.concurrency}; "
+        f"raw figures in {out.relative_to(HERE.parent)}.\n"
+    )
     print(table(rows))
 
 

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tenacity import (
@@ -439,17 +440,24 @@ class stop_when(stop_base):
 
 def _encode(
     json_body: Any, headers: Mapping[str, str] | None
-) -> tuple[bytes | None, dict[str, str]]:
-    merged = dict(headers or {})
+) -> tuple[bytes | None, Mapping[str, str]]:
+    """The body's bytes, and the headers to send with it: the caller's own mapping (never
+    changed) when it already names a Content-Type, else a copy that adds JSON's."""
+    if headers is None:
+        headers = _NO_HEADERS
     if json_body is None:
-        return None, merged
-    if "content-type" not in merged and "Content-Type" not in merged:
-        for key in merged:  # another spelling? (a loop, not any(): no generator per request)
+        return None, headers
+    if "content-type" not in headers and "Content-Type" not in headers:
+        for key in headers:  # another spelling? (a loop, not any(): no generator per request)
             if key.lower() == "content-type":
                 break
         else:
-            merged["Content-Type"] = "application/json"
-    return encode_json(json_body).encode("utf-8"), merged
+            headers = {**headers, "Content-Type": "application/json"}
+    return encode_json(json_body).encode("utf-8"), headers
+
+
+#: No headers (read-only: ``_encode`` hands it on as it is).
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 #: The JSON rules of every request body: UTF-8 kept as is, NaN and infinities refused.

@@ -245,6 +245,16 @@ def checked_completion(provider: str, answer: object) -> Completion:
     )
 
 
+def typed_error(exc: Exception) -> Exception:
+    """The error to raise for ``exc``, an exception that is not a provider error: a cassette
+    that has no answer for the request becomes ``CassetteMismatch``; anything else stays."""
+    if "vcr.errors" not in sys.modules:  # no cassette in use: nothing to translate
+        return exc
+    from ._cassettes import as_mismatch
+
+    return as_mismatch(exc) or exc
+
+
 def _check_encodable(provider: str, options: dict[str, Any]) -> None:
     """Refuse, before any I/O, option values a request body cannot carry (sets, NaN, ...)."""
     for key, value in options.items():
@@ -278,7 +288,7 @@ def _retry_policy(max_retries: int) -> RetryPolicy:
     return RetryPolicy(max_retries=max_retries)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Completion:
     """A whole answer: the text, the usage if reported, and why it stopped."""
 
@@ -390,11 +400,7 @@ class ChunkStream(AsyncIterator[Chunk]):
                     body=exc.body,
                 )
             return exc
-        if "vcr.errors" not in sys.modules:  # no cassette in use: nothing to translate
-            return exc
-        from ._cassettes import as_mismatch
-
-        return as_mismatch(exc) or exc
+        return typed_error(exc)
 
     def _check(self, chunk: object) -> Chunk:
         if isinstance(chunk, str):

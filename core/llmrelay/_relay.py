@@ -13,7 +13,7 @@ from typing import Any
 from . import errors
 from ._call import Call
 from ._config import get_config
-from ._provider import ChunkStream, Completion, Provider
+from ._provider import ChunkStream, Completion, Provider, checked_completion, typed_error
 from ._registry import Registry, get_registry
 from ._routing import Health, health, route
 from ._types import Chunk, FinishReason, Message, Messages, validate_messages
@@ -79,14 +79,46 @@ class RelayStream(ChunkStream):
             return chunk
 
     async def collect(self) -> Completion:
-        """Read the whole answer, falling back while no provider has produced text."""
+        """Read the whole answer, falling back while no provider has produced text.
+
+        A provider whose ``complete()`` gives this call's whole answer is awaited directly,
+        with no :class:`ChunkStream` in between: this is the path of every whole answer, and
+        the objects a request holds while it waits are what set how often the garbage
+        collector runs under load.
+        """
         if self._finished:
             raise errors.InvalidRequest(
                 "this relay stream was already read or closed; "
                 "start a new request to read another answer"
             )
         while True:
-            stream = self._current or self._open_next()
+            if self._current is None:
+                provider, model, call = self._next_candidate()
+                if _overrides_entry(provider) or not provider.completes(call):
+                    stream = self._open(provider, model, call)
+                else:
+                    call.start()
+                    try:
+                        answer = checked_completion(
+                            provider.name, await provider.complete(model, self._messages, call)
+                        )
+                    except errors.ProviderError as exc:
+                        self._note_failure(provider.name, exc, sent_text=False)
+                        continue
+                    except Exception as exc:
+                        self._finished = True
+                        typed = typed_error(exc)
+                        if typed is exc:
+                            raise
+                        raise typed from None
+                    except BaseException:
+                        self._finished = True
+                        raise
+                    self._finished = True
+                    self._health.succeeded(provider.name)
+                    return answer
+            else:
+                stream = self._current
             try:
                 completion = await stream.collect()
             except errors.ProviderError as exc:
@@ -106,7 +138,12 @@ class RelayStream(ChunkStream):
             await self._current.aclose()
 
     def _open_next(self) -> ChunkStream:
-        """Start the next candidate, or raise what ended the relay when none is left."""
+        """Start the next candidate's stream, or raise what ended the relay when none is left."""
+        return self._open(*self._next_candidate())
+
+    def _next_candidate(self) -> tuple[type[Provider], str, Call]:
+        """The next provider to try, its model and its call (given what is left of the
+        deadline), or raise what ended the relay when none is left."""
         loop = asyncio.get_running_loop()
         if self._deadline is None and self._timeout is not None:
             self._deadline = loop.time() + self._timeout
@@ -119,39 +156,43 @@ class RelayStream(ChunkStream):
                     break
                 call.timeout = remaining
             self.provider = provider.name
-            if _overrides_entry(provider):
-                options = self._options
-                if self._deadline is not None:
-                    options = {**options, "timeout": call.timeout}
-                stream = provider.create_async_generator(
-                    model, self._messages, proxy=self._proxy, **options
-                )
-            else:  # input and options were checked once, in relay(): skip doing it again
-                stream = provider.start(model, self._messages, call)
-            self._current = stream
-            return stream
+            return provider, model, call
         self._finished = True
         raise self._final_error(loop)
 
+    def _open(self, provider: type[Provider], model: str, call: Call) -> ChunkStream:
+        """The stream of one candidate, now the one answering."""
+        if _overrides_entry(provider):
+            options = self._options
+            if self._deadline is not None:
+                options = {**options, "timeout": call.timeout}
+            stream = provider.create_async_generator(
+                model, self._messages, proxy=self._proxy, **options
+            )
+        else:  # input and options were checked once, in relay(): skip doing it again
+            stream = provider.start(model, self._messages, call)
+        self._current = stream
+        return stream
+
     async def _failed(self, stream: ChunkStream, exc: errors.ProviderError) -> None:
-        """A provider failed: re-raise if it had sent text, else note it and move on."""
+        """A provider's stream failed: re-raise if it had sent text, else note it and move on."""
         self._current = None
         try:
-            if _provider_side(exc):
-                self._health.failed(stream.provider)
-            # Only the provider answering can have sent text: an earlier one that had would
-            # have ended the relay here.
-            if stream._sent_text or isinstance(exc, errors.StreamInterrupted):
-                self._finished = True
-                raise exc
-            self.errors.append(exc)
-            log.info(
-                "%s failed before any text (%s); trying the next provider",
-                stream.provider,
-                exc.reason,
-            )
+            self._note_failure(stream.provider, exc, sent_text=stream._sent_text)
         finally:
             await stream.aclose()
+
+    def _note_failure(self, provider: str, exc: errors.ProviderError, *, sent_text: bool) -> None:
+        """Record a provider's failure; re-raise it if text had reached the caller (only the
+        provider answering can have sent text: an earlier one that had would have ended the
+        relay here)."""
+        if _provider_side(exc):
+            self._health.failed(provider)
+        if sent_text or isinstance(exc, errors.StreamInterrupted):
+            self._finished = True
+            raise exc
+        self.errors.append(exc)
+        log.info("%s failed before any text (%s); trying the next provider", provider, exc.reason)
 
     def _final_error(self, loop: asyncio.AbstractEventLoop) -> Exception:
         if not self.errors:  # the deadline passed before any provider was tried

@@ -51,6 +51,8 @@ class Health:
             record.last_failure = self.clock()
 
     def succeeded(self, provider: str) -> None:
+        if provider not in self._records:  # healthy already: nearly every call, no lock
+            return
         with self._lock:
             self._records.pop(provider, None)
 

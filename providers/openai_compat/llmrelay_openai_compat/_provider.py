@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 from collections.abc import AsyncGenerator, Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import TypeAdapter
 
@@ -20,6 +21,9 @@ from llmrelay._config import EndpointConfig
 from llmrelay._endpoints import cached_models, request_headers
 from llmrelay._json import loads
 from llmrelay.sse import SSEDecoder, SSETooLarge
+
+if TYPE_CHECKING:
+    from multidict import CIMultiDictProxy
 
 __all__ = ["OpenAICompatible", "StreamParser", "provider_for"]
 
@@ -85,10 +89,30 @@ class OpenAICompatible(Provider):
     #: Headers sent with every request (never the key: see ``api_key_env``).
     extra_headers: ClassVar[Mapping[str, str]] = {}
 
+    #: The last request headers built, and what they were built from (see ``_headers``).
+    _headers_built: ClassVar[tuple[object, object, CIMultiDictProxy[str]] | None] = None
+
     @classmethod
     def headers(cls) -> dict[str, str]:
         """The request headers, with the key read from the environment now."""
         return request_headers(cls.name, cls.api_key_env, cls.extra_headers)
+
+    @classmethod
+    def _headers(cls) -> CIMultiDictProxy[str]:
+        """:meth:`headers` with JSON's Content-Type, read-only, and built again only when
+        the key in the environment (or ``extra_headers``) changed: every request sends them,
+        and a ready case-insensitive mapping is one aiohttp takes without converting it."""
+        key = os.environ.get(cls.api_key_env) if cls.api_key_env else None
+        built = cls._headers_built
+        if built is not None and built[0] == key and built[1] is cls.extra_headers:
+            return built[2]
+        from multidict import CIMultiDict, CIMultiDictProxy  # aiohttp's own (not at import)
+
+        headers = CIMultiDict(cls.headers())
+        headers.setdefault("Content-Type", "application/json")
+        proxy = CIMultiDictProxy(headers)
+        cls._headers_built = (key, cls.extra_headers, proxy)
+        return proxy
 
     @classmethod
     async def complete(cls, model: str, messages: list[Message], call: Call) -> Completion:
@@ -97,7 +121,7 @@ class OpenAICompatible(Provider):
         body.pop("stream_options", None)  # servers refuse it without "stream": true
         try:
             answer = await call.request(
-                "POST", call.url(cls.api_endpoint or ""), headers=cls.headers(), json_body=body
+                "POST", call.url(cls.api_endpoint or ""), headers=cls._headers(), json_body=body
             )
         except errors.HTTPStatusError as exc:
             raise upstream_error(exc) from None
@@ -113,7 +137,7 @@ class OpenAICompatible(Provider):
             return
         body = _request_body(cls.name, model, messages, call)
         url = call.url(cls.api_endpoint or "")
-        headers = cls.headers()
+        headers = cls._headers()
         body["stream"] = True
         body.setdefault("stream_options", {"include_usage": True})
         parser = StreamParser(cls.name)
