@@ -116,6 +116,19 @@ async def test_a_request_not_in_the_cassette_never_reaches_the_network() -> None
         )
 
 
+async def test_a_whole_answer_not_in_the_cassette_is_a_mismatch_through_the_client(
+    configured: Registry,
+) -> None:
+    # The client awaits the provider's complete() directly (no ChunkStream in between): the
+    # cassette's refusal must still arrive as CassetteMismatch, and not move to another
+    # provider as a provider failure would.
+    async with AsyncClient() as client:
+        with cassette(BY_NAME["non_stream"].path), pytest.raises(errors.CassetteMismatch):
+            await client.chat.completions.create(
+                model="local/llama3", messages=[{"role": "user", "content": "Something else"}]
+            )
+
+
 async def test_models_list_replays() -> None:
     with cassette(MODELS_CASSETTE):
         assert await fetch_models(LOCAL) == list(MODELS)

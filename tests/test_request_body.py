@@ -66,3 +66,24 @@ def test_a_failure_leaves_nothing_behind_for_the_next_body() -> None:
     # The very same objects again, now valid: no stale "already being encoded" mark on them.
     assert encode_json(kept) == json.dumps(kept)
     assert encode_json({"a": kept, "b": kept}) == json.dumps({"a": kept, "b": kept})
+
+
+def test_the_callers_headers_are_never_changed() -> None:
+    theirs = {"Authorization": "Bearer sk-test"}
+    _, sent = _encode({"a": 1}, theirs)
+    assert theirs == {"Authorization": "Bearer sk-test"}
+    assert sent == {"Authorization": "Bearer sk-test", "Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize("name", ["Content-Type", "content-type", "CONTENT-TYPE"])
+def test_headers_that_name_a_content_type_are_sent_as_they_are(name: str) -> None:
+    theirs = {name: "application/json; charset=utf-8", "Accept": "application/json"}
+    _, sent = _encode({"a": 1}, theirs)
+    assert sent is theirs  # no copy per request, and their own Content-Type kept
+    assert theirs == {name: "application/json; charset=utf-8", "Accept": "application/json"}
+
+
+def test_no_body_sends_no_content_type() -> None:
+    data, sent = _encode(None, {"Accept": "application/json"})
+    assert data is None
+    assert dict(sent) == {"Accept": "application/json"}
