@@ -6,6 +6,7 @@ that is under test.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, ClassVar
 
@@ -194,3 +195,33 @@ def test_completion_chunks_are_what_a_stream_carries() -> None:
     stop = FinishReason("stop")
     assert Completion("hi", stop, USAGE).chunks() == ["hi", USAGE, stop]
     assert Completion("", stop).chunks() == [stop]
+
+
+async def test_a_second_read_while_a_whole_answer_is_awaited_is_refused(
+    use_plugins: Callable[..., Registry],
+) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    class Slow(Whole):
+        name = "slow"
+        ran: ClassVar[list[str]] = []
+
+        @classmethod
+        async def complete(cls, model: str, messages: list[Message], call: Call) -> Completion:
+            started.set()
+            await release.wait()
+            return await super().complete(model, messages, call)
+
+    Whole.ran.clear()
+    use_plugins(*((p.name, Plugin(p)) for p in (Slow, Whole)))
+    stream = llmrelay.relay("m", MESSAGES, timeout=None)
+    first = asyncio.create_task(stream.collect())
+    await started.wait()
+    with pytest.raises(errors.InvalidRequest, match="already read"):
+        await stream.collect()
+    with pytest.raises(StopAsyncIteration):
+        await stream.__anext__()
+    release.set()
+    assert (await first).text == "slow: Hello"
+    assert stream.provider == "slow"
+    assert Whole.ran == []  # the next provider was never started

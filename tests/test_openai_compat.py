@@ -106,6 +106,52 @@ async def test_bearer_key_from_the_environment(
     assert await provider.create_async_generator("llama3", HI).text() == "Echo: Hi there"
 
 
+async def test_a_subclass_never_sends_its_parents_headers(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Headers are built once per class and reused; a subclass naming its own key variable
+    # must not be handed the headers its parent (which needs no key) built before it.
+    parent, app = await _provider(serve)
+    monkeypatch.delenv("CHILD_KEY", raising=False)
+    assert await parent.create_async_generator("llama3", HI).text() == "Echo: Hi there"
+    child = type("Child", (parent,), {"name": "child", "api_key_env": "CHILD_KEY"})
+    with pytest.raises(AuthenticationFailed, match="set the environment variable CHILD_KEY"):
+        await child.create_async_generator("llama3", HI).text()
+    assert app[STATE].hits == 1  # refused before any I/O
+    monkeypatch.setenv("CHILD_KEY", "sk-child-123456789")
+    assert await child.create_async_generator("llama3", HI).text() == "Echo: Hi there"
+    assert app[STATE].last_headers["Authorization"] == "Bearer sk-child-123456789"
+
+
+async def test_extra_headers_changed_in_place_are_sent_on_the_next_request(
+    serve: Serve,
+) -> None:
+    provider, app = await _provider(serve)
+    provider.extra_headers = {"X-Team": "a"}
+    await provider.create_async_generator("llama3", HI).text()
+    assert app[STATE].last_headers["X-Team"] == "a"
+    provider.extra_headers["X-Team"] = "b"  # type: ignore[index]
+    await provider.create_async_generator("llama3", HI).text()
+    assert app[STATE].last_headers["X-Team"] == "b"
+
+
+async def test_an_overridden_headers_method_runs_for_every_request(serve: Serve) -> None:
+    provider, app = await _provider(serve)
+    tokens = iter(["t1", "t2"])
+
+    class Refreshing(provider):  # type: ignore[valid-type,misc]
+        name = "refreshing"
+
+        @classmethod
+        def headers(cls) -> dict[str, str]:
+            return {**super().headers(), "X-Token": next(tokens)}
+
+    await Refreshing.create_async_generator("llama3", HI).text()
+    assert app[STATE].last_headers["X-Token"] == "t1"
+    await Refreshing.create_async_generator("llama3", HI).text()
+    assert app[STATE].last_headers["X-Token"] == "t2"
+
+
 @pytest.mark.parametrize(
     ("mode", "error", "message"),
     [

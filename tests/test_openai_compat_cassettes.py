@@ -120,8 +120,7 @@ async def test_a_whole_answer_not_in_the_cassette_is_a_mismatch_through_the_clie
     configured: Registry,
 ) -> None:
     # The client awaits the provider's complete() directly (no ChunkStream in between): the
-    # cassette's refusal must still arrive as CassetteMismatch, and not move to another
-    # provider as a provider failure would.
+    # cassette's refusal must still arrive as CassetteMismatch, not as a raw vcrpy error.
     async with AsyncClient() as client:
         with cassette(BY_NAME["non_stream"].path), pytest.raises(errors.CassetteMismatch):
             await client.chat.completions.create(

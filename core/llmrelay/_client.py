@@ -16,7 +16,7 @@ import asyncio
 import builtins
 import concurrent.futures
 import logging
-import random
+import os
 import threading
 import time
 import weakref
@@ -56,8 +56,6 @@ __all__ = [
 
 log = logging.getLogger("llmrelay")
 T = TypeVar("T")
-
-_random_bits = random.getrandbits
 
 #: Request options for which ``None`` means "not given" (they are left out of the request).
 _NONE_IS_UNSET = ("temperature", "max_tokens", "stop")
@@ -182,9 +180,9 @@ def list_models(registry: Registry | None = None) -> ModelList:
 
 def completion_id() -> str:
     """``chatcmpl-`` and 24 random hex digits, the shape of OpenAI's ids (the client's and the
-    server's). An id names an answer, it guards nothing: ``random`` (reseeded in every forked
-    worker) makes one without the system call ``os.urandom`` costs on every answer."""
-    return f"chatcmpl-{_random_bits(96):024x}"
+    server's; os.urandom, so no uuid object is built per answer, and a program that seeds
+    ``random`` still gets ids no other run repeats)."""
+    return f"chatcmpl-{os.urandom(12).hex()}"
 
 
 def _completion(completion: Completion, model: str, provider: str) -> ChatCompletion:

@@ -32,7 +32,8 @@ class RelayStream(ChunkStream):
 
     It drives each provider's own :class:`ChunkStream` (which checks the provider contract)
     directly, with no generator of its own in between: every chunk of every answer passes
-    here, so a layer less is time saved on each.
+    here, so a layer less is time saved on each. A whole answer (``collect()``) from a
+    provider that implements ``complete()`` skips the ChunkStream too.
     """
 
     def __init__(
@@ -91,6 +92,9 @@ class RelayStream(ChunkStream):
                 "this relay stream was already read or closed; "
                 "start a new request to read another answer"
             )
+        # One read at a time: while a whole answer is awaited (no stream is current yet), a
+        # second collect() or iteration must be refused, not start the next provider.
+        self._finished = True
         while True:
             if self._current is None:
                 provider, model, call = self._next_candidate()
@@ -195,6 +199,8 @@ class RelayStream(ChunkStream):
         log.info("%s failed before any text (%s); trying the next provider", provider, exc.reason)
 
     def _final_error(self, loop: asyncio.AbstractEventLoop) -> Exception:
+        if not self.errors and self._timeout is None:  # pragma: no cover - nothing was tried
+            return errors.InvalidRequest(f"no provider left to try for {self.model!r}")
         if not self.errors:  # the deadline passed before any provider was tried
             return errors.ProviderTimeout(
                 f"deadline of {self._timeout:g}s exceeded before any provider answered",

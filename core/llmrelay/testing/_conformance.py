@@ -191,7 +191,13 @@ class ProviderConformance:
 
     def test_a_whole_answer_is_the_stream_joined(self, conformance_cassette: Path | None) -> None:
         """``.collect()`` (the provider's ``complete()``, when it has one) gives the text, usage
-        and finish reason that iterating gives."""
+        and finish reason that iterating gives.
+
+        It tells something only for a provider whose stream and whole answer take different
+        paths (its own ``generate`` beside its own ``complete``); for one whose stream is
+        built from ``complete`` (the default ``generate``), or whose ``generate`` calls
+        ``complete`` for this request, it checks that llmrelay's joining agrees with itself.
+        """
         self._need_answer(conformance_cassette)
 
         async def both() -> tuple[list[Chunk], Completion]:

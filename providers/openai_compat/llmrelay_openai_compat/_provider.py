@@ -12,7 +12,8 @@ import logging
 import os
 import re
 from collections.abc import AsyncGenerator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from pydantic import TypeAdapter
 
@@ -21,9 +22,6 @@ from llmrelay._config import EndpointConfig
 from llmrelay._endpoints import cached_models, request_headers
 from llmrelay._json import loads
 from llmrelay.sse import SSEDecoder, SSETooLarge
-
-if TYPE_CHECKING:
-    from multidict import CIMultiDictProxy
 
 __all__ = ["OpenAICompatible", "StreamParser", "provider_for"]
 
@@ -88,9 +86,8 @@ class OpenAICompatible(Provider):
     api_key_env: ClassVar[str | None] = None
     #: Headers sent with every request (never the key: see ``api_key_env``).
     extra_headers: ClassVar[Mapping[str, str]] = {}
-
-    #: The last request headers built, and what they were built from (see ``_headers``).
-    _headers_built: ClassVar[tuple[object, object, CIMultiDictProxy[str]] | None] = None
+    #: This class's request headers, once built (see ``_headers``).
+    _headers_built: ClassVar[_BuiltHeaders | None] = None
 
     @classmethod
     def headers(cls) -> dict[str, str]:
@@ -98,21 +95,31 @@ class OpenAICompatible(Provider):
         return request_headers(cls.name, cls.api_key_env, cls.extra_headers)
 
     @classmethod
-    def _headers(cls) -> CIMultiDictProxy[str]:
-        """:meth:`headers` with JSON's Content-Type, read-only, and built again only when
-        the key in the environment (or ``extra_headers``) changed: every request sends them,
-        and a ready case-insensitive mapping is one aiohttp takes without converting it."""
+    def _headers(cls) -> Mapping[str, str]:
+        """What a request sends: :meth:`headers`, as a read-only case-insensitive mapping
+        (one aiohttp takes without converting it) built again only when what it is made of
+        changed: the key variable's name or value, or ``extra_headers``. Each class keeps its
+        own (a subclass's key is its own), and a subclass that overrides :meth:`headers` gets
+        it called on every request, as before."""
+        if _overrides_headers(cls):
+            return cls.headers()
         key = os.environ.get(cls.api_key_env) if cls.api_key_env else None
-        built = cls._headers_built
-        if built is not None and built[0] == key and built[1] is cls.extra_headers:
-            return built[2]
+        built: _BuiltHeaders | None = cls.__dict__.get("_headers_built")
+        if (
+            built is not None
+            and built.key == key
+            and built.key_env == cls.api_key_env
+            and built.extra == cls.extra_headers
+        ):
+            return built.headers
+        cls._headers_built = None  # a key that is gone is forgotten, even if the build fails
         from multidict import CIMultiDict, CIMultiDictProxy  # aiohttp's own (not at import)
 
         headers = CIMultiDict(cls.headers())
         headers.setdefault("Content-Type", "application/json")
-        proxy = CIMultiDictProxy(headers)
-        cls._headers_built = (key, cls.extra_headers, proxy)
-        return proxy
+        ready = CIMultiDictProxy(headers)
+        cls._headers_built = _BuiltHeaders(cls.api_key_env, key, dict(cls.extra_headers), ready)
+        return ready
 
     @classmethod
     async def complete(cls, model: str, messages: list[Message], call: Call) -> Completion:
@@ -268,6 +275,21 @@ class StreamParser:
             if choice.get("finish_reason"):
                 self.finish = _finish(choice["finish_reason"])
         return text
+
+
+@dataclass(frozen=True, slots=True)
+class _BuiltHeaders:
+    """One endpoint's request headers and what they were built from."""
+
+    key_env: str | None
+    key: str | None = field(repr=False)  # a secret: never shown
+    extra: dict[str, str]
+    headers: Mapping[str, str] = field(repr=False)
+
+
+def _overrides_headers(provider: type[OpenAICompatible]) -> bool:
+    own = provider.headers.__func__  # type: ignore[attr-defined]
+    return own is not OpenAICompatible.headers.__func__  # type: ignore[attr-defined]
 
 
 def _completion(provider: str, data: Any) -> Completion:
