@@ -380,9 +380,10 @@ class AsyncCompletions:
         if not isinstance(model, str):
             raise InvalidRequest(f"model must be a string, got {type(model).__name__}")
         merged = {**client.defaults, **options}
-        for name in _NONE_IS_UNSET:
-            if name in merged and merged[name] is None:
-                del merged[name]
+        if merged:  # (no loop at all for a call without options)
+            for name in _NONE_IS_UNSET:
+                if name in merged and merged[name] is None:
+                    del merged[name]
         proxy = merged.pop("proxy", None)
         chunks = relay(model, messages, proxy=proxy, stream=bool(stream), **merged)
         if stream:

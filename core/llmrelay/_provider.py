@@ -60,6 +60,8 @@ class Provider:
     #: whether whole answers come from it (set per subclass).
     _implements_complete: ClassVar[bool] = False
     _native_complete: ClassVar[bool] = False
+    #: Whether the class replaced :meth:`create_async_generator` (the relay then calls it).
+    _custom_entry: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -70,6 +72,7 @@ class Provider:
         cls._native_complete = cls._implements_complete and (
             generates is Provider or issubclass(completes, generates)
         )
+        cls._custom_entry = _owner(cls, "create_async_generator") is not Provider
 
     @classmethod
     def get_model(cls, model: str | None) -> str:

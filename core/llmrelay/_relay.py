@@ -223,9 +223,11 @@ class RelayStream(ChunkStream):
 
 
 def _overrides_entry(provider: type[Provider]) -> bool:
-    """A provider that replaced ``create_async_generator`` itself is called through it."""
-    own = provider.create_async_generator.__func__  # type: ignore[attr-defined]
-    return own is not Provider.create_async_generator.__func__  # type: ignore[attr-defined]
+    """A provider that replaced ``create_async_generator`` itself is called through it.
+
+    Read from the class (``Provider.__init_subclass__`` sets it), not by comparing bound
+    methods: that would build two method objects per request."""
+    return provider._custom_entry
 
 
 #: Names of llmrelay's own parameters: as request options they would collide with them.

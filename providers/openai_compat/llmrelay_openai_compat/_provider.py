@@ -88,6 +88,14 @@ class OpenAICompatible(Provider):
     extra_headers: ClassVar[Mapping[str, str]] = {}
     #: This class's request headers, once built (see ``_headers``).
     _headers_built: ClassVar[_BuiltHeaders | None] = None
+    #: Whether the class overrides :meth:`headers` (then called on every request).
+    _custom_headers: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._custom_headers = next(k for k in cls.__mro__ if "headers" in vars(k)) is not (
+            OpenAICompatible
+        )
 
     @classmethod
     def headers(cls) -> dict[str, str]:
@@ -101,12 +109,13 @@ class OpenAICompatible(Provider):
         changed: the key variable's name or value, or ``extra_headers``. Each class keeps its
         own (a subclass's key is its own), and a subclass that overrides :meth:`headers` gets
         it called on every request, as before."""
-        if _overrides_headers(cls):
+        if cls._custom_headers:
             return cls.headers()
         key = os.environ.get(cls.api_key_env) if cls.api_key_env else None
-        built: _BuiltHeaders | None = cls.__dict__.get("_headers_built")
+        built = cls._headers_built
         if (
             built is not None
+            and built.owner is cls  # not a parent's (a subclass may name another key)
             and built.key == key
             and built.key_env == cls.api_key_env
             and built.extra == cls.extra_headers
@@ -118,7 +127,9 @@ class OpenAICompatible(Provider):
         headers = CIMultiDict(cls.headers())
         headers.setdefault("Content-Type", "application/json")
         ready = CIMultiDictProxy(headers)
-        cls._headers_built = _BuiltHeaders(cls.api_key_env, key, dict(cls.extra_headers), ready)
+        cls._headers_built = _BuiltHeaders(
+            cls, cls.api_key_env, key, dict(cls.extra_headers), ready
+        )
         return ready
 
     @classmethod
@@ -281,15 +292,11 @@ class StreamParser:
 class _BuiltHeaders:
     """One endpoint's request headers and what they were built from."""
 
+    owner: type[OpenAICompatible]
     key_env: str | None
     key: str | None = field(repr=False)  # a secret: never shown
     extra: dict[str, str]
     headers: Mapping[str, str] = field(repr=False)
-
-
-def _overrides_headers(provider: type[OpenAICompatible]) -> bool:
-    own = provider.headers.__func__  # type: ignore[attr-defined]
-    return own is not OpenAICompatible.headers.__func__  # type: ignore[attr-defined]
 
 
 def _completion(provider: str, data: Any) -> Completion:
