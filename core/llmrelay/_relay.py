@@ -92,8 +92,9 @@ class RelayStream(ChunkStream):
                 "this relay stream was already read or closed; "
                 "start a new request to read another answer"
             )
-        # One read at a time: while a whole answer is awaited (no stream is current yet), a
-        # second collect() or iteration must be refused, not start the next provider.
+        # Finished from the first read on: while a whole answer is awaited (no stream is
+        # current yet), a second collect() or iteration must be refused, not start the next
+        # provider; and whatever ends this read, the stream cannot be read again.
         self._finished = True
         while True:
             if self._current is None:
@@ -110,15 +111,10 @@ class RelayStream(ChunkStream):
                         self._note_failure(provider.name, exc, sent_text=False)
                         continue
                     except Exception as exc:
-                        self._finished = True
                         typed = typed_error(exc)
                         if typed is exc:
                             raise
                         raise typed from None
-                    except BaseException:
-                        self._finished = True
-                        raise
-                    self._finished = True
                     self._health.succeeded(provider.name)
                     return answer
             else:
@@ -128,10 +124,6 @@ class RelayStream(ChunkStream):
             except errors.ProviderError as exc:
                 await self._failed(stream, exc)
                 continue
-            except BaseException:
-                self._finished = True
-                raise
-            self._finished = True
             self._health.succeeded(stream.provider)
             return completion
 
@@ -199,8 +191,6 @@ class RelayStream(ChunkStream):
         log.info("%s failed before any text (%s); trying the next provider", provider, exc.reason)
 
     def _final_error(self, loop: asyncio.AbstractEventLoop) -> Exception:
-        if not self.errors and self._timeout is None:  # pragma: no cover - nothing was tried
-            return errors.InvalidRequest(f"no provider left to try for {self.model!r}")
         if not self.errors:  # the deadline passed before any provider was tried
             return errors.ProviderTimeout(
                 f"deadline of {self._timeout:g}s exceeded before any provider answered",

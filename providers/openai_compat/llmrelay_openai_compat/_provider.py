@@ -21,6 +21,7 @@ from llmrelay import Call, Chunk, Completion, FinishReason, Message, Provider, U
 from llmrelay._config import EndpointConfig
 from llmrelay._endpoints import cached_models, request_headers
 from llmrelay._json import loads
+from llmrelay._provider import _owner
 from llmrelay.sse import SSEDecoder, SSETooLarge
 
 __all__ = ["OpenAICompatible", "StreamParser", "provider_for"]
@@ -93,9 +94,7 @@ class OpenAICompatible(Provider):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._custom_headers = next(k for k in cls.__mro__ if "headers" in vars(k)) is not (
-            OpenAICompatible
-        )
+        cls._custom_headers = _owner(cls, "headers") is not OpenAICompatible
 
     @classmethod
     def headers(cls) -> dict[str, str]:
