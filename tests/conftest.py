@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 import llmrelay
+import llmrelay._config as llmrelay_config
 from llmrelay._registry import Registry, build_registry, set_registry
 from llmrelay._routing import health
 
@@ -23,6 +24,10 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith(_ENV_PREFIXES) or name.lower() in _PROXY_VARS:
             monkeypatch.delenv(name)
+    # Tests rewrite configuration files and expect the next call to see them: look at the
+    # file on every call (test_config.py checks the once-a-second default on its own).
+    monkeypatch.setattr(llmrelay_config, "FILE_CHECK_INTERVAL", 0.0)
+    monkeypatch.setattr(llmrelay_config, "_cache", None)
     health.reset()
     yield
     llmrelay.reset_registry()

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from llmrelay._config import Config, config_path, get_config, load_config, render_toml
+import llmrelay._config as llmrelay_config
+from llmrelay._config import (
+    Config,
+    config_path,
+    get_config,
+    load_config,
+    reload_config,
+    render_toml,
+)
 from llmrelay.cli import cli
 from llmrelay.errors import ConfigError
 from tests.endpoint_support import run_cli
@@ -258,3 +266,33 @@ def test_llmrelay_config_warns_about_names_nothing_matches(tmp_path: Path) -> No
     missing = runner.invoke(cli, ["config"], env={"LLMRELAY_CONFIG": str(tmp_path / "no.toml")})
     assert missing.exit_code == 1
     assert missing.stderr.startswith("error: LLMRELAY_CONFIG points to ")
+
+
+def test_get_config_looks_at_the_file_at_most_once_per_interval(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file's stat is taken at most every FILE_CHECK_INTERVAL seconds (the environment on
+    every call); reload_config() reads at once."""
+    clock = [1000.0]
+    monkeypatch.setattr(llmrelay_config.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(llmrelay_config, "FILE_CHECK_INTERVAL", 1.0)
+    stats: list[str] = []
+    real_stamp = llmrelay_config._stamp
+    monkeypatch.setattr(llmrelay_config, "_stamp", lambda p: stats.append(p) or real_stamp(p))
+    config_file.write_text("max_retries = 1\n")
+    assert get_config().max_retries == 1
+    looked = len(stats)
+    config_file.write_text("max_retries = 3  # longer, so the size changes\n")
+    clock[0] += 0.5
+    assert get_config().max_retries == 1  # within the interval: the file is not looked at
+    assert len(stats) == looked
+    monkeypatch.setenv("LLMRELAY_TIMEOUT", "7")  # the environment is compared on every call
+    assert (get_config().timeout, get_config().max_retries) == (7, 3)
+    clock[0] += 0.9  # 0.9 s after that reload: still trusted
+    config_file.write_text("max_retries = 4  # longer, so the size changes, again\n")
+    assert get_config().max_retries == 3
+    clock[0] += 0.2  # past the interval: looked at, and re-read
+    assert get_config().max_retries == 4
+    config_file.write_text("max_retries = 5  # longer, so the size changes, again!\n")
+    assert reload_config().max_retries == 5
+    assert get_config().max_retries == 5

@@ -40,6 +40,7 @@ PUBLIC = {
     "get_registry",
     "hookimpl",
     "relay",
+    "reload_config",
     "reset_registry",
     "validate_messages",
 }

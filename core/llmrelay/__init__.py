@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from . import errors
     from ._call import Call, RetryPolicy
     from ._client import AsyncClient, ChatCompletion, ChatCompletionChunk, Client
+    from ._config import reload_config
     from ._hooks import ENTRY_POINT_GROUP, hookimpl
     from ._prompt import format_prompt
     from ._provider import ChunkStream, Completion, Provider
@@ -52,6 +53,7 @@ _EXPORTS = {
     "ChatCompletion": "._client",
     "ChatCompletionChunk": "._client",
     "Client": "._client",
+    "reload_config": "._config",
     "ENTRY_POINT_GROUP": "._hooks",
     "hookimpl": "._hooks",
     "format_prompt": "._prompt",
@@ -112,6 +114,7 @@ __all__ = [
     "get_registry",
     "hookimpl",
     "relay",
+    "reload_config",
     "reset_registry",
     "validate_messages",
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ __all__ = [
     "config_path",
     "get_config",
     "load_config",
+    "reload_config",
     "render_toml",
 ]
 
@@ -359,15 +361,21 @@ def _describe(exc: ValidationError, where: str) -> str:
 #: Every variable the configuration depends on: where the file is, and the overrides.
 _CONFIG_ENV = EnvWatch("LLMRELAY_CONFIG", "XDG_CONFIG_HOME", "HOME", *_ENV_FIELDS)
 
+#: How long ``get_config()`` trusts its last look at the file before looking again (seconds).
+#: The environment is compared on every call; the file's ``stat`` (a system call, and the
+#: largest single cost of a call's set-up) at most this often.
+FILE_CHECK_INTERVAL = 1.0
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class _Loaded:
-    """A loaded configuration and what it was loaded from."""
+    """A loaded configuration, what it was loaded from, and when to look at the file again."""
 
     env: tuple[object, ...]
     path: str
     stamp: object
     config: Config
+    check_after: float
 
 
 _cache: _Loaded | None = None
@@ -385,15 +393,32 @@ def _stamp(path: str) -> object:
 def get_config() -> Config:
     """``load_config()``, cached until the file or the environment changes.
 
-    Cheap enough to call per request: one pass over the environment and one ``stat``.
+    Cheap enough to call per request: a change of one of the environment variables it reads
+    is seen on the next call (one pass over a dozen dict entries); a change of the file
+    within ``FILE_CHECK_INTERVAL`` seconds (its ``stat`` is taken at most that often).
+    ``reload_config()`` makes the next call read both at once.
     """
     global _cache
     env = _CONFIG_ENV.values()
     cached = _cache
-    if cached is not None and cached.env == env and cached.stamp == _stamp(cached.path):
-        return cached.config
+    if cached is not None and cached.env == env:
+        now = time.monotonic()
+        if now < cached.check_after:
+            return cached.config
+        if cached.stamp == _stamp(cached.path):
+            cached.check_after = now + FILE_CHECK_INTERVAL
+            return cached.config
     path = str(config_path())
+    checked = time.monotonic()
     stamp = _stamp(path)  # before reading: a write during the load is seen next time
     config = load_config()
-    _cache = _Loaded(env, path, stamp, config)
+    _cache = _Loaded(env, path, stamp, config, checked + FILE_CHECK_INTERVAL)
     return config
+
+
+def reload_config() -> Config:
+    """Read the configuration now (the file may have changed less than
+    ``FILE_CHECK_INTERVAL`` seconds ago); later ``get_config()`` calls return the result."""
+    global _cache
+    _cache = None
+    return get_config()
