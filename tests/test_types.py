@@ -102,6 +102,19 @@ def test_usage_totals_and_prints_nothing() -> None:
         Usage(-1, 0)
 
 
+def test_usage_is_validated_once_and_totals_the_validated_counts() -> None:
+    # Counts given as text are validated first, then added (not joined as strings: "37").
+    assert Usage("3", "7").total_tokens == 10  # type: ignore[arg-type]
+    assert Usage.model_validate({"prompt_tokens": 3, "completion_tokens": 4}).total_tokens == 7
+    frozen = Usage(1, 2)
+    with pytest.raises(ValueError, match="frozen"):
+        frozen.total_tokens = 9  # type: ignore[misc]
+    assert frozen == Usage(1, 2, 3) and hash(frozen) == hash(Usage(1, 2, 3))
+    assert Usage.model_validate_json('{"prompt_tokens": 2, "completion_tokens": 2}') == Usage(2, 2)
+    with pytest.raises(ValueError, match="prompt_tokens"):
+        Usage("many", 1)  # type: ignore[arg-type]
+
+
 def test_any_sequence_of_messages_is_accepted() -> None:
     from collections import UserList
 

@@ -204,14 +204,14 @@ class Usage(BaseModel):
         total_tokens: int | None = None,
         **data: Any,
     ) -> None:
-        if total_tokens is None:
-            total_tokens = prompt_tokens + completion_tokens
-        super().__init__(
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=total_tokens,
-            **data,
-        )
+        data["prompt_tokens"] = prompt_tokens
+        data["completion_tokens"] = completion_tokens
+        data["total_tokens"] = 0 if total_tokens is None else total_tokens
+        # The validator itself, not BaseModel.__init__: a custom __init__ is what pydantic
+        # calls to build a Usage from data too, and every answer with usage builds one.
+        self.__pydantic_validator__.validate_python(data, self_instance=self)
+        if total_tokens is None:  # the sum of the validated counts (never of "5" and "7")
+            object.__setattr__(self, "total_tokens", self.prompt_tokens + self.completion_tokens)
 
     def __str__(self) -> str:
         return ""
