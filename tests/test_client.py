@@ -629,3 +629,40 @@ async def test_model_aliases_share_one_name_across_endpoints(
     assert first_app[STATE].last_body["model"] == "llama3"
     assert second_app[STATE].last_body["model"] == "gpt-4o-mini"
     assert listed["shared"] == ["second", "first"]  # first is cooling down after its failure
+
+
+def test_completion_ids_are_unique_even_when_random_is_seeded() -> None:
+    """Ids have OpenAI's shape and come from llmrelay's own generator: seeding ``random``
+    (as tests and simulations do) repeats none, in this process or in a forked child."""
+    import random
+    import re
+    import subprocess
+    import sys
+
+    from llmrelay._client import completion_id
+
+    random.seed(1234)
+    first = [completion_id() for _ in range(3)]
+    random.seed(1234)
+    again = [completion_id() for _ in range(3)]
+    assert all(re.fullmatch(r"chatcmpl-[0-9a-f]{24}", i) for i in first + again)
+    assert len(set(first + again)) == 6
+    # A fork in a fresh interpreter (this one may run threads): the child's next id is not
+    # its parent's next id.
+    script = (
+        "import os\n"
+        "from llmrelay._client import completion_id\n"
+        "completion_id()\n"
+        "read, write = os.pipe()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os.write(write, completion_id().encode()); os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "print(os.read(read, 100).decode(), completion_id())\n"
+    )
+    if not hasattr(__import__("os"), "fork"):
+        return
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    child, parent = out.stdout.split()
+    assert re.fullmatch(r"chatcmpl-[0-9a-f]{24}", child)
+    assert child != parent

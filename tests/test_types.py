@@ -109,7 +109,8 @@ def test_usage_is_validated_once_and_totals_the_validated_counts() -> None:
     frozen = Usage(1, 2)
     with pytest.raises(ValueError, match="frozen"):
         frozen.total_tokens = 9  # type: ignore[misc]
-    assert frozen == Usage(1, 2, 3) and hash(frozen) == hash(Usage(1, 2, 3))
+    assert frozen == Usage(1, 2, 3)
+    assert hash(frozen) == hash(Usage(1, 2, 3))
     assert Usage.model_validate_json('{"prompt_tokens": 2, "completion_tokens": 2}') == Usage(2, 2)
     with pytest.raises(ValueError, match="prompt_tokens"):
         Usage("many", 1)  # type: ignore[arg-type]

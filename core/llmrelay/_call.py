@@ -68,6 +68,8 @@ class RetryPolicy:
 #: Shared defaults (both immutable), so building a ``Call`` allocates no policy of its own.
 _DEFAULT_POLICY = RetryPolicy()
 _DEFAULT_TIMEOUTS = Timeouts()
+#: The options of a call without request options: shared, so read-only.
+NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(slots=True)
@@ -88,7 +90,7 @@ class Call:
     timeout: float | None = DEFAULT_TIMEOUT
     retry: RetryPolicy = _DEFAULT_POLICY
     timeouts: Timeouts = _DEFAULT_TIMEOUTS
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
     attempts: int = 0
     _deadline: float | None = field(default=None, init=False, repr=False)
     #: Set once a stream is open with the deadline as aiohttp's total timeout: its reads need
@@ -252,11 +254,13 @@ class Call:
         """
         self.attempts += 1
         started = time.monotonic()
+        debug = log.isEnabledFor(logging.DEBUG)  # once: most calls log nothing
         try:
             remaining = self.remaining()
             if remaining is not None and remaining <= 0:
                 raise self._deadline_error()
-            self._log_request(method, url, proxy)
+            if debug:
+                self._log_request(method, url, proxy)
             response = await get_transport().request(
                 self.provider,
                 method,
@@ -279,7 +283,8 @@ class Call:
                 raise
             failure = exc
         else:
-            self._log_success(response.status, started)
+            if debug:
+                self._log_success(response.status, started)
             return response
         again = functools.partial(self._send, method, url, headers, data, proxy, False)
         return await self._retry(failure, again)

@@ -17,6 +17,7 @@ import builtins
 import concurrent.futures
 import logging
 import os
+import random
 import threading
 import time
 import weakref
@@ -178,11 +179,18 @@ def list_models(registry: Registry | None = None) -> ModelList:
     return ModelList(data=models)
 
 
+#: The generator of completion ids: its own, seeded from os.urandom (and again in a forked
+#: child), so a program that seeds ``random`` cannot make two runs, or a parent and its child,
+#: repeat ids; and no system call per answer, as ``os.urandom`` per id would make.
+_ids = random.Random(os.urandom(32))
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
+
+
 def completion_id() -> str:
     """``chatcmpl-`` and 24 random hex digits, the shape of OpenAI's ids (the client's and the
-    server's; os.urandom, so no uuid object is built per answer, and a program that seeds
-    ``random`` still gets ids no other run repeats)."""
-    return f"chatcmpl-{os.urandom(12).hex()}"
+    server's)."""
+    return f"chatcmpl-{_ids.getrandbits(96):024x}"
 
 
 def _completion(completion: Completion, model: str, provider: str) -> ChatCompletion:
@@ -379,7 +387,8 @@ class AsyncCompletions:
         client._attach()
         if not isinstance(model, str):
             raise InvalidRequest(f"model must be a string, got {type(model).__name__}")
-        merged = {**client.defaults, **options}
+        # ``options`` is this call's own dict (from **options): no copy without defaults.
+        merged = {**client.defaults, **options} if client.defaults else options
         if merged:  # (no loop at all for a call without options)
             for name in _NONE_IS_UNSET:
                 if name in merged and merged[name] is None:

@@ -182,6 +182,11 @@ class OpenAICompatible(Provider):
 
 
 def _request_body(provider: str, model: str, messages: list[Message], call: Call) -> dict[str, Any]:
+    """The JSON body: model, messages, then the request options, then ``extra_body``'s fields
+    (which win, as OpenAI's SDK has it)."""
+    body = {"model": model, "messages": _MESSAGES_JSON(messages, mode="json", exclude_unset=True)}
+    if not call.options:  # nearly every call: nothing to copy or check
+        return body
     options = dict(call.options)
     extra = options.pop("extra_body", None) or {}
     if not isinstance(extra, Mapping):
@@ -189,12 +194,9 @@ def _request_body(provider: str, model: str, messages: list[Message], call: Call
             f"{provider}: extra_body must be a dict of fields to add to the request, "
             f"got {type(extra).__name__}"
         )
-    return {
-        "model": model,
-        "messages": _MESSAGES_JSON(messages, mode="json", exclude_unset=True),
-        **options,
-        **extra,
-    }
+    body.update(options)
+    body.update(extra)
+    return body
 
 
 class StreamParser:
