@@ -105,7 +105,12 @@ def route(
         candidates = registry.resolve(target)
     except ModelNotFound as exc:
         raise _not_found(model, target, exc, registry, config) from None
-    usable = [pair for pair in candidates if not config.disabled(pair[0].name)]
+    # Without [providers.*] settings nothing is disabled: no filtering per request then.
+    usable = (
+        [pair for pair in candidates if not config.disabled(pair[0].name)]
+        if config.providers
+        else candidates
+    )
     if not usable:
         names = ", ".join(dict.fromkeys(p.name for p, _ in candidates))
         raise _with_message(

@@ -111,7 +111,10 @@ def validate_messages(messages: object) -> list[Message]:
         InvalidRequest: naming the offending message index and field, e.g.
             ``messages[1].role: Input should be 'system', ... (got 'robot')``.
     """
-    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+    # A list, nearly always: the Sequence check is an ABC's, in Python, so it is skipped then.
+    if type(messages) is not list and (
+        isinstance(messages, str | bytes) or not isinstance(messages, Sequence)
+    ):
         raise InvalidRequest(
             f"messages must be a list of messages, got {type(messages).__name__}; "
             'e.g. [{"role": "user", "content": "Hello"}]'
