@@ -68,8 +68,9 @@ class RetryPolicy:
 #: Shared defaults (both immutable), so building a ``Call`` allocates no policy of its own.
 _DEFAULT_POLICY = RetryPolicy()
 _DEFAULT_TIMEOUTS = Timeouts()
-#: The options of a call without request options: shared, so read-only.
-NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})
+#: One read-only empty mapping, shared: the options of a call without request options, and
+#: the headers of a request sent without any.
+EMPTY_MAPPING: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(slots=True)
@@ -449,7 +450,7 @@ def _encode(
     """The body's bytes, and the headers to send with it: the caller's own mapping (never
     changed) when it already names a Content-Type, else a copy that adds JSON's."""
     if headers is None:
-        headers = _NO_HEADERS
+        headers = EMPTY_MAPPING
     if json_body is None:
         return None, headers
     if "content-type" not in headers and "Content-Type" not in headers:
@@ -459,10 +460,6 @@ def _encode(
         else:
             headers = {**headers, "Content-Type": "application/json"}
     return encode_json(json_body).encode("utf-8"), headers
-
-
-#: No headers (read-only: ``_encode`` hands it on as it is).
-_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 #: The JSON rules of every request body: UTF-8 kept as is, NaN and infinities refused.

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any, ClassVar, NoReturn, Self
 
 from . import errors
-from ._call import _JSON, NO_OPTIONS, Call, RetryPolicy
+from ._call import _JSON, EMPTY_MAPPING, Call, RetryPolicy
 from ._config import Config, get_config
 from ._proxy import checked_proxy
 from ._types import Chunk, FinishReason, Message, Messages, Usage, validate_messages
@@ -133,7 +133,7 @@ class Provider:
 
         ``config`` saves a look-up when the caller already holds the configuration.
         """
-        options: Mapping[str, Any] = NO_OPTIONS
+        options: Mapping[str, Any] = EMPTY_MAPPING
         for key in kwargs:  # any request option? (a loop: no key view or set per call)
             if key not in CALL_OPTIONS:  # checked against what this provider supports
                 options = cls._request_options(kwargs)
