@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pydantic import TypeAdapter
 from llmrelay import Call, Chunk, Completion, FinishReason, Message, Provider, Usage, errors
 from llmrelay._config import EndpointConfig
 from llmrelay._endpoints import cached_models, request_headers
+from llmrelay._env import getenv
 from llmrelay._json import loads
 from llmrelay._provider import _owner
 from llmrelay.sse import SSEDecoder, SSETooLarge
@@ -110,7 +110,7 @@ class OpenAICompatible(Provider):
         it called on every request, as before."""
         if cls._custom_headers:
             return cls.headers()
-        key = os.environ.get(cls.api_key_env) if cls.api_key_env else None
+        key = getenv(cls.api_key_env) if cls.api_key_env else None
         built = cls._headers_built
         if (
             built is not None
