@@ -134,11 +134,14 @@ class OpenAICompatible(Provider):
     @classmethod
     async def complete(cls, model: str, messages: list[Message], call: Call) -> Completion:
         """A whole answer: one request without ``"stream": true``."""
-        body = _request_body(cls.name, model, messages, call)
-        body.pop("stream_options", None)  # servers refuse it without "stream": true
+        # The body is built in the argument list, not held in a local: a local would keep it
+        # (three objects) alive for as long as the answer is awaited.
         try:
             answer = await call.request(
-                "POST", call.url(cls.api_endpoint or ""), headers=cls._headers(), json_body=body
+                "POST",
+                call.url(cls.api_endpoint or ""),
+                headers=cls._headers(),
+                json_body=_whole_answer_body(cls.name, model, messages, call),
             )
         except errors.HTTPStatusError as exc:
             raise upstream_error(exc) from None
@@ -179,6 +182,16 @@ class OpenAICompatible(Provider):
                     break
         for chunk in parser.ending():
             yield chunk
+
+
+def _whole_answer_body(
+    provider: str, model: str, messages: list[Message], call: Call
+) -> dict[str, Any]:
+    """The JSON body of a whole answer: without ``stream_options``, which servers refuse
+    without ``"stream": true``."""
+    body = _request_body(provider, model, messages, call)
+    body.pop("stream_options", None)
+    return body
 
 
 def _request_body(provider: str, model: str, messages: list[Message], call: Call) -> dict[str, Any]:
