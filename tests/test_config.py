@@ -125,6 +125,29 @@ def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatc
         load_config()
 
 
+@pytest.mark.parametrize("blank", ["", " ", "\t \n"])
+def test_empty_or_blank_environment_values_mean_the_default(
+    blank: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in ("LLMRELAY_TIMEOUT", "LLMRELAY_MAX_RETRIES", "LLMRELAY_MODEL"):
+        monkeypatch.setenv(variable, blank)
+    config = load_config()
+    defaults = Config()
+    assert (config.timeout, config.max_retries, config.default_model) == (
+        defaults.timeout,
+        defaults.max_retries,
+        defaults.default_model,
+    )
+    assert config._environment == ()
+
+
+def test_timeout_none_in_the_environment_may_carry_spaces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LLMRELAY_TIMEOUT", " None ")
+    assert load_config().timeout is None
+
+
 def test_missing_explicit_file_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLMRELAY_CONFIG", str(tmp_path / "nope.toml"))
     with pytest.raises(ConfigError, match="does not exist"):

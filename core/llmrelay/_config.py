@@ -318,10 +318,10 @@ def load_config() -> Config:
     env_used: list[str] = []
     for variable, key in _ENV_FIELDS.items():
         raw = os.environ.get(variable)
-        if raw is None or raw == "":
+        if raw is None or not raw.strip():  # unset, empty or blank: the default
             continue
         env_used.append(variable)
-        data[key] = None if key == "timeout" and raw.lower() == "none" else raw
+        data[key] = None if key == "timeout" and raw.strip().lower() == "none" else raw
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
