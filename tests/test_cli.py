@@ -115,3 +115,31 @@ def test_help_is_lazy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_providers_marks_a_provider_the_configuration_disables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from llmrelay.cli import cli
+
+    config = tmp_path / "config.toml"
+    config.write_text("[providers.pizzagpt]\ndisabled = true\n", encoding="utf-8")
+    monkeypatch.setenv("LLMRELAY_CONFIG", str(config))
+    text = CliRunner().invoke(cli, ["providers"])
+    assert text.exit_code == 0, text.output
+    assert (
+        "pizzagpt  (not working; disabled in the configuration; from llmrelay-pizzagpt)"
+        in text.output
+    )
+    data = CliRunner().invoke(cli, ["providers", "--json"])
+    rows = {row["name"]: row for row in json.loads(data.output)["providers"]}
+    assert rows["pizzagpt"]["disabled"] is True
+
+    config.write_text("", encoding="utf-8")
+    data = CliRunner().invoke(cli, ["providers", "--json"])
+    rows = {row["name"]: row for row in json.loads(data.output)["providers"]}
+    assert rows["pizzagpt"]["disabled"] is False

@@ -125,9 +125,11 @@ def chat(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def providers(as_json: bool) -> None:
     """List every provider, and every plugin that failed to load."""
+    from ._config import get_config
     from ._registry import get_registry
 
     registry = get_registry()
+    config = get_config()
     rows: list[dict[str, Any]] = [
         {
             "name": info.provider.name,
@@ -135,6 +137,7 @@ def providers(as_json: bool) -> None:
             "models": list(info.provider.models),
             "default_model": info.provider.default_model,
             "working": info.provider.working,
+            "disabled": config.disabled(info.provider.name),
             "supports_stream": info.provider.supports_stream,
             "needs_auth": info.provider.needs_auth,
             "url": info.provider.url,
@@ -154,6 +157,8 @@ def providers(as_json: bool) -> None:
         click.echo("no providers installed (pip install llmrelay-pizzagpt, for one)")
     for row in rows:
         state = "working" if row["working"] else "not working"
+        if row["disabled"]:
+            state += "; disabled in the configuration"
         click.echo(
             f"{row['name']}  ({state}; from {row['distribution'] or row['plugin']})\n"
             f"  url: {row['url']}\n  models: {', '.join(row['models']) or '-'}"
