@@ -11,6 +11,7 @@ from aiohttp import web
 
 import llmrelay
 import llmrelay._config as llmrelay_config
+import llmrelay._redact as llmrelay_redact
 from llmrelay._registry import Registry, build_registry, set_registry
 from llmrelay._routing import health
 
@@ -28,6 +29,8 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # file on every call (test_config.py checks the once-a-second default on its own).
     monkeypatch.setattr(llmrelay_config, "FILE_CHECK_INTERVAL", 0.0)
     monkeypatch.setattr(llmrelay_config, "_cache", None)
+    # Secret values remembered for redaction belong to the test that used them.
+    monkeypatch.setattr(llmrelay_redact, "_known", {})
     health.reset()
     yield
     llmrelay.reset_registry()

@@ -96,6 +96,15 @@ def test_environment_overrides_the_file(config_file: Path, monkeypatch: pytest.M
         ("defualt_model = 'x'", "defualt_model: unknown key"),
         ("proxy = 'ftp://x:1'", "unsupported proxy scheme"),
         ("[[endpoints]]\nname = 'a'\nbase_url = 'localhost:8000'", "endpoints.0.base_url"),
+        ("[[endpoints]]\nname = 'a'\nbase_url = 'http://'", "endpoints.0.base_url: has no host"),
+        (
+            "[[endpoints]]\nname = 'a'\nbase_url = 'http://h:99999/v1'",
+            "endpoints.0.base_url: has a bad port",
+        ),
+        (
+            "[[endpoints]]\nname = 'a'\nbase_url = 'http://a b/v1'",
+            "endpoints.0.base_url: must not contain spaces",
+        ),
         (
             "[[endpoints]]\nname = 'a'\nbase_url = 'http://h'\n"
             "headers = { Authorization = 'Bearer sk-abcdefghijkl' }",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -439,3 +440,34 @@ def test_llmrelay_models_refresh(tmp_path: Path, cache_dir: Path) -> None:
     assert down.exit_code == 1
     assert down.stderr.startswith("error: local: cannot connect to 127.0.0.1:")
     assert json.loads(path.read_text())["models"] == ["gpt-4o-mini", "llama3"]  # kept
+
+
+async def test_a_key_the_server_quotes_back_is_scrubbed_whatever_its_shape(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Not a vendor shape (sk-..., Bearer ...): only knowing the value can hide it.
+    key = "plainsecretvalue42"
+
+    async def refuse(request: web.Request) -> web.Response:
+        sent = request.headers["Authorization"].removeprefix("Bearer ")
+        return web.json_response(
+            {"error": {"message": f"Incorrect API key provided: {sent}", "code": "invalid"}},
+            status=401,
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", refuse)
+    base = await serve(app)
+    endpoint = EndpointConfig(
+        name="quoter", base_url=f"{base}/v1", models=("m",), api_key_env="QUOTER_KEY"
+    )
+    monkeypatch.setenv("QUOTER_KEY", key)
+    caplog.set_level(logging.DEBUG, logger="llmrelay")
+    for stream in (False, True):
+        refused = r"Incorrect API key provided: \*\*\*"
+        with pytest.raises(AuthenticationFailed, match=refused) as info:
+            await provider_for(endpoint).create_async_generator("m", HI, stream=stream).text()
+        shown = f"{info.value} {info.value!r} {info.value.body}"
+        assert key not in shown
+    assert "Incorrect API key" in caplog.text
+    assert key not in caplog.text

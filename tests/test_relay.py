@@ -358,3 +358,25 @@ async def test_a_stream_closed_before_reading_sends_nothing(
     await stream.aclose()
     assert [chunk async for chunk in stream] == []
     assert state.hits["/ok"] == 0
+
+
+@pytest.mark.parametrize(
+    ("base_url", "endpoint", "url"),
+    [
+        ("https://h/v1", "/chat/completions", "https://h/v1/chat/completions"),
+        ("https://h/v1/", "chat/completions", "https://h/v1/chat/completions"),
+        (
+            "https://h/openai?api-version=2024-06-01",
+            "/chat/completions",
+            "https://h/openai/chat/completions?api-version=2024-06-01",
+        ),
+        ("https://h/o/?v=1", "/models?limit=5", "https://h/o/models?limit=5&v=1"),
+        ("https://h/v1?v=1", "", "https://h/v1?v=1"),
+    ],
+)
+def test_call_url_joins_the_path_before_the_base_urls_query(
+    base_url: str, endpoint: str, url: str
+) -> None:
+    from llmrelay import Call
+
+    assert Call(provider="p", base_url=base_url).url(endpoint) == url

@@ -111,3 +111,51 @@ async def test_no_secret_reaches_cassettes_logs_or_errors(
             "m", [{"role": "user", "content": "hi"}], proxy=f"ftp://alice:{PROXY_PASSWORD}@h:1"
         )
     _assert_clean("the proxy error", f"{bad_proxy.value} {bad_proxy.value!r}")
+
+
+def test_secrets_in_a_base_url_stay_out_of_reprs_listings_and_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from llmrelay._config import EndpointConfig
+    from llmrelay.cli import cli
+
+    url = "http://u:URLPASS555@127.0.0.1:9/v1?api-version=2024&key=QUERYKEY444"
+    config = tmp_path / "config.toml"
+    config.write_text(f'[[endpoints]]\nname = "azure"\nbase_url = "{url}"\nmodels = ["m"]\n')
+    monkeypatch.setenv("LLMRELAY_CONFIG", str(config))
+    shown = [
+        repr(EndpointConfig(name="azure", base_url=url)),
+        repr(Call(provider="azure", base_url=url)),
+        CliRunner().invoke(cli, ["providers"]).output,
+        json.dumps(json.loads(CliRunner().invoke(cli, ["providers", "--json"]).output)),
+    ]
+    with pytest.raises(errors.InvalidRequest) as info:
+        Leaky.make_call(base_url="ftp://u:URLPASS555@h/v1")
+    shown.append(str(info.value))
+    for text in shown:
+        assert "URLPASS555" not in text
+        assert "QUERYKEY444" not in text
+    assert "u:***@127.0.0.1:9/v1" in shown[2]
+
+
+@pytest.mark.parametrize(
+    ("proxy", "shown"),
+    [
+        ("bob:PROXYPASS777@h:1", "bob:***@h:1"),
+        ("ftp//bob:PROXYPASS777@h", "ftp//bob:***@h"),
+        ("PROXYPASS777@h:1", "***@h:1"),
+    ],
+)
+def test_a_proxy_without_a_scheme_keeps_its_password_out_of_the_error(
+    proxy: str, shown: str
+) -> None:
+    from llmrelay._proxy import parse_proxy
+
+    with pytest.raises(errors.InvalidRequest) as info:
+        parse_proxy(proxy)
+    assert "PROXYPASS777" not in str(info.value)
+    assert repr(shown) in str(info.value)

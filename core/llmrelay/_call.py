@@ -98,11 +98,27 @@ class Call:
     #: no timer of their own.
     _transport_bounds_reads: bool = field(default=False, init=False, repr=False)
 
+    def __repr__(self) -> str:
+        # Not the dataclass's: the base URL may carry a key (``?key=...``, ``user:pass@``).
+        return (
+            f"Call(provider={self.provider!r}, base_url={redact(self.base_url)!r}, "
+            f"stream={self.stream!r}, timeout={self.timeout!r}, retry={self.retry!r}, "
+            f"timeouts={self.timeouts!r}, options={dict(self.options)!r}, "
+            f"attempts={self.attempts!r})"
+        )
+
     def url(self, endpoint: str = "") -> str:
-        """An absolute URL: the base URL (``url`` or ``base_url=``) joined with ``endpoint``."""
+        """An absolute URL: the base URL (``url`` or ``base_url=``) joined with ``endpoint``.
+
+        A query in the base URL (``...?api-version=2024-06-01``, as Azure's) stays at the end.
+        """
         if not endpoint:
             return self.base_url
-        return f"{self.base_url.rstrip('/')}/{endpoint.lstrip('/')}"
+        base, mark, query = self.base_url.partition("?")
+        joined = f"{base.rstrip('/')}/{endpoint.lstrip('/')}"
+        if not mark:
+            return joined
+        return f"{joined}{'&' if '?' in endpoint else '?'}{query}"
 
     def proxy_for(self, url: str) -> ProxyURL | None:
         return proxy_for(url, self.proxy, self.default_proxy)

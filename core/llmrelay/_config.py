@@ -17,9 +17,11 @@ import json
 import os
 import time
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -81,7 +83,23 @@ class EndpointConfig(_Strict):
     def _absolute(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an absolute http:// or https:// URL")
+        if any(c.isspace() for c in value):
+            raise ValueError("must not contain spaces (percent-encode them)")
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - a port out of range or not a number raises here
+        except ValueError:
+            raise ValueError("has a bad port (a number from 1 to 65535)") from None
+        if not parts.hostname:
+            raise ValueError("has no host (e.g. http://127.0.0.1:8000/v1)")
         return value.rstrip("/")
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # The base URL may carry a key (``?key=...``, ``user:pass@``): never in a repr.
+        from ._redact import redact
+
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if name == "base_url" and isinstance(value, str) else value
 
     @field_validator("headers")
     @classmethod

@@ -21,6 +21,7 @@ from typing import Any
 
 from . import errors
 from ._config import EndpointConfig
+from ._redact import remember_secret
 
 __all__ = [
     "cache_dir",
@@ -51,6 +52,7 @@ def request_headers(
             raise errors.AuthenticationFailed(
                 f"no API key: set the environment variable {api_key_env}", provider=provider
             )
+        remember_secret(key)  # scrubbed from errors and logs even if a server quotes it back
         headers["Authorization"] = f"Bearer {key}"
     return headers
 

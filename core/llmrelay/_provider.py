@@ -14,6 +14,7 @@ from . import errors
 from ._call import _JSON, EMPTY_MAPPING, Call, RetryPolicy
 from ._config import Config, get_config
 from ._proxy import checked_proxy
+from ._redact import redact
 from ._types import Chunk, FinishReason, Message, Messages, Usage, validate_messages
 
 __all__ = ["ChunkStream", "Completion", "Provider"]
@@ -147,9 +148,8 @@ class Provider:
                 checked_proxy(proxy)  # a bad proxy URL is refused before any I/O
         base_url = kwargs.get("base_url") or cls.url
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise errors.InvalidRequest(
-                f"base_url must be an absolute http(s) URL, got {base_url!r}"
-            )
+            shown = redact(base_url) if isinstance(base_url, str) else base_url
+            raise errors.InvalidRequest(f"base_url must be an absolute http(s) URL, got {shown!r}")
         if config is None:
             config = get_config()  # a broken file or environment variable is reported here
         timeout = config.timeout

@@ -68,7 +68,7 @@ def parse_proxy(value: str, *, source: str | None = None) -> ProxyURL:
             the message lists the accepted schemes and shows the URL with its password hidden.
         ConfigError: the same, for a value taken from the environment variable ``source``.
     """
-    from ._redact import redact
+    from ._redact import redact, remember_secret
 
     if not isinstance(value, str):
         raise InvalidRequest(f"proxy must be a URL string, got {type(value).__name__}")
@@ -99,6 +99,8 @@ def parse_proxy(value: str, *, source: str | None = None) -> ProxyURL:
         raise refuse("port 0")
     if port is None:
         port = {"http": 80, "https": 443}.get(scheme, 1080)
+    if parts.password is not None:
+        remember_secret(unquote(parts.password))
     return ProxyURL(
         scheme=scheme,
         host=parts.hostname,
@@ -115,6 +117,12 @@ def _hide_password(value: str, redact: Callable[[str], str]) -> str:
         password = urlsplit(value.strip()).password
         if password and password in shown:
             shown = shown.replace(password, "***")
+    at = shown.rfind("@")
+    if at > 0 and "://" not in shown:
+        # No scheme: not a URL to the redaction patterns, yet "user:password@host" or
+        # "token@host" all the same. Keep the user, hide the rest of what precedes the "@".
+        colon = shown.find(":")
+        shown = (shown[: colon + 1] if 0 <= colon < at else "") + "***" + shown[at:]
     return shown
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["REDACTED", "SECRET_HEADERS", "redact"]
+__all__ = ["REDACTED", "SECRET_HEADERS", "redact", "remember_secret"]
 
 REDACTED = "***"
 
@@ -49,8 +49,32 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
 ]
 
 
+#: Secret values llmrelay itself put into requests (API keys read from the environment, proxy
+#: passwords), scrubbed wherever they appear, whatever their shape: a server that quotes the
+#: key it refused ("Incorrect API key provided: ...") must not put it in an error or a log.
+#: Insertion-ordered, bounded (a process that rotates keys forgets the oldest first).
+_known: dict[str, None] = {}
+#: Shorter values are not remembered: scrubbing every "abc" would garble messages.
+MIN_SECRET_LENGTH = 6
+_MAX_KNOWN = 256
+
+
+def remember_secret(value: str | None) -> None:
+    """Scrub ``value`` from everything :func:`redact` sees from now on (if it is at least
+    ``MIN_SECRET_LENGTH`` characters long)."""
+    if not value or len(value) < MIN_SECRET_LENGTH or value in _known:
+        return
+    if len(_known) >= _MAX_KNOWN:
+        del _known[next(iter(_known))]
+    _known[value] = None
+
+
 def redact(text: str) -> str:
     """Return ``text`` with passwords, tokens and API keys replaced by ``***``."""
+    if _known:
+        for secret in sorted(_known, key=len, reverse=True):  # a key inside another: longest first
+            if secret in text:
+                text = text.replace(secret, REDACTED)
     for pattern, _group in _PATTERNS:
         text = pattern.sub(_keep_prefix, text)
     return text

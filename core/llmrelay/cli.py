@@ -126,6 +126,7 @@ def chat(
 def providers(as_json: bool) -> None:
     """List every provider, and every plugin that failed to load."""
     from ._config import get_config
+    from ._redact import redact
     from ._registry import get_registry
 
     registry = get_registry()
@@ -140,7 +141,7 @@ def providers(as_json: bool) -> None:
             "disabled": config.disabled(info.provider.name),
             "supports_stream": info.provider.supports_stream,
             "needs_auth": info.provider.needs_auth,
-            "url": info.provider.url,
+            "url": redact(info.provider.url),  # an endpoint's base_url may carry a key
             "plugin": info.plugin,
             "distribution": info.distribution,
         }
