@@ -471,3 +471,23 @@ async def test_a_key_the_server_quotes_back_is_scrubbed_whatever_its_shape(
         assert key not in shown
     assert "Incorrect API key" in caplog.text
     assert key not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ({"weight": float("nan")}, "Out of range float"),
+        ({"tags": {"a", "b"}}, "set is not JSON serializable"),
+        ({"blob": b"\xff"}, "bytes is not JSON serializable"),
+        ({"name": "x\ud800"}, "lone surrogate"),
+    ],
+)
+async def test_message_fields_json_cannot_carry_are_refused_not_altered(
+    serve: Serve, extra: dict[str, Any], words: str
+) -> None:
+    provider, app = await _provider(serve)
+    messages = [{"role": "user", "content": "Hi", **extra}]
+    for stream in (False, True):
+        with pytest.raises(errors.InvalidRequest, match=words):
+            await provider.create_async_generator("llama3", messages, stream=stream).text()
+    assert app[STATE].hits == 0

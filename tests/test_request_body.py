@@ -87,3 +87,22 @@ def test_no_body_sends_no_content_type() -> None:
     data, sent = _encode(None, {"Accept": "application/json"})
     assert data is None
     assert dict(sent) == {"Accept": "application/json"}
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"question": "x\ud800"}, "'\\ud800', a lone surrogate"),
+        ({"a": math.nan}, "Out of range float values"),
+        ({"a": {1, 2}}, "set is not JSON serializable"),
+        ({"a": b"\xff"}, "bytes is not JSON serializable"),
+    ],
+)
+def test_what_json_cannot_carry_as_it_is_is_refused_naming_the_provider(
+    body: dict[str, Any], words: str
+) -> None:
+    from llmrelay.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match=r"^p: the request cannot be sent as JSON") as info:
+        _encode(body, None, "p")
+    assert words in str(info.value)

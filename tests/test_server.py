@@ -988,3 +988,33 @@ def test_prepare_process_sizes_the_pool_and_the_file_limit() -> None:
     finally:
         transport.limit = before
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        (b'{"role": "user", "content": "x\\ud800"}', "lone surrogate"),
+        (b'{"role": "user", "content": "x", "name": "\\udfff"}', "lone surrogate"),
+    ],
+)
+async def test_text_utf8_cannot_carry_is_400_not_a_server_error(
+    replica: ReplicaState,
+    relay_server: StartServer,
+    http: aiohttp.ClientSession,
+    stream: bool,
+    raw: bytes,
+    words: str,
+) -> None:
+    # Valid JSON ("\ud800" is a legal escape), yet no UTF-8 request can carry it upstream.
+    server = await relay_server()
+    body = b'{"model": "llama3", "stream": %s, "messages": [%s]}' % (
+        b"true" if stream else b"false",
+        raw,
+    )
+    async with http.post(f"{server.url}/v1/chat/completions", data=body) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert error["type"] == "invalid_request_error"
+    assert words in error["message"]
+    assert replica.hits == 0

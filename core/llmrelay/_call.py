@@ -383,7 +383,7 @@ class Call:
         bytes recorded in a cassette. A plain method that returns the coroutine of the
         attempts (see :meth:`_send`): one coroutine less alive per request in flight.
         """
-        data, headers = _encode(json_body, headers)
+        data, headers = _encode(json_body, headers, self.provider)
         self.start()
         return self._send(method, url, headers, data, self.proxy_for(url))
 
@@ -404,7 +404,7 @@ class Call:
         json_body: Any = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Open a streamed response (retrying the opening only) and yield it unread."""
-        data, headers = _encode(json_body, headers)
+        data, headers = _encode(json_body, headers, self.provider)
         proxy = self.proxy_for(url)
         transport = get_transport()
         stack = contextlib.AsyncExitStack()
@@ -461,10 +461,16 @@ class stop_when(stop_base):
 
 
 def _encode(
-    json_body: Any, headers: Mapping[str, str] | None
+    json_body: Any, headers: Mapping[str, str] | None, provider: str = ""
 ) -> tuple[bytes | None, Mapping[str, str]]:
     """The body's bytes, and the headers to send with it: the caller's own mapping (never
-    changed) when it already names a Content-Type, else a copy that adds JSON's."""
+    changed) when it already names a Content-Type, else a copy that adds JSON's.
+
+    Raises:
+        InvalidRequest: the body holds what JSON cannot carry, or not as it is (NaN, a set,
+            bytes, a lone surrogate, which no UTF-8 text can hold): refused before any I/O
+            rather than sent altered.
+    """
     if headers is None:
         headers = EMPTY_MAPPING
     if json_body is None:
@@ -475,7 +481,17 @@ def _encode(
                 break
         else:
             headers = {**headers, "Content-Type": "application/json"}
-    return encode_json(json_body).encode("utf-8"), headers
+    try:
+        return encode_json(json_body).encode("utf-8"), headers
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end]
+        problem = f"it holds {bad!r}, a lone surrogate, which is not text UTF-8 can carry"
+    except (TypeError, ValueError) as exc:
+        problem = str(exc)
+    who = f"{provider}: " if provider else ""
+    raise errors.InvalidRequest(
+        f"{who}the request cannot be sent as JSON ({problem}); check the messages and options"
+    )
 
 
 #: The JSON rules of every request body: UTF-8 kept as is, NaN and infinities refused.

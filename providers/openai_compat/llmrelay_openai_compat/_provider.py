@@ -51,9 +51,10 @@ OPTIONS = frozenset(
 #: single-model servers (llama.cpp, LM Studio with one model loaded) answer whatever it is.
 PLACEHOLDER_MODEL = "default"
 
-#: The messages as JSON data in one call into pydantic-core (``model_dump`` per message
-#: adds a Python layer for each).
-_MESSAGES_JSON = TypeAdapter(list[Message]).serializer.to_python
+#: The messages as plain data in one call into pydantic-core (``model_dump`` per message
+#: adds a Python layer for each). Python mode, not JSON mode: JSON mode would turn NaN into
+#: null and a set into a list without a word; as they are, the body encoder refuses them.
+_MESSAGES_DATA = TypeAdapter(list[Message]).serializer.to_python
 
 _FINISH = {
     "stop": "stop",
@@ -197,7 +198,7 @@ def _whole_answer_body(
 def _request_body(provider: str, model: str, messages: list[Message], call: Call) -> dict[str, Any]:
     """The JSON body: model, messages, then the request options, then ``extra_body``'s fields
     (which win, as OpenAI's SDK has it)."""
-    body = {"model": model, "messages": _MESSAGES_JSON(messages, mode="json", exclude_unset=True)}
+    body = {"model": model, "messages": _MESSAGES_DATA(messages, exclude_unset=True)}
     if not call.options:  # nearly every call: nothing to copy or check
         return body
     options = dict(call.options)
