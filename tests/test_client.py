@@ -481,8 +481,9 @@ async def test_bad_input_is_refused_before_any_io(local: ReplicaState) -> None:
             )
         with pytest.raises(InvalidRequest, match="model must be a string"):
             await client.chat.completions.create(model=None, messages=HI)  # type: ignore[call-overload]
-        with pytest.raises(InvalidRequest, match="timeout"):
-            await client.chat.completions.create(model="llama3", messages=HI, timeout=-1)
+        for bad in (-1, 0, float("inf"), float("nan"), "10", True):
+            with pytest.raises(InvalidRequest, match="timeout must be a positive, finite number"):
+                await client.chat.completions.create(model="llama3", messages=HI, timeout=bad)
     assert local.hits == 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Mapping
 from dataclasses import dataclass
@@ -273,9 +274,14 @@ def _check_encodable(provider: str, options: dict[str, Any]) -> None:
 
 def _checked_timeout(timeout: object) -> float | None:
     if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout < math.inf  # also refuses NaN, which compares false to everything
     ):
-        raise errors.InvalidRequest(f"timeout must be a positive number or None, got {timeout!r}")
+        raise errors.InvalidRequest(
+            f"timeout must be a positive, finite number of seconds or None (no deadline), "
+            f"got {timeout!r}"
+        )
     return None if timeout is None else float(timeout)
 
 
