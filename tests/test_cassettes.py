@@ -134,3 +134,27 @@ async def test_recording_refuses_to_overwrite_unless_told(serve: Serve, tmp_path
             "echo-1", [{"role": "user", "content": "again"}], base_url=base
         ).text()
     assert '"prompt": "again"' in path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("foo: 1\n", "KeyError"),
+        ("- 1\n", "TypeError"),
+        ("interactions:\n- request: 1\n", "TypeError"),
+        ("a: [\n", "ParserError"),
+        ("", "CassetteNotFoundError"),
+    ],
+)
+def test_a_file_that_is_not_a_cassette_is_one_clear_error(
+    tmp_path: Path, text: str, why: str
+) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(text, encoding="utf-8")
+    with (
+        pytest.raises(CassetteMismatch, match="is not a valid cassette") as info,
+        cassette(path),
+    ):
+        pass
+    assert why in str(info.value)
+    assert "\n" not in str(info.value)

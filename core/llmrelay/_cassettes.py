@@ -198,6 +198,8 @@ def cassette(
     # as it would meet a server that keeps failing.
     recorder = vcr.VCR(record_mode="none" if mode == "replay" else "all", **vcr_config(rewrite))
     recorder.register_matcher("json_body", json_body)
+    if mode == "replay":
+        _check_loadable(recorder, target)
     try:
         with recorder.use_cassette(
             str(target), allow_playback_repeats=mode == "replay"
@@ -205,6 +207,24 @@ def cassette(
             yield recorded
     except CannotOverwriteExistingCassetteException as exc:
         raise mismatch_error(exc) from None
+
+
+def _check_loadable(recorder: Any, target: Path) -> None:
+    """Refuse a file that is not a cassette, with one line that says so.
+
+    vcrpy would raise whatever its YAML loader or its own code meets (a parser error, a
+    ``KeyError: 'interactions'``, a ``TypeError``), or treat the file as empty after logging a
+    traceback; a cassette given to replay is read once here first.
+    """
+    serializer = recorder.serializers[recorder.serializer]
+    try:
+        recorder.persister.load_cassette(str(target), serializer=serializer)
+    except Exception as exc:  # anything the loader meets means the same: not a cassette
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise errors.CassetteMismatch(
+            f"{str(target)!r} is not a valid cassette ({type(exc).__name__}: {redact(detail)}); "
+            "record one with `llmrelay record` or the cassette() helper"
+        ) from None
 
 
 def as_mismatch(exc: BaseException) -> errors.CassetteMismatch | None:
