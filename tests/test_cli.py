@@ -143,3 +143,24 @@ def test_providers_marks_a_provider_the_configuration_disables(
     data = CliRunner().invoke(cli, ["providers", "--json"])
     rows = {row["name"]: row for row in json.loads(data.output)["providers"]}
     assert rows["pizzagpt"]["disabled"] is False
+
+
+def test_models_says_why_it_lists_none_when_a_provider_is_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from llmrelay.cli import cli
+
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[[endpoints]]\nname = "bare"\nbase_url = "http://127.0.0.1:9/v1"\n'
+        "[providers.pizzagpt]\ndisabled = true\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("LLMRELAY_CONFIG", str(config))
+    monkeypatch.setenv("LLMRELAY_CACHE_DIR", str(tmp_path / "cache"))
+    result = CliRunner().invoke(cli, ["models"])
+    assert result.exit_code == 0, result.output
+    assert "no provider lists any" in result.output
+    assert "--refresh NAME" in result.output

@@ -161,6 +161,9 @@ def test_missing_explicit_file_is_an_error(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("LLMRELAY_CONFIG", str(tmp_path / "nope.toml"))
     with pytest.raises(ConfigError, match="does not exist"):
         load_config()
+    monkeypatch.setenv("LLMRELAY_CONFIG", str(tmp_path))
+    with pytest.raises(ConfigError, match="which is not a file"):
+        load_config()
 
 
 @pytest.mark.parametrize(

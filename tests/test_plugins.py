@@ -592,9 +592,13 @@ def test_cli_providers_json(cli: dict[str, subprocess.CompletedProcess[str]]) ->
         dist, target, error = FAILURES[failed["plugin"]]
         assert (failed["distribution"], failed["target"]) == (dist, target)
         assert failed["error"].startswith(error)
-    # The duplicate is a warning on stderr, not a failure.
+    # The duplicate is a warning on stderr, not a failure: one line, no source line.
     assert DUPLICATE.replace("\\", "") in run.stderr
     assert "RuntimeWarning" in run.stderr
+    warned = [line for line in run.stderr.splitlines() if "already registered" in line]
+    assert warned
+    assert all(line.startswith("warning: ") for line in warned)
+    assert "build_registry()" not in run.stderr
 
 
 def test_cli_providers_text(cli: dict[str, subprocess.CompletedProcess[str]]) -> None:

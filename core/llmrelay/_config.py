@@ -331,7 +331,8 @@ def load_config() -> Config:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     elif os.environ.get("LLMRELAY_CONFIG"):
-        raise ConfigError(f"LLMRELAY_CONFIG points to {str(path)!r}, which does not exist")
+        what = "is not a file" if path.exists() else "does not exist"
+        raise ConfigError(f"LLMRELAY_CONFIG points to {str(path)!r}, which {what}")
     _check(data, source or "defaults")
     env_used: list[str] = []
     for variable, key in _ENV_FIELDS.items():

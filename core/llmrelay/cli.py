@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import warnings
 from typing import Any
 
 import click
@@ -43,10 +44,26 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """One async, streaming interface over many LLM chat backends."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    if not debug:
+        warnings.showwarning = _show_warning
     if debug:
         import logging
 
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """A warning as one line on stderr (``warning: ... (RuntimeWarning)``), not Python's two
+    with a source line: at a terminal, the message is what matters (``--debug`` keeps the
+    usual form)."""
+    click.echo(f"warning: {message} ({category.__name__})", err=True)
 
 
 @cli.command()
@@ -189,7 +206,15 @@ def models(as_json: bool, refresh: tuple[str, ...]) -> None:
         click.echo(json.dumps(table, indent=2))
         return
     if not table:
-        click.echo("no models: no providers installed")
+        from ._registry import get_registry
+
+        if get_registry().providers:
+            click.echo(
+                "no models: no provider lists any (an OpenAI-compatible endpoint without "
+                "`models` serves the list `llmrelay models --refresh NAME` fetches)"
+            )
+        else:
+            click.echo("no models: no providers installed")
     width = max((len(m) for m in table), default=0)
     for model, names in table.items():
         click.echo(f"{model.ljust(width)}  {', '.join(names)}")
