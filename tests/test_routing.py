@@ -162,6 +162,19 @@ def test_unknown_model_suggests_close_names(registry: Registry) -> None:
     assert "did you mean 'other'" in str(info.value)
 
 
+def test_a_pinned_name_whose_provider_is_not_registered_says_so(registry: Registry) -> None:
+    with pytest.raises(ModelNotFound) as info:
+        route("echo/echo-1", registry, config())
+    names = ", ".join(registry.providers)
+    assert str(info.value) == (
+        "no provider serves model 'echo/echo-1': no provider is registered as 'echo' "
+        f"(registered: {names}; is its plugin installed?)"
+    )
+    with pytest.raises(ModelNotFound) as info:
+        route("otehr/m", registry, config())
+    assert "no provider is registered as 'otehr'" in str(info.value)
+
+
 def test_config_problems_name_the_typos(registry: Registry) -> None:
     cfg = config(
         default_model="nope",

@@ -152,7 +152,20 @@ def _not_found(
         return exc  # the provider's own suggestions: its models
     known = [*registry.models_names(), *config.aliases]
     close = difflib.get_close_matches(model, list(dict.fromkeys(known)), n=3, cutoff=0.4)
-    return ModelNotFound(model, close or exc.suggestions)
+    found = ModelNotFound(model, close or exc.suggestions)
+    if pinned:  # "name/model" with no provider "name": most often a plugin not installed
+        names = ", ".join(registry.providers) or "none"
+        hint = (
+            f"; did you mean {', '.join(map(repr, found.suggestions))}?"
+            if found.suggestions
+            else ""
+        )
+        return _with_message(
+            found,
+            f"no provider serves model {model!r}: no provider is registered as {prefix!r} "
+            f"(registered: {names}; is its plugin installed?){hint}",
+        )
+    return found
 
 
 def _with_message(exc: ModelNotFound, message: str) -> ModelNotFound:
