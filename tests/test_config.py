@@ -298,6 +298,10 @@ def test_llmrelay_config_warns_about_names_nothing_matches(tmp_path: Path) -> No
     ]
     defaults = runner.invoke(cli, ["config"], env={"XDG_CONFIG_HOME": str(tmp_path / "none")})
     assert defaults.stdout.startswith("# the effective configuration, from defaults (no file at ")
+    no_deadline = runner.invoke(
+        cli, ["config"], env={"XDG_CONFIG_HOME": str(tmp_path / "none"), "LLMRELAY_TIMEOUT": "none"}
+    )
+    assert "\n# timeout: none (no deadline)\n" in no_deadline.stdout
     missing = runner.invoke(cli, ["config"], env={"LLMRELAY_CONFIG": str(tmp_path / "no.toml")})
     assert missing.exit_code == 1
     assert missing.stderr.startswith("error: LLMRELAY_CONFIG points to ")

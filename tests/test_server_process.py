@@ -189,7 +189,7 @@ async def test_a_busy_port_is_a_clear_error(run_server: Callable[..., Process]) 
         for workers in ("1", "2"):
             server = run_server("--port", port, "--workers", workers)
             assert await server.exit_code() == 1
-            assert f"cannot listen on 127.0.0.1:{port}" in server.text()
+            assert f"error: cannot listen on 127.0.0.1:{port}" in server.text()
             assert "Traceback" not in server.text()
 
 

@@ -7,6 +7,8 @@ of the CLI it imports nothing heavy until it runs: ``llmrelay --help`` stays fas
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 __all__ = ["main", "serve"]
@@ -108,10 +110,18 @@ def serve(
     except BindRefused as exc:
         raise click.UsageError(str(exc)) from None
     except (WorkersFailed, LLMRelayError) as exc:  # LLMRelayError: a broken configuration
-        raise click.ClickException(str(exc)) from None
+        raise StartFailed(str(exc)) from None
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
+        raise StartFailed(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+class StartFailed(click.ClickException):
+    """The server could not start; shown as every other command's errors are (``error: ...``,
+    exit status 1), not as click's ``Error: ...``."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
 
 
 def main() -> None:

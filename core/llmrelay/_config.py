@@ -267,7 +267,11 @@ def render_toml(data: dict[str, Any]) -> str:
     for name, item in data.items():
         if name in ("source", "environment", "aliases", "providers", "endpoints"):
             continue
-        lines.append(f"# {name}: not set" if item is None else f"{name} = {value(item)}")
+        if item is None:  # a timeout of None is no deadline, not a default left unset
+            state = "none (no deadline)" if name == "timeout" else "not set"
+            lines.append(f"# {name}: {state}")
+        else:
+            lines.append(f"{name} = {value(item)}")
     if data.get("aliases"):
         tables.append("[aliases]")
         tables += [f"{key(k)} = {value(v)}" for k, v in data["aliases"].items()]
