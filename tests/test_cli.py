@@ -164,3 +164,46 @@ def test_models_says_why_it_lists_none_when_a_provider_is_there(
     assert result.exit_code == 0, result.output
     assert "no provider lists any" in result.output
     assert "--refresh NAME" in result.output
+
+
+def test_providers_still_lists_with_a_broken_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from llmrelay.cli import cli
+
+    config = tmp_path / "config.toml"
+    config.write_text("timeout = -1\n", encoding="utf-8")
+    monkeypatch.setenv("LLMRELAY_CONFIG", str(config))
+    result = CliRunner().invoke(cli, ["providers"])
+    assert result.exit_code == 0, result.output
+    assert "pizzagpt  (not working; from llmrelay-pizzagpt)" in result.stdout
+    assert result.stderr.startswith("warning: invalid configuration in ")
+    assert "whether a provider is disabled is unknown" in result.stderr
+
+
+def test_models_says_when_every_provider_is_disabled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from llmrelay.cli import cli
+
+    config = tmp_path / "config.toml"
+    config.write_text("[providers.pizzagpt]\ndisabled = true\n", encoding="utf-8")
+    monkeypatch.setenv("LLMRELAY_CONFIG", str(config))
+    result = CliRunner().invoke(cli, ["models"])
+    assert result.stdout == f"no models: every provider is disabled in {config}\n"
+
+
+def test_the_cli_shows_warnings_its_way_only_while_it_runs() -> None:
+    import warnings
+
+    from click.testing import CliRunner
+
+    from llmrelay.cli import cli
+
+    before = warnings.showwarning
+    assert CliRunner().invoke(cli, ["providers"]).exit_code == 0
+    assert warnings.showwarning is before

@@ -99,7 +99,11 @@ def test_environment_overrides_the_file(config_file: Path, monkeypatch: pytest.M
         ("[[endpoints]]\nname = 'a'\nbase_url = 'http://'", "endpoints.0.base_url: has no host"),
         (
             "[[endpoints]]\nname = 'a'\nbase_url = 'http://h:99999/v1'",
-            "endpoints.0.base_url: has a bad port",
+            "endpoints.0.base_url: is not a valid URL (Port out of range",
+        ),
+        (
+            "[[endpoints]]\nname = 'a'\nbase_url = 'http://h:0/v1'",
+            "endpoints.0.base_url: has port 0",
         ),
         (
             "[[endpoints]]\nname = 'a'\nbase_url = 'http://a b/v1'",

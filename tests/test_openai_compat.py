@@ -476,9 +476,10 @@ async def test_a_key_the_server_quotes_back_is_scrubbed_whatever_its_shape(
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
-        ({"weight": float("nan")}, "Out of range float"),
-        ({"tags": {"a", "b"}}, "set is not JSON serializable"),
-        ({"blob": b"\xff"}, "bytes is not JSON serializable"),
+        ({"weight": float("nan")}, r"messages\[0\]\.weight holds nan"),
+        ({"deep": {"a": [1, float("-inf")]}}, r"messages\[0\]\.deep holds -inf"),
+        ({"tags": {"a", "b"}}, r"messages\[0\]\.tags holds a set"),
+        ({"blob": b"\xff"}, "the messages cannot be sent as JSON"),
         ({"name": "x\ud800"}, "lone surrogate"),
     ],
 )
@@ -490,4 +491,35 @@ async def test_message_fields_json_cannot_carry_are_refused_not_altered(
     for stream in (False, True):
         with pytest.raises(errors.InvalidRequest, match=words):
             await provider.create_async_generator("llama3", messages, stream=stream).text()
+    assert app[STATE].hits == 0
+
+
+async def test_message_fields_go_in_the_json_form_pydantic_gives_them(serve: Serve) -> None:
+    import datetime
+    import uuid
+
+    provider, app = await _provider(serve)
+    when = datetime.datetime(2024, 1, 2, 3, 4, 5)
+    ident = uuid.UUID(int=7)
+    parts = [{"type": "text", "text": "Hi"}, {"type": "image_url", "image_url": {"url": "u"}}]
+    messages = [
+        {"role": "user", "content": "Hi", "sent_at": when, "id": ident},
+        {"role": "user", "content": parts},
+    ]
+    await provider.create_async_generator("llama3", messages, stream=False).text()
+    sent = app[STATE].last_body["messages"]
+    assert sent[0] == {
+        "role": "user",
+        "content": "Hi",
+        "sent_at": "2024-01-02T03:04:05",
+        "id": str(ident),
+    }
+    assert sent[1] == {"role": "user", "content": parts}
+
+
+async def test_a_nan_inside_a_content_part_is_refused(serve: Serve) -> None:
+    provider, app = await _provider(serve)
+    parts = [{"type": "image_url", "image_url": {"url": "u", "detail": float("nan")}}]
+    with pytest.raises(errors.InvalidRequest, match=r"messages\[0\]\.content\[0\]\.image_url"):
+        await provider.create_async_generator("llama3", [{"role": "user", "content": parts}]).text()
     assert app[STATE].hits == 0

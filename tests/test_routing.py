@@ -175,6 +175,35 @@ def test_a_pinned_name_whose_provider_is_not_registered_says_so(registry: Regist
     assert "no provider is registered as 'otehr'" in str(info.value)
 
 
+def test_a_model_name_with_a_slash_is_not_taken_for_a_provider(
+    use_plugins: Callable[..., Registry],
+) -> None:
+    class Hub(Provider):
+        name = "hub"
+        url = "http://127.0.0.1:9"
+        default_model = "meta-llama/Llama-3.1-8B"
+        models = ("meta-llama/Llama-3.1-8B",)
+
+        @classmethod
+        async def generate(
+            cls, model: str, messages: list[Message], call: Call
+        ) -> AsyncGenerator[Chunk, None]:
+            yield FinishReason("stop")
+
+    from llmrelay._hooks import hookimpl
+
+    class Plugin:
+        @hookimpl
+        def register_providers(self, register: Callable[[type[Provider]], None]) -> None:
+            register(Hub)
+
+    registry = use_plugins(("hub", Plugin()))
+    with pytest.raises(ModelNotFound) as info:
+        route("meta-llama/Llama-3.1-8b", registry, config())
+    assert "registered as" not in str(info.value)
+    assert "did you mean 'meta-llama/Llama-3.1-8B'" in str(info.value)
+
+
 def test_config_problems_name_the_typos(registry: Registry) -> None:
     cfg = config(
         default_model="nope",

@@ -159,3 +159,18 @@ def test_a_proxy_without_a_scheme_keeps_its_password_out_of_the_error(
         parse_proxy(proxy)
     assert "PROXYPASS777" not in str(info.value)
     assert repr(shown) in str(info.value)
+
+
+def test_remembered_secrets_are_generated_looking_values_only() -> None:
+    from llmrelay._proxy import parse_proxy
+    from llmrelay._redact import redact, remember_secret
+
+    parse_proxy("http://alice:hunter2-Pr0xy-Pass@127.0.0.1:3128")
+    # The password alone, no URL around it: only remembering it can hide it.
+    assert redact("auth hunter2-Pr0xy-Pass refused") == "auth *** refused"
+    for placeholder in ("ollama", "lm-studio", "not-needed", "no-key-required-here"):
+        remember_secret(placeholder)  # what local servers accept: words, not secrets
+    text = "ollama: cannot connect to ollama:11434 (lm-studio, not-needed)"
+    assert redact(text) == text
+    remember_secret("plainsecretvalue42")
+    assert redact("key plainsecretvalue42.") == "key ***."

@@ -114,10 +114,10 @@ class Call:
         """
         if not endpoint:
             return self.base_url
-        base, mark, query = self.base_url.partition("?")
+        if "?" not in self.base_url:  # nearly always
+            return f"{self.base_url.rstrip('/')}/{endpoint.lstrip('/')}"
+        base, _, query = self.base_url.partition("?")
         joined = f"{base.rstrip('/')}/{endpoint.lstrip('/')}"
-        if not mark:
-            return joined
         return f"{joined}{'&' if '?' in endpoint else '?'}{query}"
 
     def proxy_for(self, url: str) -> ProxyURL | None:

@@ -87,11 +87,13 @@ class EndpointConfig(_Strict):
             raise ValueError("must not contain spaces (percent-encode them)")
         try:
             parts = urlsplit(value)
-            parts.port  # noqa: B018 - a port out of range or not a number raises here
-        except ValueError:
-            raise ValueError("has a bad port (a number from 1 to 65535)") from None
+            port = parts.port  # a port out of range or not a number raises here
+        except ValueError as exc:  # a bad port, or an unclosed "[" around an IPv6 host
+            raise ValueError(f"is not a valid URL ({exc})") from None
         if not parts.hostname:
             raise ValueError("has no host (e.g. http://127.0.0.1:8000/v1)")
+        if port == 0:
+            raise ValueError("has port 0 (a port is a number from 1 to 65535)")
         return value.rstrip("/")
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:

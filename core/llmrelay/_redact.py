@@ -6,6 +6,7 @@ One function, used everywhere text leaves llmrelay, so a new secret shape is tau
 from __future__ import annotations
 
 import re
+import threading
 
 __all__ = ["REDACTED", "SECRET_HEADERS", "redact", "remember_secret"]
 
@@ -52,27 +53,40 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
 #: Secret values llmrelay itself put into requests (API keys read from the environment, proxy
 #: passwords), scrubbed wherever they appear, whatever their shape: a server that quotes the
 #: key it refused ("Incorrect API key provided: ...") must not put it in an error or a log.
-#: Insertion-ordered, bounded (a process that rotates keys forgets the oldest first).
+#: Insertion-ordered and bounded: a process that goes through more secrets than that forgets
+#: the oldest first.
 _known: dict[str, None] = {}
-#: Shorter values are not remembered: scrubbing every "abc" would garble messages.
-MIN_SECRET_LENGTH = 6
-_MAX_KNOWN = 256
+#: What is remembered: at least this long, with a digit in it, as generated keys and
+#: passwords are. Placeholders local servers accept ("ollama", "lm-studio", "not-needed") are
+#: ordinary words that also name hosts and models: scrubbing them would garble messages.
+MIN_SECRET_LENGTH = 12
+_MAX_KNOWN = 1024
+_known_lock = threading.Lock()
 
 
 def remember_secret(value: str | None) -> None:
-    """Scrub ``value`` from everything :func:`redact` sees from now on (if it is at least
-    ``MIN_SECRET_LENGTH`` characters long)."""
-    if not value or len(value) < MIN_SECRET_LENGTH or value in _known:
+    """Scrub ``value`` from everything :func:`redact` sees from now on, if it looks like a
+    generated secret (``MIN_SECRET_LENGTH`` characters or more, a digit among them)."""
+    if (
+        not value
+        or len(value) < MIN_SECRET_LENGTH
+        or value in _known
+        or not any(c.isdigit() for c in value)
+    ):
         return
-    if len(_known) >= _MAX_KNOWN:
-        del _known[next(iter(_known))]
-    _known[value] = None
+    with _known_lock:  # threads may remember at once (the sync Client runs in its own)
+        while len(_known) >= _MAX_KNOWN:
+            del _known[next(iter(_known))]
+        _known[value] = None
 
 
 def redact(text: str) -> str:
     """Return ``text`` with passwords, tokens and API keys replaced by ``***``."""
     if _known:
-        for secret in sorted(_known, key=len, reverse=True):  # a key inside another: longest first
+        # sorted() copies the keys in one step (C, no Python code runs meanwhile), so another
+        # thread adding a secret cannot change them mid-walk; longest first, for a secret
+        # inside another.
+        for secret in sorted(_known, key=len, reverse=True):
             if secret in text:
                 text = text.replace(secret, REDACTED)
     for pattern, _group in _PATTERNS:

@@ -153,7 +153,9 @@ def _not_found(
     known = [*registry.models_names(), *config.aliases]
     close = difflib.get_close_matches(model, list(dict.fromkeys(known)), n=3, cutoff=0.4)
     found = ModelNotFound(model, close or exc.suggestions)
-    if pinned:  # "name/model" with no provider "name": most often a plugin not installed
+    if pinned and not any(name.startswith(f"{prefix}/") for name in known):
+        # "name/model" with no provider "name", and no model named "name/...": most often a
+        # plugin not installed (model names may hold "/": "meta-llama/Llama-3.1-8B")
         names = ", ".join(registry.providers) or "none"
         hint = (
             f"; did you mean {', '.join(map(repr, found.suggestions))}?"

@@ -10,6 +10,7 @@ import asyncio
 import json
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -44,7 +45,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """One async, streaming interface over many LLM chat backends."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-    if not debug:
+    if not debug:  # for this command only: the process may be someone else's (CliRunner)
+        ctx.with_resource(warnings.catch_warnings())
         warnings.showwarning = _show_warning
     if debug:
         import logging
@@ -147,7 +149,12 @@ def providers(as_json: bool) -> None:
     from ._registry import get_registry
 
     registry = get_registry()
-    config = get_config()
+    disabled: Callable[[str], bool | None]
+    try:
+        disabled = get_config().disabled
+    except LLMRelayError as exc:  # still list what is installed: this is where one looks first
+        click.echo(f"warning: {exc}; whether a provider is disabled is unknown", err=True)
+        disabled = _unknown
     rows: list[dict[str, Any]] = [
         {
             "name": info.provider.name,
@@ -155,7 +162,7 @@ def providers(as_json: bool) -> None:
             "models": list(info.provider.models),
             "default_model": info.provider.default_model,
             "working": info.provider.working,
-            "disabled": config.disabled(info.provider.name),
+            "disabled": disabled(info.provider.name),
             "supports_stream": info.provider.supports_stream,
             "needs_auth": info.provider.needs_auth,
             "url": redact(info.provider.url),  # an endpoint's base_url may carry a key
@@ -206,18 +213,29 @@ def models(as_json: bool, refresh: tuple[str, ...]) -> None:
         click.echo(json.dumps(table, indent=2))
         return
     if not table:
+        from ._config import get_config
         from ._registry import get_registry
 
-        if get_registry().providers:
+        installed = list(get_registry().providers)
+        config = get_config()
+        if not installed:
+            click.echo("no models: no providers installed")
+        elif all(config.disabled(name) for name in installed):
+            click.echo(
+                f"no models: every provider is disabled in {config.source or 'the configuration'}"
+            )
+        else:
             click.echo(
                 "no models: no provider lists any (an OpenAI-compatible endpoint without "
                 "`models` serves the list `llmrelay models --refresh NAME` fetches)"
             )
-        else:
-            click.echo("no models: no providers installed")
     width = max((len(m) for m in table), default=0)
     for model, names in table.items():
         click.echo(f"{model.ljust(width)}  {', '.join(names)}")
+
+
+def _unknown(name: str) -> None:
+    return None
 
 
 def _refresh_models(names: tuple[str, ...]) -> None:

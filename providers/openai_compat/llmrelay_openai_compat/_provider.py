@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import re
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from llmrelay import Call, Chunk, Completion, FinishReason, Message, Provider, Usage, errors
 from llmrelay._config import EndpointConfig
@@ -51,10 +52,9 @@ OPTIONS = frozenset(
 #: single-model servers (llama.cpp, LM Studio with one model loaded) answer whatever it is.
 PLACEHOLDER_MODEL = "default"
 
-#: The messages as plain data in one call into pydantic-core (``model_dump`` per message
-#: adds a Python layer for each). Python mode, not JSON mode: JSON mode would turn NaN into
-#: null and a set into a list without a word; as they are, the body encoder refuses them.
-_MESSAGES_DATA = TypeAdapter(list[Message]).serializer.to_python
+#: The messages as JSON data in one call into pydantic-core (``model_dump`` per message adds
+#: a Python layer for each). See ``_messages_data`` for what JSON mode would alter.
+_MESSAGES_JSON = TypeAdapter(list[Message]).serializer.to_python
 
 _FINISH = {
     "stop": "stop",
@@ -198,7 +198,7 @@ def _whole_answer_body(
 def _request_body(provider: str, model: str, messages: list[Message], call: Call) -> dict[str, Any]:
     """The JSON body: model, messages, then the request options, then ``extra_body``'s fields
     (which win, as OpenAI's SDK has it)."""
-    body = {"model": model, "messages": _MESSAGES_DATA(messages, exclude_unset=True)}
+    body = {"model": model, "messages": _messages_data(provider, messages)}
     if not call.options:  # nearly every call: nothing to copy or check
         return body
     options = dict(call.options)
@@ -211,6 +211,64 @@ def _request_body(provider: str, model: str, messages: list[Message], call: Call
     body.update(options)
     body.update(extra)
     return body
+
+
+def _messages_data(provider: str, messages: list[Message]) -> Any:
+    """The messages as JSON data, as pydantic writes them: extra fields holding datetimes,
+    UUIDs, Decimals or enums go as their JSON forms.
+
+    What JSON mode would alter without a word is refused instead (NaN and infinities become
+    null, sets become lists), as it is in request options, and so is what it cannot write.
+
+    Raises:
+        InvalidRequest: naming the message and the field.
+    """
+    for index, message in enumerate(messages):
+        # Only extra fields (the message's own, or its content parts') can hold such values.
+        if message.__pydantic_extra__ or type(message.content) is list:
+            _check_faithful(provider, index, message)
+    try:
+        return _MESSAGES_JSON(messages, mode="json", exclude_unset=True)
+    except ValueError as exc:  # PydanticSerializationError; UnicodeDecodeError for bytes
+        raise errors.InvalidRequest(
+            f"{provider}: the messages cannot be sent as JSON ({exc}); check their extra fields"
+        ) from None
+
+
+def _check_faithful(provider: str, index: int, message: Message) -> None:
+    fields: list[tuple[str, object]] = list((message.model_extra or {}).items())
+    if isinstance(message.content, list):
+        for n, part in enumerate(message.content):
+            fields += [(f"content[{n}].{k}", v) for k, v in (part.model_extra or {}).items()]
+    for name, value in fields:
+        problem = _unfaithful(value)
+        if problem is not None:
+            raise errors.InvalidRequest(
+                f"{provider}: messages[{index}].{name} holds {problem}, which JSON cannot "
+                "carry as it is; send a JSON value instead"
+            )
+
+
+def _unfaithful(value: object, depth: int = 0) -> str | None:
+    """What in ``value`` JSON mode would change (a non-finite float, a set), or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else repr(value)
+    if isinstance(value, set | frozenset):
+        return "a set"
+    if depth > 32:  # deeper than any message needs; pydantic refuses cycles itself
+        return None
+    items: Iterable[object] = ()
+    if isinstance(value, dict):
+        items = value.values()
+    elif isinstance(value, list | tuple):
+        items = value
+    elif isinstance(value, BaseModel):
+        items = [*vars(value).values(), *(value.model_extra or {}).values()]
+    for item in items:
+        problem = _unfaithful(item, depth + 1)
+        if problem is not None:
+            return problem
+    return None
 
 
 class StreamParser:
