@@ -225,3 +225,70 @@ async def test_a_second_read_while_a_whole_answer_is_awaited_is_refused(
     assert (await first).text == "slow: Hello"
     assert stream.provider == "slow"
     assert Whole.ran == []  # the next provider was never started
+
+
+@pytest.mark.parametrize("late", ["LATE", FinishReason("stop"), USAGE])
+async def test_nothing_may_follow_the_finish_reason(
+    late: Chunk, use_plugins: Callable[..., Registry]
+) -> None:
+    class Late(Whole):
+        name = "late"
+
+        @classmethod
+        async def generate(
+            cls, model: str, messages: list[Message], call: Call
+        ) -> AsyncGenerator[Chunk, None]:
+            yield "a"
+            yield FinishReason("stop")
+            yield late
+
+    after = f"a {type(late).__name__} chunk after the FinishReason"
+    with pytest.raises(errors.StreamInterrupted, match=after):
+        await Late.create_async_generator("m", MESSAGES).collect()
+    stream = Late.create_async_generator("m", MESSAGES)
+    assert [await stream.__anext__(), await stream.__anext__()] == ["a", FinishReason("stop")]
+    with pytest.raises(errors.StreamInterrupted, match=after):
+        await stream.__anext__()  # what came before the breach was delivered; then this
+
+    use_plugins(("late", Plugin(Late)))
+    async with llmrelay.AsyncClient() as client:
+        chunks = await client.chat.completions.create(
+            model="late/m", messages=MESSAGES, stream=True
+        )
+        with pytest.raises(errors.StreamInterrupted, match=after):
+            [chunk async for chunk in chunks]
+
+
+async def test_a_bare_exception_from_a_provider_is_typed_and_falls_back(
+    use_plugins: Callable[..., Registry],
+) -> None:
+    class Buggy(Whole):
+        name = "buggy"
+
+        @classmethod
+        async def complete(cls, model: str, messages: list[Message], call: Call) -> Completion:
+            return {}["choices"]  # type: ignore[no-any-return]
+
+    class BuggyLater(Whole):
+        name = "buggy-later"
+
+        @classmethod
+        async def generate(
+            cls, model: str, messages: list[Message], call: Call
+        ) -> AsyncGenerator[Chunk, None]:
+            yield "a"
+            raise KeyError("choices")
+
+    contract = r"the provider raised KeyError \(provider contract broken"
+    with pytest.raises(errors.InvalidResponse, match=contract) as info:
+        await Buggy.create_async_generator("m", MESSAGES).collect()
+    assert info.value.provider == "buggy"
+    assert isinstance(info.value.__cause__, KeyError)  # kept for whoever debugs the provider
+    with pytest.raises(errors.StreamInterrupted, match=contract) as interrupted:
+        [chunk async for chunk in BuggyLater.create_async_generator("m", MESSAGES)]
+    assert isinstance(interrupted.value.__cause__, KeyError)
+
+    use_plugins(*((p.name, Plugin(p)) for p in (Buggy, Whole)))
+    relayed = llmrelay.relay("m", MESSAGES)
+    assert (await relayed.collect()).text == "whole: Hello"
+    assert [error.provider for error in relayed.errors] == ["buggy"]  # tried first, fell back

@@ -861,7 +861,7 @@ async def test_a_departed_client_is_logged_as_499(
     await _wait_for(lambda: replica.streams_cancelled == 1)
 
 
-async def test_an_unexpected_bug_is_a_500_without_a_traceback(
+async def test_a_providers_bug_is_a_502_without_its_details(
     fakes: Callable[..., Registry],
     relay_server: StartServer,
     http: aiohttp.ClientSession,
@@ -884,12 +884,14 @@ async def test_an_unexpected_bug_is_a_500_without_a_traceback(
     async with http.post(
         f"{server.url}/v1/chat/completions", json={"model": "buggy-1", "messages": HI}
     ) as response:
-        assert response.status == 500
+        assert response.status == 502  # the provider failed (the relay would fall back)
         text = await response.text()
     assert "Traceback" not in text
     assert "internal detail" not in text
-    assert json.loads(text)["error"]["type"] == "server_error"
-    assert "internal detail" in caplog.text  # the operator gets it, in the log
+    error = json.loads(text)["error"]
+    assert error["type"] == "upstream_error"
+    assert "buggy: the provider raised KeyError (provider contract broken" in error["message"]
+    assert "internal detail" in caplog.text  # the operator gets it, in the log's traceback
 
 
 async def test_embedding_with_the_default_app(serve: Serve) -> None:

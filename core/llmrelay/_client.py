@@ -263,7 +263,12 @@ class AsyncCompletionStream(AsyncIterator[ChatCompletionChunk]):
             self._release()
             raise
         self._release()
-        await self._stream.aclose()
+        try:  # nothing may follow the FinishReason: the provider's stream must end here
+            await self._stream.__anext__()
+        except StopAsyncIteration:
+            pass
+        finally:
+            await self._stream.aclose()
         return self._chunk(None, reason)
 
     def _chunk(self, content: str | None, finish: FinishReasonName | None) -> ChatCompletionChunk:

@@ -6,6 +6,7 @@ import difflib
 import functools
 import math
 import sys
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -251,14 +252,39 @@ def checked_completion(provider: str, answer: object) -> Completion:
     )
 
 
-def typed_error(exc: Exception) -> Exception:
-    """The error to raise for ``exc``, an exception that is not a provider error: a cassette
-    that has no answer for the request becomes ``CassetteMismatch``; anything else stays."""
-    if "vcr.errors" not in sys.modules:  # no cassette in use: nothing to translate
-        return exc
-    from ._cassettes import as_mismatch
+def typed_error(exc: Exception, provider: str) -> Exception:
+    """The error to raise for ``exc``, an exception from ``provider``'s code that is not a
+    provider error.
 
-    return as_mismatch(exc) or exc
+    llmrelay's own errors stay as they are (an ``InvalidRequest`` is the caller's to fix); a
+    cassette with no answer for the request is ``CassetteMismatch``; a network failure the
+    provider met outside ``Call`` is the typed error the transport would have raised. Anything
+    else (a ``KeyError`` on an unexpected answer, a bug) breaks the provider contract, which
+    is to raise ``llmrelay.errors``: it is an ``InvalidResponse`` naming the provider, with
+    the original as its cause, so the relay falls back and the caller never meets a bare
+    exception from deep inside.
+    """
+    if isinstance(exc, errors.LLMRelayError):
+        return exc
+    if "vcr.errors" in sys.modules:  # a cassette may be in use
+        from ._cassettes import as_mismatch
+
+        mismatch = as_mismatch(exc)
+        if mismatch is not None:
+            return mismatch
+    from ._transport import network_error
+
+    typed = network_error(exc, provider, None, time.monotonic())
+    if typed is None:
+        # Not the exception's text: it is the provider's internals (a server shows this
+        # message to its clients); the cause keeps it for logs and debuggers.
+        typed = errors.InvalidResponse(
+            f"the provider raised {type(exc).__name__} (provider contract broken: providers "
+            "raise llmrelay.errors; the cause of this error has the details)",
+            provider=provider,
+        )
+    typed.__cause__ = exc  # the traceback that explains it, for whoever debugs the provider
+    return typed
 
 
 def _check_encodable(provider: str, options: dict[str, Any]) -> None:
@@ -339,7 +365,9 @@ class ChunkStream(AsyncIterator[Chunk]):
         #: The provider call not started yet (see ``_of``): its generator, or its complete().
         self._pending: tuple[type[Provider], str, list[Message], Call] | None = None
         self._sent_text = False
+        self._text_over = False  # a Usage or the FinishReason came: no more text
         self._usage_seen = False
+        self._finish_seen = False
         self._finished = False
 
     @classmethod
@@ -353,7 +381,8 @@ class ChunkStream(AsyncIterator[Chunk]):
         stream.call = call
         stream._chunks = None
         stream._pending = (provider, model, messages, call)
-        stream._sent_text = stream._usage_seen = stream._finished = False
+        stream._sent_text = stream._text_over = stream._usage_seen = False
+        stream._finish_seen = stream._finished = False
         return stream
 
     def _generator(self) -> AsyncGenerator[Chunk, None]:
@@ -383,10 +412,13 @@ class ChunkStream(AsyncIterator[Chunk]):
         try:
             chunk = await (self._chunks or self._generator()).__anext__()
         except StopAsyncIteration:
+            if self._finish_seen:  # the end, after the FinishReason: as it should be
+                self._finished = True
+                raise
             self._broken("no FinishReason before the end")
         except Exception as exc:
             self._raise_typed(exc)
-        if type(chunk) is str and not self._usage_seen:  # text: nearly every chunk
+        if type(chunk) is str and not self._text_over:  # text: nearly every chunk
             if chunk:
                 self._sent_text = True
             return chunk
@@ -397,7 +429,9 @@ class ChunkStream(AsyncIterator[Chunk]):
         typed = self._typed(exc)
         if typed is exc:
             raise exc
-        raise typed from (exc if isinstance(typed, errors.StreamInterrupted) else None)
+        if isinstance(typed, errors.StreamInterrupted):
+            raise typed from exc
+        raise typed from typed.__cause__  # None, or the bare exception a typed error stands for
 
     def _typed(self, exc: Exception) -> Exception:
         """The error to raise for ``exc``: after text, a provider error is StreamInterrupted."""
@@ -411,11 +445,14 @@ class ChunkStream(AsyncIterator[Chunk]):
                     body=exc.body,
                 )
             return exc
-        return typed_error(exc)
+        typed = typed_error(exc, self.provider)
+        return self._typed(typed) if isinstance(typed, errors.ProviderError) else typed
 
     def _check(self, chunk: object) -> Chunk:
+        if self._finish_seen:
+            self._broken(f"a {type(chunk).__name__} chunk after the FinishReason")
         if isinstance(chunk, str):
-            if self._usage_seen:
+            if self._text_over:
                 self._broken("text after Usage")
             if chunk:
                 self._sent_text = True
@@ -423,10 +460,11 @@ class ChunkStream(AsyncIterator[Chunk]):
         if isinstance(chunk, Usage):
             if self._usage_seen:
                 self._broken("a second Usage")
-            self._usage_seen = True
+            self._usage_seen = self._text_over = True
             return chunk
         if isinstance(chunk, FinishReason):
-            self._finished = True
+            # Not finished yet: the next read checks that the provider yields nothing more.
+            self._finish_seen = self._text_over = True
             return chunk
         return self._broken(f"a {type(chunk).__name__} chunk (expected str, Usage or FinishReason)")
 
@@ -486,15 +524,15 @@ class ChunkStream(AsyncIterator[Chunk]):
         usage: Usage | None = None
         try:
             async for chunk in chunks:
-                if type(chunk) is str:
-                    if self._usage_seen:
-                        self._broken("text after Usage")
+                if type(chunk) is str and not self._text_over:
                     if chunk:
                         self._sent_text = True
                         parts.append(chunk)
                     continue
                 checked = self._check(chunk)
                 if isinstance(checked, FinishReason):
+                    async for extra in chunks:  # nothing may follow it (read to the end)
+                        self._check(extra)
                     return Completion("".join(parts), checked, usage)
                 if isinstance(checked, Usage):
                     usage = checked

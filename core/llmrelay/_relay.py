@@ -111,7 +111,10 @@ class RelayStream(ChunkStream):
                         self._note_failure(provider.name, exc, sent_text=False)
                         continue
                     except Exception as exc:
-                        typed = typed_error(exc)
+                        typed = typed_error(exc, provider.name)
+                        if isinstance(typed, errors.ProviderError):  # a failure: fall back
+                            self._note_failure(provider.name, typed, sent_text=False)
+                            continue
                         if typed is exc:
                             raise
                         raise typed from None

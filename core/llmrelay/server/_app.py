@@ -85,7 +85,13 @@ async def _edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         except (APIError, errors.LLMRelayError) as exc:
             error = error_for(exc)
             if error.status >= 500 and not isinstance(exc, APIError):
-                log.warning("%s %s failed: %s", request.method, request.path, exc)
+                log.warning(
+                    "%s %s failed: %s",
+                    request.method,
+                    request.path,
+                    exc,
+                    exc_info=_bug_behind(exc),  # a provider's bug: its traceback, for operators
+                )
             response = error.response()
         except (asyncio.CancelledError, ConnectionError):  # errors.ConnectError is caught above
             status = 499  # nginx's "client closed request": the handler was cancelled with it
@@ -263,3 +269,16 @@ async def _ready(request: web.Request) -> web.Response:
     if not count:
         raise APIError(503, "no providers installed", type="server_error", code="no_providers")
     return web.json_response({"status": "ready", "providers": count})
+
+
+def _bug_behind(exc: BaseException) -> BaseException | None:
+    """The bare exception a provider raised behind ``exc`` (which llmrelay turned into a typed
+    error, keeping it as the cause), if any."""
+    found: list[BaseException] = [exc, *getattr(exc, "errors", ())]  # AllProvidersFailed's
+    for error in found:
+        cause = error.__cause__
+        if isinstance(error, errors.StreamInterrupted) and cause is not None:
+            cause = cause.__cause__ or cause
+        if cause is not None and not isinstance(cause, errors.LLMRelayError):
+            return cause
+    return None

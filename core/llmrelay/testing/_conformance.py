@@ -408,7 +408,16 @@ class ProviderConformance:
     def _check_typed(
         self, error: BaseException, kind: type[errors.ProviderError] = errors.ProviderError
     ) -> errors.ProviderError:
-        """``error`` is a ``kind`` (an llmrelay.errors type) naming this provider."""
+        """``error`` is a ``kind`` (an llmrelay.errors type) naming this provider, and the
+        provider raised it: not a bare exception that llmrelay turned into one."""
+        bare = error.__cause__
+        if isinstance(error, errors.StreamInterrupted) and bare is not None:
+            bare = bare.__cause__ or bare
+        assert bare is None or isinstance(bare, errors.LLMRelayError), (
+            f"expected llmrelay.errors.{kind.__name__}, got {type(bare).__module__}."
+            f"{type(bare).__qualname__}: {bare} (llmrelay reports it as "
+            f"{type(error).__name__}: {error}; raise llmrelay.errors instead)"
+        )
         assert isinstance(error, kind), (
             f"expected llmrelay.errors.{kind.__name__}, got {type(error).__module__}."
             f"{type(error).__qualname__}: {error}"
