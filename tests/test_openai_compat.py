@@ -272,6 +272,10 @@ def test_an_error_event_comes_after_the_text_before_it(data: st.DataObject) -> N
     [
         (b'event: error\ndata: {"error": {"message": "quota", "code": 429}}\n\n', "RateLimited"),
         (b"event: error\ndata: not json\n\n", "ServerError: p: not json"),
+        (b'event: error\ndata: "boom"\n\n', 'ServerError: p: "boom"'),
+        (b"event: error\ndata: [1, 2]\n\n", "ServerError: p: [1, 2]"),
+        (b"event: error\ndata: 123\n\n", "ServerError: p: 123"),
+        (b"data:\n\n" + _sse(_EVENTS, "\n"), "Héllo, 世界"),  # an empty event is skipped
         (b'data: {"error": {"message": "bad", "code": 400}}\n\n', "BadRequest: p: bad"),
         (b"data: {not json\n\n", "InvalidResponse"),
         (b'data: {"choices": []}\n\n', "ConnectError: p: stream ended before [DONE]"),
@@ -523,3 +527,18 @@ async def test_a_nan_inside_a_content_part_is_refused(serve: Serve) -> None:
     with pytest.raises(errors.InvalidRequest, match=r"messages\[0\]\.content\[0\]\.image_url"):
         await provider.create_async_generator("llama3", [{"role": "user", "content": parts}]).text()
     assert app[STATE].hits == 0
+
+
+@pytest.mark.parametrize("content_type", ["Text/Event-Stream", "TEXT/EVENT-STREAM; charset=utf-8"])
+async def test_the_event_stream_media_type_matches_in_any_case(
+    serve: Serve, content_type: str
+) -> None:
+    async def stream(request: web.Request) -> web.Response:
+        return web.Response(body=_sse(_EVENTS, "\n"), headers={"Content-Type": content_type})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", stream)
+    base = await serve(app)
+    provider = provider_for(EndpointConfig(name="cased", base_url=f"{base}/v1", models=("m",)))
+    chunks = [c async for c in provider.create_async_generator("m", HI, stream=True)]
+    assert chunks == EXPECTED

@@ -169,7 +169,7 @@ class OpenAICompatible(Provider):
                 )
             except errors.HTTPStatusError as exc:
                 raise upstream_error(exc) from None
-            if "text/event-stream" not in response.headers.get("Content-Type", ""):
+            if "text/event-stream" not in response.headers.get("Content-Type", "").lower():
                 # Some servers ignore "stream": take the whole answer as one chunk.
                 data = await call.read(response.read())
                 for chunk in _completion(cls.name, _json(cls.name, data)).chunks():
@@ -338,8 +338,12 @@ class StreamParser:
             try:
                 payload = json.loads(data)
             except ValueError:
+                payload = None
+            if not isinstance(payload, dict):  # plain text, or JSON that is not an object
                 payload = {"error": {"message": data}}
             raise error_from_body(self.provider, payload, status=None)
+        if not data.strip():  # an event with no data carries nothing (a keep-alive)
+            return ""
         chunk = _json(self.provider, data)
         if not isinstance(chunk, dict):
             raise _invalid(self.provider, data)
