@@ -281,6 +281,27 @@ def test_proxy_for_reads_the_environment_at_call_time(monkeypatch: pytest.Monkey
     assert proxy_for("https://other.test/v1", "") is None
 
 
+def test_no_proxy_entries_may_name_a_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1:18801, .internal.test")
+    assert proxy_for("http://127.0.0.1:18801/v1", None) is None
+    assert proxy_for("http://127.0.0.1:18802/v1", None) == parse_proxy("http://127.0.0.1:3128")
+    assert proxy_for("http://api.internal.test:8000/v1", None) is None  # no port: any port
+    assert proxy_for("http://api.test/v1", None) == parse_proxy("http://127.0.0.1:3128")
+
+
+def test_a_standard_variable_without_a_scheme_is_an_http_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As curl, requests and urllib read HTTP_PROXY=host:port; llmrelay's own settings
+    # (proxy=, LLMRELAY_PROXY, the file) still want a scheme.
+    monkeypatch.setenv("HTTP_PROXY", "127.0.0.1:3128")
+    assert proxy_for("http://api.test/v1", None) == parse_proxy("http://127.0.0.1:3128")
+    monkeypatch.setenv("LLMRELAY_PROXY", "127.0.0.1:3128")
+    with pytest.raises(errors.ConfigError, match="LLMRELAY_PROXY: unsupported proxy scheme"):
+        proxy_for("http://api.test/v1", None)
+
+
 # -- malformed proxy URLs, refused before any I/O -------------------------------------------------
 
 

@@ -173,14 +173,31 @@ def _default_proxy(
             value = getenv(name) or getenv(name.upper())
             if value:
                 source = name.upper()
+                if "://" not in value:  # "proxy:3128": http://, as curl, requests and urllib read
+                    value = f"http://{value.strip()}"  # these variables, shared with them
                 break
     if not value:
         return None
     no_proxy = getenv("no_proxy") or getenv("NO_PROXY")
-    host = urlsplit(target_url).hostname or ""
-    if no_proxy and host and _bypass(host, {"no": no_proxy}):
+    if no_proxy and _bypassed(target_url, no_proxy):
         return None
     return _parse_cached(value, source)
+
+
+def _bypassed(target_url: str, no_proxy: str) -> bool:
+    """Whether ``NO_PROXY`` exempts the target: an entry names its host (or a domain above
+    it), or its host and port (``127.0.0.1:8080``) when the URL gives a port."""
+    parts = urlsplit(target_url)
+    host = parts.hostname or ""
+    if not host:
+        return False
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is not None and ":" not in host:  # (urllib splits "host:port" at the last ":")
+        host = f"{host}:{port}"  # entries without a port still match the host alone
+    return bool(_bypass(host, {"no": no_proxy}))
 
 
 _bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
