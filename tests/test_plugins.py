@@ -404,6 +404,10 @@ class _Plugin:
             register(provider)
 
 
+async def _never_yields(cls: type[Provider], model: str, messages: object, call: object) -> Any:
+    return None  # pragma: no cover - never called: "async def" without "yield"
+
+
 def _provider(name: str, **attrs: Any) -> type[Provider]:
     async def generate(
         cls: type[Provider], model: str, messages: object, call: object
@@ -438,6 +442,10 @@ def _provider(name: str, **attrs: Any) -> type[Provider]:
         ),
         (_provider("x", generate=lambda *a: None), "generate must be a classmethod"),
         (_provider("x", complete=lambda *a: None), "complete must be a classmethod"),
+        (
+            _provider("x", generate=classmethod(_never_yields)),
+            "generate is an async function that never yields: make it an async generator",
+        ),
         (Provider, "Provider.name must be a non-empty string"),
         (object(), "is not a subclass of llmrelay.Provider"),
     ],

@@ -255,8 +255,16 @@ def check_provider(provider: object) -> None:
             "nor complete() (a whole answer)"
         )
     for name in implemented:
-        if not isinstance(inspect.getattr_static(provider, name), classmethod):
+        method = inspect.getattr_static(provider, name)
+        if not isinstance(method, classmethod):
             raise TypeError(f"provider {provider.__name__}.{name} must be a classmethod")
+        if name == "generate" and inspect.iscoroutinefunction(method.__func__):
+            # "async def" without a "yield": a coroutine, not the async generator it must be.
+            raise TypeError(
+                f"provider {provider.__name__}.generate is an async function that never "
+                "yields: make it an async generator (yield the text chunks, then a "
+                "FinishReason), or implement complete() for a whole answer instead"
+            )
 
 
 def _split_env(name: str) -> set[str] | None:
