@@ -223,10 +223,10 @@ def _messages_data(provider: str, messages: list[Message]) -> Any:
     Raises:
         InvalidRequest: naming the message and the field.
     """
-    for index, message in enumerate(messages):
+    for message in messages:  # (no enumerate: this runs on every request)
         # Only extra fields (the message's own, or its content parts') can hold such values.
         if message.__pydantic_extra__ or type(message.content) is list:
-            _check_faithful(provider, index, message)
+            _check_faithful(provider, messages.index(message), message)
     try:
         return _MESSAGES_JSON(messages, mode="json", exclude_unset=True)
     except ValueError as exc:  # PydanticSerializationError; UnicodeDecodeError for bytes
