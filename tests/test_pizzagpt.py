@@ -144,6 +144,20 @@ async def test_sends_the_protocol_exactly(serve: Serve, replica: web.Application
     }
 
 
+async def test_a_change_to_the_headers_is_sent_on_the_next_request(
+    serve: Serve, replica: web.Application, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = await serve(replica)
+    hi = [{"role": "user", "content": "Hi"}]
+    await Pizzagpt.create_async_generator("gpt-4o-mini", hi, base_url=base).text()
+    monkeypatch.setattr(Pizzagpt, "headers", {**Pizzagpt.headers, "X-Extra": "1"})
+    await Pizzagpt.create_async_generator("gpt-4o-mini", hi, base_url=base).text()
+    assert replica[STATE].last_headers.get("X-Extra") == "1"
+    Pizzagpt.headers["X-Extra"] = "2"  # the same dict, changed in place
+    await Pizzagpt.create_async_generator("gpt-4o-mini", hi, base_url=base).text()
+    assert replica[STATE].last_headers.get("X-Extra") == "2"
+
+
 async def test_url_is_built_at_call_time_from_the_class_attribute(
     serve: Serve,
     replica: web.Application,
