@@ -143,7 +143,8 @@ async def test_recording_refuses_to_overwrite_unless_told(serve: Serve, tmp_path
         ("- 1\n", "TypeError"),
         ("interactions:\n- request: 1\n", "TypeError"),
         ("a: [\n", "ParserError"),
-        ("", "CassetteNotFoundError"),
+        ("", "ValueError: the file is empty"),
+        ("\n  \n", "ValueError: the file is empty"),
     ],
 )
 def test_a_file_that_is_not_a_cassette_is_one_clear_error(

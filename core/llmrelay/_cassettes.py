@@ -218,6 +218,8 @@ def _check_loadable(recorder: Any, target: Path) -> None:
     """
     serializer = recorder.serializers[recorder.serializer]
     try:
+        if not target.read_bytes().strip():
+            raise ValueError("the file is empty")
         recorder.persister.load_cassette(str(target), serializer=serializer)
     except Exception as exc:  # anything the loader meets means the same: not a cassette
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__
