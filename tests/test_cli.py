@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 
 from tests.pizzagpt_cases import BY_NAME
 from tests.replicas.pizzagpt import ANSWERS
@@ -117,66 +120,61 @@ def test_help_is_lazy() -> None:
     assert result.stdout.strip() == "[]"
 
 
-def test_providers_marks_a_provider_the_configuration_disables(
+@pytest.fixture
+def configured(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import json
-
+) -> Callable[..., tuple[Path, Callable[..., Result]]]:
+    """Write a configuration file, point LLMRELAY_CONFIG at it, and give a CLI runner."""
     from click.testing import CliRunner
 
     from llmrelay.cli import cli
 
-    config = tmp_path / "config.toml"
-    config.write_text("[providers.pizzagpt]\ndisabled = true\n", encoding="utf-8")
-    monkeypatch.setenv("LLMRELAY_CONFIG", str(config))
-    text = CliRunner().invoke(cli, ["providers"])
-    assert text.exit_code == 0, text.output
-    assert (
-        "pizzagpt  (not working; disabled in the configuration; from llmrelay-pizzagpt)"
-        in text.output
-    )
-    data = CliRunner().invoke(cli, ["providers", "--json"])
-    rows = {row["name"]: row for row in json.loads(data.output)["providers"]}
-    assert rows["pizzagpt"]["disabled"] is True
+    def write(text: str) -> tuple[Path, Callable[..., Result]]:
+        config = tmp_path / "config.toml"
+        config.write_text(text, encoding="utf-8")
+        monkeypatch.setenv("LLMRELAY_CONFIG", str(config))
+        monkeypatch.setenv("LLMRELAY_CACHE_DIR", str(tmp_path / "cache"))
+        return config, lambda *args: CliRunner().invoke(cli, list(args))
 
+    return write
+
+
+def _disabled(invoke: Callable[..., Result]) -> dict[str, object]:
+    rows = json.loads(invoke("providers", "--json").output)["providers"]
+    return {row["name"]: row["disabled"] for row in rows}
+
+
+def test_providers_marks_a_provider_the_configuration_disables(
+    configured: Callable[..., tuple[Path, Callable[..., Result]]],
+) -> None:
+    config, invoke = configured("[providers.pizzagpt]\ndisabled = true\n")
+    text = invoke("providers")
+    assert text.exit_code == 0, text.output
+    marked = "pizzagpt  (not working; disabled in the configuration; from llmrelay-pizzagpt)"
+    assert marked in text.output
+    assert _disabled(invoke)["pizzagpt"] is True
     config.write_text("", encoding="utf-8")
-    data = CliRunner().invoke(cli, ["providers", "--json"])
-    rows = {row["name"]: row for row in json.loads(data.output)["providers"]}
-    assert rows["pizzagpt"]["disabled"] is False
+    assert _disabled(invoke)["pizzagpt"] is False
 
 
 def test_models_says_why_it_lists_none_when_a_provider_is_there(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    configured: Callable[..., tuple[Path, Callable[..., Result]]],
 ) -> None:
-    from click.testing import CliRunner
-
-    from llmrelay.cli import cli
-
-    config = tmp_path / "config.toml"
-    config.write_text(
+    _, invoke = configured(
         '[[endpoints]]\nname = "bare"\nbase_url = "http://127.0.0.1:9/v1"\n'
-        "[providers.pizzagpt]\ndisabled = true\n",
-        encoding="utf-8",
+        "[providers.pizzagpt]\ndisabled = true\n"
     )
-    monkeypatch.setenv("LLMRELAY_CONFIG", str(config))
-    monkeypatch.setenv("LLMRELAY_CACHE_DIR", str(tmp_path / "cache"))
-    result = CliRunner().invoke(cli, ["models"])
+    result = invoke("models")
     assert result.exit_code == 0, result.output
     assert "no provider lists any" in result.output
     assert "--refresh NAME" in result.output
 
 
 def test_providers_still_lists_with_a_broken_configuration(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    configured: Callable[..., tuple[Path, Callable[..., Result]]],
 ) -> None:
-    from click.testing import CliRunner
-
-    from llmrelay.cli import cli
-
-    config = tmp_path / "config.toml"
-    config.write_text("timeout = -1\n", encoding="utf-8")
-    monkeypatch.setenv("LLMRELAY_CONFIG", str(config))
-    result = CliRunner().invoke(cli, ["providers"])
+    _, invoke = configured("timeout = -1\n")
+    result = invoke("providers")
     assert result.exit_code == 0, result.output
     assert "pizzagpt  (not working; from llmrelay-pizzagpt)" in result.stdout
     assert result.stderr.startswith("warning: invalid configuration in ")
@@ -184,26 +182,18 @@ def test_providers_still_lists_with_a_broken_configuration(
 
 
 def test_models_says_when_every_provider_is_disabled(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    configured: Callable[..., tuple[Path, Callable[..., Result]]],
 ) -> None:
-    from click.testing import CliRunner
-
-    from llmrelay.cli import cli
-
-    config = tmp_path / "config.toml"
-    config.write_text("[providers.pizzagpt]\ndisabled = true\n", encoding="utf-8")
-    monkeypatch.setenv("LLMRELAY_CONFIG", str(config))
-    result = CliRunner().invoke(cli, ["models"])
-    assert result.stdout == f"no models: every provider is disabled in {config}\n"
+    config, invoke = configured("[providers.pizzagpt]\ndisabled = true\n")
+    assert invoke("models").stdout == f"no models: every provider is disabled in {config}\n"
 
 
-def test_the_cli_shows_warnings_its_way_only_while_it_runs() -> None:
+def test_the_cli_shows_warnings_its_way_only_while_it_runs(
+    configured: Callable[..., tuple[Path, Callable[..., Result]]],
+) -> None:
     import warnings
 
-    from click.testing import CliRunner
-
-    from llmrelay.cli import cli
-
+    _, invoke = configured("")
     before = warnings.showwarning
-    assert CliRunner().invoke(cli, ["providers"]).exit_code == 0
+    assert invoke("providers").exit_code == 0
     assert warnings.showwarning is before
