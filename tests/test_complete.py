@@ -238,25 +238,51 @@ async def test_nothing_may_follow_the_finish_reason(
         async def generate(
             cls, model: str, messages: list[Message], call: Call
         ) -> AsyncGenerator[Chunk, None]:
-            yield "a"
-            yield FinishReason("stop")
+            yield ""  # no text: the FinishReason alone is what reached the caller
+            yield FinishReason("content_filter")
             yield late
 
+    class Next(Whole):
+        name = "next"
+        ran: ClassVar[list[str]] = []
+
+    # Read past the FinishReason, the breach is an error; never a reason to ask another
+    # provider, since the caller has the FinishReason already.
+    use_plugins(*((p.name, Plugin(p)) for p in (Late, Next)))
+    relayed = llmrelay.relay("m", MESSAGES, stream=True)
+    assert [await relayed.__anext__(), await relayed.__anext__()] == [
+        "",
+        FinishReason("content_filter"),
+    ]
     after = f"a {type(late).__name__} chunk after the FinishReason"
     with pytest.raises(errors.StreamInterrupted, match=after):
-        await Late.create_async_generator("m", MESSAGES).collect()
-    stream = Late.create_async_generator("m", MESSAGES)
-    assert [await stream.__anext__(), await stream.__anext__()] == ["a", FinishReason("stop")]
-    with pytest.raises(errors.StreamInterrupted, match=after):
-        await stream.__anext__()  # what came before the breach was delivered; then this
-
-    use_plugins(("late", Plugin(Late)))
+        await relayed.__anext__()
+    assert Next.ran == []
+    # Whole answers and the client stop at the FinishReason and close the provider's stream.
+    answer = await Late.create_async_generator("m", MESSAGES).collect()
+    assert answer.finish_reason == FinishReason("content_filter")
     async with llmrelay.AsyncClient() as client:
         chunks = await client.chat.completions.create(
             model="late/m", messages=MESSAGES, stream=True
         )
-        with pytest.raises(errors.StreamInterrupted, match=after):
-            [chunk async for chunk in chunks]
+        reasons = [chunk.choices[0].finish_reason async for chunk in chunks]
+    assert reasons[-1] == "content_filter"
+
+
+async def test_a_failure_after_the_finish_reason_does_not_undo_the_answer() -> None:
+    class Untidy(Whole):
+        name = "untidy"
+
+        @classmethod
+        async def generate(
+            cls, model: str, messages: list[Message], call: Call
+        ) -> AsyncGenerator[Chunk, None]:
+            yield "answer"
+            yield FinishReason("stop")
+            raise errors.ConnectError("connection reset while reading on to [DONE]", provider="u")
+
+    chunks = [chunk async for chunk in Untidy.create_async_generator("m", MESSAGES)]
+    assert chunks == ["answer", FinishReason("stop")]
 
 
 async def test_a_bare_exception_from_a_provider_is_typed_and_falls_back(

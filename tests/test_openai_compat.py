@@ -483,7 +483,10 @@ async def test_a_key_the_server_quotes_back_is_scrubbed_whatever_its_shape(
         ({"weight": float("nan")}, r"messages\[0\]\.weight holds nan"),
         ({"deep": {"a": [1, float("-inf")]}}, r"messages\[0\]\.deep holds -inf"),
         ({"tags": {"a", "b"}}, r"messages\[0\]\.tags holds a set"),
-        ({"blob": b"\xff"}, "the messages cannot be sent as JSON"),
+        ({"blob": b"\xff"}, r"messages\[0\]\.blob holds bytes"),
+        ({"blob": b"abc"}, r"messages\[0\]\.blob holds bytes"),
+        ({"z": 1 + 2j}, r"messages\[0\]\.z holds a complex number"),
+        ({"m": {1: "a"}}, r"messages\[0\]\.m holds the key 1, not a string"),
         ({"name": "x\ud800"}, "lone surrogate"),
     ],
 )

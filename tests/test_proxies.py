@@ -288,6 +288,8 @@ def test_no_proxy_entries_may_name_a_port(monkeypatch: pytest.MonkeyPatch) -> No
     assert proxy_for("http://127.0.0.1:18802/v1", None) == parse_proxy("http://127.0.0.1:3128")
     assert proxy_for("http://api.internal.test:8000/v1", None) is None  # no port: any port
     assert proxy_for("http://api.test/v1", None) == parse_proxy("http://127.0.0.1:3128")
+    monkeypatch.setenv("NO_PROXY", "api.test:80")  # the scheme's default port counts
+    assert proxy_for("http://api.test/v1", None) is None
 
 
 def test_a_standard_variable_without_a_scheme_is_an_http_proxy(

@@ -170,7 +170,7 @@ def test_remembered_secrets_are_generated_looking_values_only() -> None:
     assert redact("auth hunter2-Pr0xy-Pass refused") == "auth *** refused"
     for placeholder in ("ollama", "lm-studio", "not-needed", "no-key-required-here"):
         remember_secret(placeholder)  # what local servers accept: words, not secrets
-    text = "ollama: cannot connect to ollama:11434 (lm-studio, not-needed)"
+    text = "ollama: cannot connect to ollama:11434 (lm-studio, not-needed, no-key-required-here)"
     assert redact(text) == text
     remember_secret("plainsecretvalue42")
     assert redact("key plainsecretvalue42.") == "key ***."

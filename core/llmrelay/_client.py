@@ -263,12 +263,9 @@ class AsyncCompletionStream(AsyncIterator[ChatCompletionChunk]):
             self._release()
             raise
         self._release()
-        try:  # nothing may follow the FinishReason: the provider's stream must end here
-            await self._stream.__anext__()
-        except StopAsyncIteration:
-            pass
-        finally:
-            await self._stream.aclose()
+        # Closed at the FinishReason, not read on: the last chunk goes out now, whatever the
+        # provider still does (reading on to [DONE], say).
+        await self._stream.aclose()
         return self._chunk(None, reason)
 
     def _chunk(self, content: str | None, finish: FinishReasonName | None) -> ChatCompletionChunk:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import logging
 import math
 import sys
 import time
@@ -20,6 +21,8 @@ from ._redact import redact
 from ._types import Chunk, FinishReason, Message, Messages, Usage, validate_messages
 
 __all__ = ["ChunkStream", "Completion", "Provider"]
+
+log = logging.getLogger("llmrelay")
 
 #: Keyword arguments every provider accepts; they shape the call, not the provider's request.
 CALL_OPTIONS = frozenset({"base_url", "timeout", "max_retries", "drop_unsupported", "stream"})
@@ -274,7 +277,7 @@ def typed_error(exc: Exception, provider: str) -> Exception:
             return mismatch
     from ._transport import network_error
 
-    typed = network_error(exc, provider, None, time.monotonic())
+    typed = network_error(exc, provider, None, time.monotonic()) if _is_network(exc) else None
     if typed is None:
         # Not the exception's text: it is the provider's internals (a server shows this
         # message to its clients); the cause keeps it for logs and debuggers.
@@ -284,7 +287,18 @@ def typed_error(exc: Exception, provider: str) -> Exception:
             provider=provider,
         )
     typed.__cause__ = exc  # the traceback that explains it, for whoever debugs the provider
+    if isinstance(typed, errors.ProviderError):
+        typed.bare = exc  # what the provider raised itself (the test kit and the server look)
     return typed
+
+
+def _is_network(exc: Exception) -> bool:
+    """Whether ``exc`` is a network failure (aiohttp's, a connection's, a timeout), not a bug
+    that happens to be an ``OSError`` (a missing file is no reason to retry)."""
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    module = type(exc).__module__
+    return module.startswith(("aiohttp", "aiohttp_socks", "asyncio"))
 
 
 def _check_encodable(provider: str, options: dict[str, Any]) -> None:
@@ -417,6 +431,10 @@ class ChunkStream(AsyncIterator[Chunk]):
                 raise
             self._broken("no FinishReason before the end")
         except Exception as exc:
+            if self._finish_seen:  # the answer is whole: a failure in the provider's clean-up
+                self._finished = True  # (reading on to [DONE], releasing) cannot undo it
+                log.debug("%s: ignored after the FinishReason: %r", self.provider, exc)
+                raise StopAsyncIteration from None
             self._raise_typed(exc)
         if type(chunk) is str and not self._text_over:  # text: nearly every chunk
             if chunk:
@@ -436,14 +454,17 @@ class ChunkStream(AsyncIterator[Chunk]):
     def _typed(self, exc: Exception) -> Exception:
         """The error to raise for ``exc``: after text, a provider error is StreamInterrupted."""
         if isinstance(exc, errors.ProviderError):
-            if self._sent_text and not isinstance(exc, errors.StreamInterrupted):
-                return errors.StreamInterrupted(
+            delivered = self._sent_text or self._finish_seen
+            if delivered and not isinstance(exc, errors.StreamInterrupted):
+                interrupted = errors.StreamInterrupted(
                     f"failed after text was sent: {exc.reason}",
                     provider=self.provider,
                     status=exc.status,
                     retryable=False,
                     body=exc.body,
                 )
+                interrupted.bare = exc.bare
+                return interrupted
             return exc
         typed = typed_error(exc, self.provider)
         return self._typed(typed) if isinstance(typed, errors.ProviderError) else typed
@@ -531,8 +552,6 @@ class ChunkStream(AsyncIterator[Chunk]):
                     continue
                 checked = self._check(chunk)
                 if isinstance(checked, FinishReason):
-                    async for extra in chunks:  # nothing may follow it (read to the end)
-                        self._check(extra)
                     return Completion("".join(parts), checked, usage)
                 if isinstance(checked, Usage):
                     usage = checked

@@ -184,6 +184,9 @@ def _default_proxy(
     return _parse_cached(value, source)
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def _bypassed(target_url: str, no_proxy: str) -> bool:
     """Whether ``NO_PROXY`` exempts the target: an entry names its host (or a domain above
     it), or its host and port (``127.0.0.1:8080``) when the URL gives a port."""
@@ -192,11 +195,11 @@ def _bypassed(target_url: str, no_proxy: str) -> bool:
     if not host:
         return False
     try:
-        port = parts.port
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
     except ValueError:
         port = None
-    if port is not None and ":" not in host:  # (urllib splits "host:port" at the last ":")
-        host = f"{host}:{port}"  # entries without a port still match the host alone
+    if port is not None and ":" not in host:  # (urllib splits "host:port" at the last ":";
+        host = f"{host}:{port}"  # IPv6 hosts are matched without their port)
     return bool(_bypass(host, {"no": no_proxy}))
 
 

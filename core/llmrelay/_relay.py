@@ -117,7 +117,7 @@ class RelayStream(ChunkStream):
                             continue
                         if typed is exc:
                             raise
-                        raise typed from None
+                        raise typed from typed.__cause__
                     self._health.succeeded(provider.name)
                     return answer
             else:
@@ -177,7 +177,9 @@ class RelayStream(ChunkStream):
         """A provider's stream failed: re-raise if it had sent text, else note it and move on."""
         self._current = None
         try:
-            self._note_failure(stream.provider, exc, sent_text=stream._sent_text)
+            # Text, or the FinishReason, reached the caller: no other provider may answer.
+            delivered = stream._sent_text or stream._finish_seen
+            self._note_failure(stream.provider, exc, sent_text=delivered)
         finally:
             await stream.aclose()
 

@@ -103,10 +103,14 @@ class ProviderError(LLMRelayError):
         retryable: whether trying the same request again may succeed.
         retry_after: seconds the provider asked us to wait, when it said so.
         body: the start of the response body (at most 200 characters, secrets scrubbed).
+        bare: the exception the provider's code raised itself (a ``KeyError``, say), when
+            llmrelay turned it into this error because providers must raise llmrelay's
+            errors; None otherwise. It is also the ``__cause__``.
     """
 
     #: The default for ``retryable`` when the raiser does not decide.
     default_retryable = False
+    bare: Exception | None = None
 
     def __init__(
         self,

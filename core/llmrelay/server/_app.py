@@ -25,7 +25,7 @@ from .._config import get_config
 from .._registry import Registry, get_registry
 from .._routing import route
 from ._chat import chat_completions
-from ._errors import APIError, error_for, internal_error
+from ._errors import APIError, bug_behind, error_for, internal_error
 from ._settings import ServerSettings
 from ._state import LOG, REQUEST_ID_HEADER, STATE, RequestLog, ServerState
 
@@ -90,7 +90,7 @@ async def _edge(request: web.Request, handler: Handler) -> web.StreamResponse:
                     request.method,
                     request.path,
                     exc,
-                    exc_info=_bug_behind(exc),  # a provider's bug: its traceback, for operators
+                    exc_info=bug_behind(exc),  # a provider's bug: its traceback, for operators
                 )
             response = error.response()
         except (asyncio.CancelledError, ConnectionError):  # errors.ConnectError is caught above
@@ -269,16 +269,3 @@ async def _ready(request: web.Request) -> web.Response:
     if not count:
         raise APIError(503, "no providers installed", type="server_error", code="no_providers")
     return web.json_response({"status": "ready", "providers": count})
-
-
-def _bug_behind(exc: BaseException) -> BaseException | None:
-    """The bare exception a provider raised behind ``exc`` (which llmrelay turned into a typed
-    error, keeping it as the cause), if any."""
-    found: list[BaseException] = [exc, *getattr(exc, "errors", ())]  # AllProvidersFailed's
-    for error in found:
-        cause = error.__cause__
-        if isinstance(error, errors.StreamInterrupted) and cause is not None:
-            cause = cause.__cause__ or cause
-        if cause is not None and not isinstance(cause, errors.LLMRelayError):
-            return cause
-    return None

@@ -27,7 +27,14 @@ from .._registry import Registry, get_registry
 from .._relay import RelayStream, relay
 from .._routing import route
 from .._types import Chunk, Usage
-from ._errors import APIError, error_for, internal_error, invalid_request, retry_after_headers
+from ._errors import (
+    APIError,
+    bug_behind,
+    error_for,
+    internal_error,
+    invalid_request,
+    retry_after_headers,
+)
 from ._request import ChatRequest, load_json_object, unsupported_param, validate_chat_request
 from ._sse import FrameWriter
 from ._state import (
@@ -262,7 +269,12 @@ async def _send_chunks(
     except errors.LLMRelayError as exc:
         error = error_for(exc)
         info.error = error.code or error.type
-        log.warning("stream from %s failed after it started: %s", stream.provider, exc)
+        log.warning(
+            "stream from %s failed after it started: %s",
+            stream.provider,
+            exc,
+            exc_info=bug_behind(exc),  # a provider's bug: its traceback, for operators
+        )
         last = frame(error.body()) + DONE
     except Exception:
         log.exception("stream from %s failed after it started", stream.provider)

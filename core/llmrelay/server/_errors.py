@@ -36,7 +36,7 @@ from aiohttp import web
 
 from .. import errors
 
-__all__ = ["APIError", "error_for", "internal_error", "invalid_request"]
+__all__ = ["APIError", "bug_behind", "error_for", "internal_error", "invalid_request"]
 
 
 class APIError(Exception):
@@ -164,3 +164,14 @@ def retry_after_headers(seconds: float | None) -> dict[str, str]:
         "Retry-After": str(max(1, math.ceil(seconds))),
         "retry-after-ms": str(round(seconds * 1000)),
     }
+
+
+def bug_behind(exc: BaseException) -> BaseException | None:
+    """The bare exception a provider's code raised behind ``exc`` (which llmrelay turned into
+    a typed error: ``ProviderError.bare``), if any; AllProvidersFailed looks at each error."""
+    found: list[BaseException] = [exc, *getattr(exc, "errors", ())]
+    for error in found:
+        bare = getattr(error, "bare", None)
+        if isinstance(bare, BaseException):
+            return bare
+    return None

@@ -410,10 +410,8 @@ class ProviderConformance:
     ) -> errors.ProviderError:
         """``error`` is a ``kind`` (an llmrelay.errors type) naming this provider, and the
         provider raised it: not a bare exception that llmrelay turned into one."""
-        bare = error.__cause__
-        if isinstance(error, errors.StreamInterrupted) and bare is not None:
-            bare = bare.__cause__ or bare
-        assert bare is None or isinstance(bare, errors.LLMRelayError), (
+        bare = getattr(error, "bare", None)
+        assert bare is None, (
             f"expected llmrelay.errors.{kind.__name__}, got {type(bare).__module__}."
             f"{type(bare).__qualname__}: {bare} (llmrelay reports it as "
             f"{type(error).__name__}: {error}; raise llmrelay.errors instead)"

@@ -223,10 +223,10 @@ def _messages_data(provider: str, messages: list[Message]) -> Any:
     Raises:
         InvalidRequest: naming the message and the field.
     """
-    for message in messages:  # (no enumerate: this runs on every request)
+    for message in messages:  # (no enumerate(): this runs on every request)
         # Only extra fields (the message's own, or its content parts') can hold such values.
         if message.__pydantic_extra__ or type(message.content) is list:
-            _check_faithful(provider, messages.index(message), message)
+            _check_faithful(provider, messages, message)
     try:
         return _MESSAGES_JSON(messages, mode="json", exclude_unset=True)
     except ValueError as exc:  # PydanticSerializationError; UnicodeDecodeError for bytes
@@ -235,7 +235,7 @@ def _messages_data(provider: str, messages: list[Message]) -> Any:
         ) from None
 
 
-def _check_faithful(provider: str, index: int, message: Message) -> None:
+def _check_faithful(provider: str, messages: list[Message], message: Message) -> None:
     fields: list[tuple[str, object]] = list((message.model_extra or {}).items())
     if isinstance(message.content, list):
         for n, part in enumerate(message.content):
@@ -243,6 +243,7 @@ def _check_faithful(provider: str, index: int, message: Message) -> None:
     for name, value in fields:
         problem = _unfaithful(value)
         if problem is not None:
+            index = next(i for i, m in enumerate(messages) if m is message)  # by identity
             raise errors.InvalidRequest(
                 f"{provider}: messages[{index}].{name} holds {problem}, which JSON cannot "
                 "carry as it is; send a JSON value instead"
@@ -250,15 +251,24 @@ def _check_faithful(provider: str, index: int, message: Message) -> None:
 
 
 def _unfaithful(value: object, depth: int = 0) -> str | None:
-    """What in ``value`` JSON mode would change (a non-finite float, a set), or None."""
+    """What in ``value`` JSON mode would change without a word, or None: a non-finite float
+    (null), a set (a list), bytes (text), a complex number (text), a key that is not a
+    string (text)."""
     if isinstance(value, float):
         return None if math.isfinite(value) else repr(value)
     if isinstance(value, set | frozenset):
         return "a set"
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "bytes"
+    if isinstance(value, complex):
+        return "a complex number"
     if depth > 32:  # deeper than any message needs; pydantic refuses cycles itself
         return None
     items: Iterable[object] = ()
     if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                return f"the key {key!r}, not a string"
         items = value.values()
     elif isinstance(value, list | tuple):
         items = value
