@@ -1020,3 +1020,34 @@ async def test_text_utf8_cannot_carry_is_400_not_a_server_error(
     assert error["type"] == "invalid_request_error"
     assert words in error["message"]
     assert replica.hits == 0
+
+
+async def test_a_providers_bug_mid_stream_is_logged_with_its_traceback(
+    fakes: Callable[..., Registry],
+    relay_server: StartServer,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class BuggyLater(Echo):
+        name = "buggy-later"
+        models = ("buggy-later-1",)
+        default_model = "buggy-later-1"
+
+        @classmethod
+        async def generate(
+            cls, model: str, messages: list[Message], call: Call
+        ) -> AsyncGenerator[Chunk, None]:
+            yield "some text"
+            raise KeyError("internal detail")
+
+    fakes(BuggyLater)
+    server = await relay_server()
+    body = {"model": "buggy-later-1", "messages": HI, "stream": True}
+    async with http.post(f"{server.url}/v1/chat/completions", json=body) as response:
+        text = await response.text()
+    assert "some text" in text
+    assert "stream_interrupted" in text
+    assert "internal detail" not in text
+    traced = [r for r in caplog.records if r.exc_info and isinstance(r.exc_info[1], KeyError)]
+    assert traced  # the operator gets the provider's traceback
+    assert "internal detail" in caplog.text
