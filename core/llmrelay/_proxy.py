@@ -56,6 +56,8 @@ class ProxyURL:
 
 
 _SCHEMES_HINT = "; use one of " + ", ".join(f"{s}://" for s in ACCEPTED_SCHEMES)
+#: The port a URL without one means, by scheme (a SOCKS proxy's is 1080).
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def parse_proxy(value: str, *, source: str | None = None) -> ProxyURL:
@@ -98,7 +100,7 @@ def parse_proxy(value: str, *, source: str | None = None) -> ProxyURL:
     if port == 0:
         raise refuse("port 0")
     if port is None:
-        port = {"http": 80, "https": 443}.get(scheme, 1080)
+        port = _DEFAULT_PORTS.get(scheme, 1080)
     if parts.password is not None:
         remember_secret(unquote(parts.password))
     return ProxyURL(
@@ -182,9 +184,6 @@ def _default_proxy(
     if no_proxy and _bypassed(target_url, no_proxy):
         return None
     return _parse_cached(value, source)
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _bypassed(target_url: str, no_proxy: str) -> bool:
