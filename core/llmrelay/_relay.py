@@ -177,9 +177,7 @@ class RelayStream(ChunkStream):
         """A provider's stream failed: re-raise if it had sent text, else note it and move on."""
         self._current = None
         try:
-            # Text, or the FinishReason, reached the caller: no other provider may answer.
-            delivered = stream._sent_text or stream._finish_seen
-            self._note_failure(stream.provider, exc, sent_text=delivered)
+            self._note_failure(stream.provider, exc, sent_text=stream._sent_text)
         finally:
             await stream.aclose()
 
