@@ -408,6 +408,10 @@ async def _never_yields(cls: type[Provider], model: str, messages: object, call:
     return None  # pragma: no cover - never called: "async def" without "yield"
 
 
+def _sync_generator(cls: type[Provider], model: str, messages: object, call: object) -> Any:
+    yield llmrelay.FinishReason("stop")  # pragma: no cover - never called: "async" forgotten
+
+
 def _provider(name: str, **attrs: Any) -> type[Provider]:
     async def generate(
         cls: type[Provider], model: str, messages: object, call: object
@@ -445,6 +449,10 @@ def _provider(name: str, **attrs: Any) -> type[Provider]:
         (
             _provider("x", generate=classmethod(_never_yields)),
             "generate is an async function that never yields: make it an async generator",
+        ),
+        (
+            _provider("x", generate=classmethod(_sync_generator)),
+            "generate is a plain generator (def with yield): make it an async generator",
         ),
         (Provider, "Provider.name must be a non-empty string"),
         (object(), "is not a subclass of llmrelay.Provider"),

@@ -149,3 +149,49 @@ def test_in_band_error_messages_are_scrubbed_and_shortened() -> None:
     assert len(exc.reason) <= errors.BODY_EXCERPT_CHARS
     assert exc.body is not None
     assert "sk-live-abcdefghijklmnop" not in exc.body
+
+
+class ReturnsAList(Provider):
+    """``generate`` is a plain ``def`` returning the chunks: it loads, but is no generator."""
+
+    name = "returns-a-list"
+    url = "http://127.0.0.1:9"
+    default_model = "list-1"
+    models = ("list-1",)
+
+    @classmethod
+    def generate(  # type: ignore[override]
+        cls, model: str, messages: list[Message], call: Call
+    ) -> list[Chunk]:
+        return ["hi", FinishReason("stop")]
+
+
+@pytest.mark.parametrize("read", ["iterate", "collect"])
+async def test_a_generate_that_is_no_async_generator_is_an_invalid_response(read: str) -> None:
+    # It was an AttributeError ('list' object has no attribute '__anext__'), and closing the
+    # stream then raised a bare AttributeError ('aclose') out of the relay and the CLI.
+    stream = ReturnsAList.create_async_generator("", HI)
+    first = anext(stream) if read == "iterate" else stream.collect()
+    with pytest.raises(errors.InvalidResponse, match=r"generate\(\) returned a list, not an"):
+        await first
+    await stream.aclose()
+
+
+async def test_the_relay_falls_back_from_a_generate_that_is_no_async_generator(
+    use_plugins: Callable[..., Registry],
+) -> None:
+    class Fine(Provider):
+        name = "fine"
+        url = "http://127.0.0.1:9"
+        default_model = "list-1"
+        models = ("list-1",)
+
+        @classmethod
+        async def generate(
+            cls, model: str, messages: list[Message], call: Call
+        ) -> AsyncGenerator[Chunk, None]:
+            yield "fine"
+            yield FinishReason("stop")
+
+    use_plugins(("list", Plugin(ReturnsAList)), ("fine", Plugin(Fine)))
+    assert [c async for c in llmrelay.relay("list-1", HI)] == ["fine", FinishReason("stop")]

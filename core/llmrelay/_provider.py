@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Mapping
 from dataclasses import dataclass
-from types import TracebackType
+from types import AsyncGeneratorType, TracebackType
 from typing import Any, ClassVar, NoReturn, Self
 
 from . import errors
@@ -405,7 +405,16 @@ class ChunkStream(AsyncIterator[Chunk]):
             if self._pending is None:  # pragma: no cover - __init__ or _of set one of the two
                 raise RuntimeError("a ChunkStream without chunks")
             provider, model, messages, call = self._pending
-            self._chunks = provider.generate(model, messages, call)
+            chunks = provider.generate(model, messages, call)
+            if type(chunks) is not AsyncGeneratorType and not isinstance(chunks, AsyncGenerator):
+                # A plain "def" that returns a list, say: refused here, by name, rather than
+                # as an AttributeError from deep inside the stream (and again on closing it).
+                raise errors.InvalidResponse(
+                    f"generate() returned a {type(chunks).__name__}, not an async generator "
+                    "(provider contract broken: write generate as an async def that yields)",
+                    provider=self.provider,
+                )
+            self._chunks = chunks
         return self._chunks
 
     def __aiter__(self) -> Self:

@@ -265,6 +265,13 @@ def check_provider(provider: object) -> None:
                 "yields: make it an async generator (yield the text chunks, then a "
                 "FinishReason), or implement complete() for a whole answer instead"
             )
+        if name == "generate" and inspect.isgeneratorfunction(method.__func__):
+            # "def" with a "yield" (the "async" forgotten): it loads, then every call would
+            # fail deep in the stream, far from the line to fix.
+            raise TypeError(
+                f"provider {provider.__name__}.generate is a plain generator (def with yield): "
+                "make it an async generator, with async def"
+            )
 
 
 def _split_env(name: str) -> set[str] | None:
