@@ -474,6 +474,57 @@ def test_a_plugin_without_the_hook_fails() -> None:
     assert "no register_providers hook" in failure.error
 
 
+@pytest.mark.parametrize(
+    ("target", "error"),
+    [
+        (
+            "llmrelay_test_slip:register_providers",
+            "TypeError: the entry point names the function register_providers(), not a plugin: "
+            "point it at the module holding the register_providers hook ('llmrelay_test_slip')",
+        ),
+        (
+            "llmrelay_test_slip:Slip",
+            "TypeError: the entry point names the provider Slip, not a plugin: point it at the "
+            "module whose register_providers hook registers it",
+        ),
+        (
+            "llmrelay_test_slip:Unmarked",
+            "TypeError: its register_providers is not marked @llmrelay.hookimpl",
+        ),
+    ],
+)
+def test_an_entry_point_aimed_at_the_wrong_thing_says_what_to_point_it_at(
+    site: Path, target: str, error: str
+) -> None:
+    # Each was "it has no register_providers hook marked @llmrelay.hookimpl", which reads as
+    # wrong to an author whose register_providers is right there, marked.
+    write_dist(
+        site,
+        "llmrelay-test-slip",
+        "1.0",
+        "llmrelay_test_slip",
+        """
+        import llmrelay
+        from llmrelay_test_good import Good
+
+        class Slip(Good):
+            name = "slip"
+
+        @llmrelay.hookimpl
+        def register_providers(register):
+            register(Slip)
+
+        class Unmarked:
+            @staticmethod
+            def register_providers(register):
+                register(Slip)
+        """,
+        {"slip": target},
+    )
+    registry = build_registry(entry_points=md.entry_points(group="llmrelay", name="slip"))
+    assert [(f.target, f.error) for f in registry.failures] == [(target, error)]
+
+
 def test_a_hookimpl_may_take_fewer_arguments_than_the_spec() -> None:
     class Quiet:
         @llmrelay.hookimpl

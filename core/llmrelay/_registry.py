@@ -120,7 +120,7 @@ class Registry:
         try:
             pm.register(plugin, name=name)
             if not pm.hook.register_providers.get_hookimpls():
-                raise TypeError("it has no register_providers hook marked @llmrelay.hookimpl")
+                raise TypeError(_no_hook(plugin))
             # Called through pluggy, so a hookimpl may take fewer arguments than the spec.
             pm.hook.register_providers(register=register)
             for provider in staged:
@@ -208,6 +208,24 @@ class Registry:
             yield from info.provider.models
             yield from info.provider.model_aliases
             yield from (f"{info.provider.name}/{m}" for m in info.provider.models)
+
+
+def _no_hook(plugin: object) -> str:
+    """Why ``plugin`` has no hook, in terms of what to fix: the usual slips are an entry
+    point naming the hook or a provider instead of their module, and a forgotten marker."""
+    if inspect.isfunction(plugin):
+        return (
+            f"the entry point names the function {plugin.__name__}(), not a plugin: point it "
+            f"at the module holding the register_providers hook ({plugin.__module__!r})"
+        )
+    if isinstance(plugin, type) and issubclass(plugin, Provider):
+        return (
+            f"the entry point names the provider {plugin.__name__}, not a plugin: point it at "
+            "the module whose register_providers hook registers it"
+        )
+    if callable(getattr(plugin, "register_providers", None)):
+        return "its register_providers is not marked @llmrelay.hookimpl"
+    return "it has no register_providers hook marked @llmrelay.hookimpl"
 
 
 def check_provider(provider: object) -> None:
