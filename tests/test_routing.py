@@ -175,6 +175,22 @@ def test_a_pinned_name_whose_provider_is_not_registered_says_so(registry: Regist
     assert "no provider is registered as 'otehr'" in str(info.value)
 
 
+def test_an_unknown_model_names_the_plugins_that_failed_to_load(
+    use_plugins: Callable[..., Registry],
+) -> None:
+    # The failure is only logged, and the llmrelay logger prints nothing unless configured:
+    # "no provider serves" was all an author whose plugin did not load got to see.
+    registry = use_plugins(("p", Plugin(fake("a"))), ("echo", object()))
+    suffix = " (plugin(s) that failed to load: echo; `llmrelay providers` says why)"
+    for model in ("echo-1", "echo/echo-1", "a/nope"):
+        with pytest.raises(ModelNotFound) as info:
+            route(model, registry, config())
+        assert str(info.value).endswith(suffix)
+    with pytest.raises(ModelNotFound) as info:
+        route("echo-1", use_plugins(("p", Plugin(fake("a")))), config())
+    assert "failed to load" not in str(info.value)
+
+
 def test_a_model_name_with_a_slash_is_not_taken_for_a_provider(
     use_plugins: Callable[..., Registry],
 ) -> None:

@@ -104,7 +104,7 @@ def route(
     try:
         candidates = registry.resolve(target)
     except ModelNotFound as exc:
-        raise _not_found(model, target, exc, registry, config) from None
+        raise _naming_failures(_not_found(model, target, exc, registry, config), registry) from None
     # Without [providers.*] settings nothing is disabled: no filtering per request then.
     usable = (
         [pair for pair in candidates if not config.disabled(pair[0].name)]
@@ -168,6 +168,17 @@ def _not_found(
             f"(registered: {names}; is its plugin installed?){hint}",
         )
     return found
+
+
+def _naming_failures(exc: ModelNotFound, registry: Registry) -> ModelNotFound:
+    """``exc``, naming the plugins that failed to load: one of them may be what should serve
+    the model, and their warnings go to a logger that nothing prints unless configured."""
+    if not registry.failures:
+        return exc
+    names = ", ".join(failure.name for failure in registry.failures)
+    return _with_message(
+        exc, f"{exc} (plugin(s) that failed to load: {names}; `llmrelay providers` says why)"
+    )
 
 
 def _with_message(exc: ModelNotFound, message: str) -> ModelNotFound:
