@@ -339,6 +339,14 @@ def test_the_kit_api() -> None:
         llmrelay.testing.record_mode("yes")
 
 
+def test_the_reference_lists_every_check() -> None:
+    # docs/testing.md is where a failing check is looked up; it lacked one of them.
+    reference = (ROOT / "docs" / "testing.md").read_text(encoding="utf-8")
+    checks = [name for name in dir(ProviderConformance) if name.startswith("test_")]
+    assert checks
+    assert [name for name in checks if f"| `{name}` |" not in reference] == []
+
+
 # -- the pytest plugin, in pytest subprocesses ---------------------------------------------------
 
 PROJECT_CONFIG = """\
