@@ -333,6 +333,22 @@ async def test_request_options_reach_the_provider(
     assert "n" not in body  # the server's own business: n=1 is all it offers
 
 
+async def test_extra_body_on_the_wire_is_refused(
+    replica: ReplicaState, relay_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    """A body field named ``extra_body`` would be merged into the upstream request over the
+    checked fields: another model than the client asked for (and the operator configured),
+    ``n`` above 1. OpenAI's SDKs never send one: it is refused, and nothing goes upstream."""
+    server = await relay_server()
+    body = {"model": "llama3", "messages": HI, "extra_body": {"model": "gpt-4o-mini", "n": 3}}
+    async with http.post(f"{server.url}/v1/chat/completions", json=body) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert error["param"] == "extra_body"
+    assert "unknown parameter" in error["message"]
+    assert replica.hits == 0
+
+
 # -- client errors -------------------------------------------------------------------------
 
 

@@ -45,10 +45,15 @@ __all__ = [
 MAX_JSON_DEPTH = 64
 
 #: Names that would steer llmrelay's call (where to connect, how long to wait, which
-#: registry) rather than the model's answer. Never taken from a client.
+#: registry) rather than the model's answer. Never taken from a client. ``extra_body`` is
+#: among them: the OpenAI-compatible provider merges it into the upstream body over
+#: everything else, so it would replace the model (any the upstream key can use, not the ones
+#: configured), the messages and ``n`` this module checked; OpenAI's SDKs never send a field
+#: of that name (they merge their ``extra_body`` argument into the body themselves).
 RESERVED = frozenset(
     {
         "base_url",
+        "extra_body",
         "proxy",
         "timeout",
         "max_retries",
