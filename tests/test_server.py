@@ -696,6 +696,36 @@ async def test_concurrency_limit(
     assert ok.choices[0].message.content == "Echo: Hi there"
 
 
+async def test_a_stalled_body_gets_408_and_frees_its_place(
+    fakes: Callable[..., Registry], relay_server: StartServer, client: MakeClient
+) -> None:
+    """A request holds its place under the concurrency limit while its body arrives: a client
+    that stops sending must not hold it for as long as it keeps its connection open."""
+    fakes(Echo)
+    server = await relay_server(
+        ServerSettings(max_concurrency=1, body_timeout=0.2, shutdown_grace=2.0)
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n{"
+    )
+    try:
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408 ")
+            assert b"\r\nConnection: close\r\n" in head
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            assert json.loads(await reader.readexactly(length))["error"]["code"] == (
+                "request_timeout"
+            )
+    finally:
+        writer.close()
+    await _wait_for(lambda: not server.state.tasks)
+    ok = await client(server).chat.completions.create(model="echo-1", messages=HI)
+    assert ok.choices[0].message.content == "Echo: Hi there"
+
+
 # -- disconnects and shutdown --------------------------------------------------------------
 
 

@@ -109,7 +109,10 @@ def _shutting_down() -> APIError:
 
 async def _answer(request: web.Request, state: ServerState) -> web.StreamResponse:
     info = LOG.get()
-    data = load_json_object(await _read_body(request, state.settings.max_body_bytes))
+    settings = state.settings
+    data = load_json_object(
+        await _read_body(request, settings.max_body_bytes, settings.body_timeout)
+    )
     if isinstance(data.get("model"), str):
         info.model = data["model"]  # logged even when the rest of the body is refused
     chat = validate_chat_request(data)
@@ -119,9 +122,19 @@ async def _answer(request: web.Request, state: ServerState) -> web.StreamRespons
     return await _complete(chat, stream, info)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.Request, limit: int, seconds: float) -> bytes:
+    """The body, within ``seconds``: the request already holds a place under the
+    concurrency limit, which a client stalled mid-upload must not keep indefinitely."""
     try:
-        return await request.read()
+        async with asyncio.timeout(seconds):
+            return await request.read()
+    except TimeoutError:
+        raise APIError(
+            408,
+            f"the request body did not arrive within {seconds:g} seconds",
+            code="request_timeout",
+            headers={"Connection": "close"},  # the rest of the body may never come
+        ) from None
     except web.HTTPRequestEntityTooLarge:
         raise APIError(
             413,

@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 __all__ = [
+    "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_SHUTDOWN_GRACE",
@@ -21,6 +22,11 @@ __all__ = [
 
 #: 4 MiB: a long conversation with a few inline images fits; a runaway upload does not.
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+#: Seconds a client gets to send its whole request body. A request counts against the
+#: concurrency limit from the start, before its body is read (that is what bounds the memory
+#: bodies take), so without a deadline a client that stalls mid-upload would hold one of the
+#: limited places for as long as it keeps its connection open.
+DEFAULT_BODY_TIMEOUT = 60.0
 #: Chat requests one worker answers at once; more get a 503 with ``Retry-After``.
 DEFAULT_MAX_CONCURRENCY = 256
 #: Seconds running requests get to finish after SIGTERM. Below Kubernetes' default
@@ -38,7 +44,8 @@ class ServerSettings:
 
     ``api_key`` is excluded from ``repr`` so it never reaches a log line or a traceback.
     ``drop_unsupported`` drops request options no provider understands instead of answering
-    400, for clients that always send options such as ``temperature``.
+    400, for clients that always send options such as ``temperature``. ``body_timeout`` is
+    the time a client gets to send its request body (``408`` after it).
     """
 
     api_key: str | None = field(default=None, repr=False)
@@ -47,6 +54,7 @@ class ServerSettings:
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     drop_unsupported: bool = False
     access_log: bool = True
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
 
     def __post_init__(self) -> None:
         if self.api_key is not None and not self.api_key.strip():
@@ -55,6 +63,8 @@ class ServerSettings:
             raise ValueError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
         if self.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {self.max_concurrency}")
+        if not self.body_timeout > 0:
+            raise ValueError(f"body_timeout must be positive, got {self.body_timeout}")
         if self.shutdown_grace < 0:
             raise ValueError(f"shutdown_grace must not be negative, got {self.shutdown_grace}")
 
