@@ -886,6 +886,43 @@ async def test_one_access_log_line_per_request(
     assert secret not in text
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        f"Authorization: Bearer {KEY}\x01".encode(),  # a stray control character
+        f"Authorization: Bearer {KEY}{'x' * 9000}".encode(),  # over aiohttp's line limit
+        f"Proxy-Authorization: Basic {KEY}\x00".encode(),
+    ],
+)
+async def test_a_malformed_request_is_logged_without_its_headers(
+    fakes: Callable[..., Registry],
+    relay_server: StartServer,
+    caplog: pytest.LogCaptureFixture,
+    header: bytes,
+) -> None:
+    """aiohttp logs a request it cannot parse as an ERROR quoting the offending line, the key
+    included: the server logs one INFO line naming the client and the kind of problem."""
+    fakes(Echo)
+    caplog.set_level(logging.DEBUG)
+    server = await relay_server(ServerSettings(api_key=KEY, shutdown_grace=2.0))
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n\r\n")
+    try:
+        async with asyncio.timeout(5):
+            assert (await reader.readuntil(b"\r\n")).split()[1] == b"400"
+            await reader.read()  # aiohttp closes the connection after the error
+    finally:
+        writer.close()
+    assert KEY not in caplog.text
+    [record] = [r for r in caplog.records if "malformed" in r.getMessage()]
+    assert (record.name, record.levelno, record.exc_info) == (
+        "llmrelay.server.http",
+        logging.INFO,
+        None,
+    )
+    assert record.getMessage().startswith("malformed HTTP request from 127.0.0.1: ")
+
+
 async def test_a_departed_client_is_logged_as_499(
     replica: ReplicaState,
     relay_server: StartServer,

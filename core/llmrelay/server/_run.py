@@ -158,6 +158,7 @@ async def serving(
     runner = web.AppRunner(
         app,
         handle_signals=False,
+        logger=_http_log,  # malformed requests: one line, without the offending header
         access_log=None,  # the app writes its own line, with model and provider
         handler_cancellation=True,
         shutdown_timeout=1.0,  # a backstop only: Server.shutdown does the waiting
@@ -170,6 +171,43 @@ async def serving(
         yield server
     finally:
         await server.shutdown()
+
+
+#: aiohttp's protocol logger for this server's connections (aiohttp's own is
+#: ``aiohttp.server``, which other applications in the process may use as they like).
+_http_log = logging.getLogger("llmrelay.server.http")
+
+
+def _malformed_request(record: logging.LogRecord) -> bool:
+    """Turn aiohttp's report of a request it could not parse into one line without its text.
+
+    aiohttp logs such a request as an ERROR with a traceback whose message quotes the
+    offending line: ``Authorization: Bearer <key>`` when the key carries a stray control
+    character or is too long, ``Proxy-Authorization``, a URL's query. No secret may reach the
+    log, and a client's malformed request is not a server error: the line says who sent it
+    and what was wrong, by the exception's class (``LineTooLong``, ``InvalidHeader``), at
+    INFO. Anything else aiohttp logs passes unchanged.
+    """
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    exc = record.exc_info[1] if record.exc_info else None
+    bad = exc if isinstance(exc, HttpProcessingError) else None
+    if bad is None and isinstance(exc, Exception):  # a body's decoding error, wrapped
+        cause = exc.__cause__
+        bad = cause if isinstance(cause, HttpProcessingError) else None
+    if bad is None:
+        return True
+    if not _http_log.isEnabledFor(logging.INFO):
+        return False  # checked at ERROR, aiohttp's level, before it became INFO
+    client = record.args[0] if isinstance(record.args, tuple) and record.args else "a client"
+    record.msg = "malformed HTTP request from %s: %s"
+    record.args = (client, type(bad).__name__)
+    record.exc_info = record.exc_text = None
+    record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+    return True
+
+
+_http_log.addFilter(_malformed_request)
 
 
 # -- the process ---------------------------------------------------------------------------
