@@ -366,6 +366,7 @@ async def test_extra_body_on_the_wire_is_refused(
         ({"stream_options": {"include_usage": True}}, "stream_options", "only allowed"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
         ({"model": ""}, "model", "at least 1"),
+        ({"model": "m" * 257}, "model", "at most 256"),  # no seconds spent on suggestions
         ({"base_url": "http://169.254.169.254/"}, "base_url", "unknown parameter"),
         ({"proxy": "http://evil:1"}, "proxy", "unknown parameter"),
         ({"timeout": 1}, "timeout", "unknown parameter"),

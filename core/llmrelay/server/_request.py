@@ -32,6 +32,7 @@ from ._errors import APIError, invalid_request
 
 __all__ = [
     "MAX_JSON_DEPTH",
+    "MAX_MODEL_LENGTH",
     "RESERVED",
     "ChatRequest",
     "load_json_object",
@@ -67,6 +68,12 @@ RESERVED = frozenset(
 
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 
+#: Longer model names are refused: real ones (``ft:gpt-4o-mini-2024-07-18:org::id``, a
+#: Hugging Face ``org/repo:tag``) are far shorter, and an unknown name is compared with every
+#: known one to suggest close names, which for a name of megabytes blocks the worker's event
+#: loop (and every stream on it) for seconds.
+MAX_MODEL_LENGTH = 256
+
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -79,7 +86,7 @@ class ChatRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    model: StrictStr = Field(min_length=1)
+    model: StrictStr = Field(min_length=1, max_length=MAX_MODEL_LENGTH)
     messages: list[Message] = Field(min_length=1)
     stream: StrictBool | None = None
     stream_options: StreamOptions | None = None
