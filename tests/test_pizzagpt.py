@@ -235,3 +235,38 @@ async def test_replica_reproduces_every_cassette(serve: Serve, case: str) -> Non
         except llmrelay.LLMRelayError as exc:
             replayed = type(exc)
     assert live == replayed
+
+
+@pytest.mark.parametrize(
+    ("message", "named"),
+    [
+        (
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                ],
+            },
+            r"messages\[1\] has a 'image_url' part",
+        ),
+        ({"role": "user", "content": "Hi", "name": "alice"}, r"messages\[1\] has name"),
+        (
+            {"role": "user", "content": [{"type": "text", "text": "Hi", "cache_control": {}}]},
+            r"messages\[1\] has a text part with cache_control",
+        ),
+    ],
+)
+async def test_what_the_question_cannot_carry_is_refused_not_dropped(
+    serve: Serve, replica: web.Application, message: dict[str, object], named: str
+) -> None:
+    """The service takes one question: an image, a name or a part's extra field would be left
+    out of it without a word, so the request is refused, naming what, before any I/O."""
+    base = await serve(replica)
+    messages = [{"role": "system", "content": "Be brief."}, message]
+    with pytest.raises(InvalidRequest, match=named):
+        await Pizzagpt.create_async_generator("gpt-4o-mini", messages, base_url=base).text()
+    assert replica[STATE].hits == 0
+    # the same conversation in text only is answered
+    text_only = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert await Pizzagpt.create_async_generator("gpt-4o-mini", text_only, base_url=base).text()

@@ -10,7 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from llmrelay import Call, Completion, FinishReason, Message, Provider, format_prompt
+from llmrelay import (
+    Call,
+    Completion,
+    FinishReason,
+    Message,
+    Provider,
+    TextPart,
+    format_prompt,
+)
 from llmrelay.errors import InvalidRequest, InvalidResponse, MisuseDetected
 
 __all__ = ["MISUSE_TEXT", "Pizzagpt"]
@@ -79,6 +87,7 @@ class Pizzagpt(Provider):
     async def complete(cls, model: str, messages: list[Message], call: Call) -> Completion:
         """The service answers in one piece: one request, one answer (its stream is that
         answer as one chunk, from ``Provider.generate``)."""
+        _check_text_only(messages)
         question = format_prompt(messages)
         if not question.strip():
             raise InvalidRequest("pizzagpt: the prompt is empty; send a message with some text")
@@ -97,6 +106,36 @@ class Pizzagpt(Provider):
         if MISUSE_TEXT in content:
             raise MisuseDetected(content, provider=cls.name)
         return Completion(content, _STOP)
+
+
+def _check_text_only(messages: list[Message]) -> None:
+    """Refuse what the service's one question cannot carry, rather than leave it out unsaid:
+    a non-text part (an image, audio, a file) or a field beyond ``role`` and ``content``
+    (``name``, ``tool_calls``, ``tool_call_id``, ...).
+
+    Raises:
+        InvalidRequest: naming the message and what it holds.
+    """
+    for index, message in enumerate(messages):
+        if message.model_extra:
+            fields = ", ".join(sorted(message.model_extra))
+            raise InvalidRequest(
+                f"pizzagpt takes only the text of each message: messages[{index}] has "
+                f"{fields}, which it cannot send; leave it out or pin a provider that takes it"
+            )
+        if isinstance(message.content, list):
+            for part in message.content:
+                if not isinstance(part, TextPart) or part.model_extra:
+                    what = (
+                        f"a {part.type!r} part"
+                        if not isinstance(part, TextPart)
+                        else f"a text part with {', '.join(sorted(part.model_extra or {}))}"
+                    )
+                    raise InvalidRequest(
+                        f"pizzagpt takes only the text of each message: messages[{index}] has "
+                        f"{what}, which it cannot send; leave it out or pin a provider that "
+                        "takes it"
+                    )
 
 
 def _content(data: Any) -> str | None:
