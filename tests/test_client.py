@@ -198,6 +198,40 @@ async def test_stream_without_reported_usage_has_none(local: ReplicaState) -> No
         check_chunks([chunk async for chunk in stream], usage=None)
 
 
+async def test_stream_options_are_the_clients_own(local: ReplicaState) -> None:
+    """OpenAI's ``stream_options`` is honoured by the client, whichever provider answers: it
+    is not a request option a provider could refuse, and ``include_usage`` says whether the
+    last chunk carries the usage the provider reported."""
+    async with AsyncClient() as client:
+        stream = await client.chat.completions.create(
+            model="local/llama3", messages=HI, stream=True, stream_options={"include_usage": True}
+        )
+        check_chunks([chunk async for chunk in stream])
+        # the provider asks for usage as it always does; the caller's choice stays here
+        assert local.last_body["stream_options"] == {"include_usage": True}
+        for bad, message in [
+            ({"include_usage": "yes"}, r"stream_options\['include_usage'\] must be True or False"),
+            ({"include_usage": True, "chunk_size": 3}, r"unknown key\(s\) 'chunk_size'"),
+            ([("include_usage", True)], "stream_options must be a dict"),
+        ]:
+            with pytest.raises(InvalidRequest, match=message):
+                await client.chat.completions.create(
+                    model="local/llama3", messages=HI, stream=True, stream_options=bad
+                )
+        with pytest.raises(InvalidRequest, match="only allowed with stream=True"):
+            await client.chat.completions.create(
+                model="local/llama3", messages=HI, stream_options={"include_usage": True}
+            )
+        assert local.hits == 1  # the refused calls sent nothing
+    hits = local.hits
+    # a client default applies to streams only: a whole answer ignores it
+    async with AsyncClient(stream_options={"include_usage": False}) as client:
+        check_completion(await client.chat.completions.create(model="llama3", messages=HI))
+        stream = await client.chat.completions.create(model="llama3", messages=HI, stream=True)
+        check_chunks([chunk async for chunk in stream], usage=None)
+    assert local.hits == hits + 2
+
+
 def test_sync_client_both_shapes(threaded: ReplicaState) -> None:
     with Client() as client:
         check_completion(client.chat.completions.create(model="llama3", messages=HI))

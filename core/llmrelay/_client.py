@@ -59,7 +59,40 @@ log = logging.getLogger("llmrelay")
 T = TypeVar("T")
 
 #: Request options for which ``None`` means "not given" (they are left out of the request).
-_NONE_IS_UNSET = ("temperature", "max_tokens", "stop")
+_NONE_IS_UNSET = ("temperature", "max_tokens", "stop", "stream_options")
+#: The keys of OpenAI's ``stream_options`` the client understands.
+_STREAM_OPTIONS = frozenset({"include_usage"})
+
+
+def _include_usage(stream_options: object, stream: bool, given_here: bool) -> bool:
+    """What OpenAI's ``stream_options`` asks of a stream: whether to report usage.
+
+    The client honours it itself, whichever provider answers (so it is not passed on as a
+    request option, which most providers would refuse): usage rides on the last chunk when
+    the provider reports it (see the module's docstring), and ``include_usage=False`` leaves
+    it out. Like OpenAI, the option is refused on a call that does not stream (a client
+    default applies to streams only).
+
+    Raises:
+        InvalidRequest: not a dict of known keys with booleans, or given without a stream.
+    """
+    if not isinstance(stream_options, dict):
+        raise InvalidRequest(
+            "stream_options must be a dict such as {'include_usage': True}, "
+            f"got {type(stream_options).__name__}"
+        )
+    unknown = sorted(map(str, stream_options.keys() - _STREAM_OPTIONS))
+    if unknown:
+        raise InvalidRequest(
+            f"stream_options has unknown key(s) {', '.join(map(repr, unknown))} "
+            f"(known: {', '.join(sorted(_STREAM_OPTIONS))})"
+        )
+    for key, value in stream_options.items():
+        if not isinstance(value, bool):
+            raise InvalidRequest(f"stream_options[{key!r}] must be True or False, got {value!r}")
+    if not stream and given_here:
+        raise InvalidRequest("stream_options is only allowed with stream=True")
+    return bool(stream_options.get("include_usage", True))
 
 
 # -- the shapes ---------------------------------------------------------------------------------
@@ -228,10 +261,17 @@ def _shown_model(model: str) -> str:
 class AsyncCompletionStream(AsyncIterator[ChatCompletionChunk]):
     """The chunks of one streamed answer. Close it (or use ``async with``) to stop early."""
 
-    def __init__(self, stream: RelayStream, model: str, owner: AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        stream: RelayStream,
+        model: str,
+        owner: AsyncClient | None = None,
+        include_usage: bool = True,
+    ) -> None:
         self._stream = stream
         self._model = model
         self._owner = owner
+        self._include_usage = include_usage
         self._id = completion_id()
         self._created = int(time.time())
         self._first = True
@@ -255,7 +295,8 @@ class AsyncCompletionStream(AsyncIterator[ChatCompletionChunk]):
                 if isinstance(item, str):
                     return self._chunk(item, None)
                 if isinstance(item, Usage):
-                    self._usage = item  # sent with the finish_reason, on the last chunk
+                    if self._include_usage:  # sent with the finish_reason, on the last chunk
+                        self._usage = item
                     continue
                 reason = item.reason
                 break
@@ -377,7 +418,8 @@ class AsyncCompletions:
         the configured default). Options: ``timeout`` (total seconds for the whole call,
         retries and fallback included; None for none), ``max_retries``, ``proxy``,
         ``drop_unsupported`` (leave out options a provider does not support instead of
-        refusing them), and request options
+        refusing them), ``stream_options`` (OpenAI's; ``{"include_usage": False}`` leaves
+        usage out of a stream), and request options
         such as ``temperature``, ``max_tokens`` and ``stop`` (None leaves them out), passed to
         providers that support them. Everything is checked before any I/O.
 
@@ -396,9 +438,13 @@ class AsyncCompletions:
                 if name in merged and merged[name] is None:
                     del merged[name]
         proxy = merged.pop("proxy", None)
+        include_usage = True
+        if "stream_options" in merged:  # the client's to honour, not a provider's option
+            given_here = "stream_options" in options  # (before the pop: merged may be options)
+            include_usage = _include_usage(merged.pop("stream_options"), bool(stream), given_here)
         chunks = relay(model, messages, proxy=proxy, stream=bool(stream), **merged)
         if stream:
-            answer = AsyncCompletionStream(chunks, _shown_model(model), client)
+            answer = AsyncCompletionStream(chunks, _shown_model(model), client, include_usage)
             client._streams.add(answer)
             return answer
         completion = await chunks.collect()
