@@ -39,6 +39,14 @@ def test_chat_replays_a_cassette() -> None:
     assert result.stderr == ""
 
 
+def test_chat_joins_the_words_of_an_unquoted_prompt() -> None:
+    """``llmrelay chat Привет, как дела?`` is the prompt its words make, as ``record`` takes
+    it (it was "unexpected extra argument")."""
+    result = run("chat", "--replay", str(HELLO.path), "Привет,", "как", "дела?")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ANSWERS["Привет, как дела?"] + "\n"
+
+
 @pytest.mark.parametrize("args", [["-"], []])
 def test_chat_reads_the_prompt_from_stdin(args: list[str]) -> None:
     result = run("chat", "--replay", str(HELLO.path), *args, stdin="Привет, как дела?")

@@ -69,7 +69,7 @@ def _show_warning(
 
 
 @cli.command()
-@click.argument("prompt", required=False)
+@click.argument("words", metavar="[PROMPT]...", nargs=-1)
 @click.option(
     "-m",
     "--model",
@@ -91,7 +91,7 @@ def _show_warning(
 )
 @click.option("--timeout", type=float, help="Total seconds for the call, retries included.")
 def chat(
-    prompt: str | None,
+    words: tuple[str, ...],
     model: str,
     system: str | None,
     proxy: str | None,
@@ -100,8 +100,11 @@ def chat(
 ) -> None:
     """Send PROMPT and stream the answer to stdout.
 
-    PROMPT "-", or no PROMPT with input piped in, reads the prompt from stdin.
+    Several words are one prompt, joined with spaces (as `llmrelay record` takes them); quote
+    it to keep its spacing. PROMPT "-", or no PROMPT with input piped in, reads the prompt
+    from stdin.
     """
+    prompt = " ".join(words) if words else None
     if prompt is None or prompt == "-":
         if prompt is None and sys.stdin.isatty():
             raise click.UsageError("give a PROMPT, or pipe one on stdin")
