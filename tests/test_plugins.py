@@ -468,6 +468,65 @@ def test_invalid_providers_are_refused(provider: object, error: str) -> None:
     assert error in failure.error
 
 
+class _PlainComplete(Provider):
+    name = "plain"
+    url = "https://plain.invalid"
+    default_model = "m1"
+    models = ("m1",)
+
+    @classmethod
+    def complete(  # type: ignore[override]
+        cls, model: str, messages: object, call: object
+    ) -> llmrelay.Completion:  # pragma: no cover - never called: "async" forgotten
+        return llmrelay.Completion("x", llmrelay.FinishReason("stop"))
+
+
+class _YieldingComplete(_PlainComplete):
+    name = "yielding"
+
+    @classmethod
+    async def complete(  # type: ignore[override]
+        cls, model: str, messages: object, call: object
+    ) -> Any:  # pragma: no cover - never called: a generator, not a coroutine
+        yield "x"
+
+
+def _passed_on(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A decorator whose plain wrapper returns the coroutine (no functools.wraps)."""
+
+    def wrapper(*args: Any) -> Any:
+        return func(*args)
+
+    return wrapper
+
+
+class _DecoratedComplete(_PlainComplete):
+    name = "decorated"
+
+    @classmethod
+    @_passed_on
+    async def complete(
+        cls, model: str, messages: object, call: object
+    ) -> llmrelay.Completion:  # pragma: no cover - only registered
+        return llmrelay.Completion("x", llmrelay.FinishReason("stop"))
+
+
+@pytest.mark.parametrize("provider", [_PlainComplete, _YieldingComplete])
+def test_a_complete_that_is_not_an_async_function_is_refused(provider: type[Provider]) -> None:
+    """Every call would have failed with a bare TypeError from the ``await``: the plugin is
+    refused when it registers instead, saying what to write."""
+    registry = build_registry(entry_points=[], extra_plugins=[("bad", _Plugin(provider))])
+    [failure] = registry.failures
+    assert f"{provider.__name__}.complete must be an async function" in failure.error
+
+
+def test_a_decorated_complete_is_taken_as_written() -> None:
+    """A decorator's plain wrapper returning the coroutine may well be right: not refused."""
+    registry = build_registry(entry_points=[], extra_plugins=[("ok", _Plugin(_DecoratedComplete))])
+    assert registry.failures == []
+    assert "decorated" in registry.providers
+
+
 def test_a_plugin_without_the_hook_fails() -> None:
     registry = build_registry(entry_points=[], extra_plugins=[("empty", object())])
     [failure] = registry.failures

@@ -290,6 +290,25 @@ def check_provider(provider: object) -> None:
                 f"provider {provider.__name__}.generate is a plain generator (def with yield): "
                 "make it an async generator, with async def"
             )
+        if name == "complete" and _written_plain(inspect.unwrap(method.__func__)):
+            # "def complete" (the "async" forgotten): every call would fail with "object
+            # Completion can't be used in 'await' expression", reported as a bare TypeError.
+            raise TypeError(
+                f"provider {provider.__name__}.complete must be an async function (async def "
+                "returning a Completion, without yield)"
+            )
+
+
+def _written_plain(func: object) -> bool:
+    """Whether ``func`` is a ``complete`` written as a plain ``def`` or as an async generator.
+
+    Only the method as written in its class counts: a decorator's wrapper (``def wrapper``
+    returning the coroutine, without ``functools.wraps``) is another function, and may well be
+    right.
+    """
+    if not inspect.isfunction(func) or not func.__qualname__.endswith(".complete"):
+        return False
+    return not inspect.iscoroutinefunction(func)
 
 
 def _split_env(name: str) -> set[str] | None:
