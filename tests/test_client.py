@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+import llmrelay
 from llmrelay import AsyncClient, ChatCompletion, ChatCompletionChunk, Client, Registry, Usage
 from llmrelay._client import (
     ChatCompletionMessage,
@@ -230,6 +231,49 @@ async def test_stream_options_are_the_clients_own(local: ReplicaState) -> None:
         stream = await client.chat.completions.create(model="llama3", messages=HI, stream=True)
         check_chunks([chunk async for chunk in stream], usage=None)
     assert local.hits == hits + 2
+
+
+class _Offline(llmrelay.Provider):
+    """A provider that declares no request options at all (no ``stream_options``)."""
+
+    name = "offline"
+    url = "http://127.0.0.1"
+    default_model = "m1"
+    models = ("m1",)
+
+    @classmethod
+    async def generate(
+        cls, model: str, messages: list[llmrelay.Message], call: llmrelay.Call
+    ) -> AsyncIterator[llmrelay.Chunk]:
+        assert "stream_options" not in call.options
+        yield "hello"
+        yield USAGE
+        yield llmrelay.FinishReason("stop")
+
+
+class _OfflinePlugin:
+    @llmrelay.hookimpl
+    def register_providers(self, register: Callable[[object], None]) -> None:
+        register(_Offline)
+
+
+async def test_stream_options_work_with_a_provider_that_does_not_declare_them(
+    use_plugins: Callable[..., Registry],
+) -> None:
+    """``stream_options`` is not passed to a provider that does not declare it (it used to
+    refuse the call, "does not support option(s) stream_options"): the client honours it."""
+    use_plugins(("offline", _OfflinePlugin()))
+    async with AsyncClient() as client:
+        for include_usage, usage in [(True, USAGE), (False, None)]:
+            stream = await client.chat.completions.create(
+                model="offline/m1",
+                messages=HI,
+                stream=True,
+                stream_options={"include_usage": include_usage},
+            )
+            chunks = [chunk async for chunk in stream]
+            assert [c.choices[0].delta.content for c in chunks] == ["hello", None]
+            assert chunks[-1].usage == usage
 
 
 def test_sync_client_both_shapes(threaded: ReplicaState) -> None:

@@ -62,16 +62,19 @@ T = TypeVar("T")
 _NONE_IS_UNSET = ("temperature", "max_tokens", "stop", "stream_options")
 #: The keys of OpenAI's ``stream_options`` the client understands.
 _STREAM_OPTIONS = frozenset({"include_usage"})
+#: Options the client honours itself: passed only to providers that declare them.
+_HONOURED = frozenset({"stream_options"})
 
 
 def _include_usage(stream_options: object, stream: bool, given_here: bool) -> bool:
     """What OpenAI's ``stream_options`` asks of a stream: whether to report usage.
 
-    The client honours it itself, whichever provider answers (so it is not passed on as a
-    request option, which most providers would refuse): usage rides on the last chunk when
-    the provider reports it (see the module's docstring), and ``include_usage=False`` leaves
-    it out. Like OpenAI, the option is refused on a call that does not stream (a client
-    default applies to streams only).
+    The client honours it itself, whichever provider answers: usage rides on the last chunk
+    when the provider reports it (see the module's docstring), and ``include_usage=False``
+    leaves it out. It is passed on, unchanged, to the providers that declare it as an option
+    (the OpenAI-compatible one), and not to the others, which would refuse the call. Like
+    OpenAI, it is refused on a call that does not stream (a client default applies to
+    streams only).
 
     Raises:
         InvalidRequest: not a dict of known keys with booleans, or given without a stream.
@@ -439,10 +442,18 @@ class AsyncCompletions:
                     del merged[name]
         proxy = merged.pop("proxy", None)
         include_usage = True
-        if "stream_options" in merged:  # the client's to honour, not a provider's option
-            given_here = "stream_options" in options  # (before the pop: merged may be options)
-            include_usage = _include_usage(merged.pop("stream_options"), bool(stream), given_here)
-        chunks = relay(model, messages, proxy=proxy, stream=bool(stream), **merged)
+        honoured: frozenset[str] = frozenset()
+        if "stream_options" in merged:  # honoured here, passed on only where understood
+            include_usage = _include_usage(
+                merged["stream_options"], bool(stream), "stream_options" in options
+            )
+            if stream:
+                honoured = _HONOURED
+            else:  # a client default, for streams only
+                del merged["stream_options"]
+        chunks = relay(
+            model, messages, proxy=proxy, stream=bool(stream), caller_honours=honoured, **merged
+        )
         if stream:
             answer = AsyncCompletionStream(chunks, _shown_model(model), client, include_usage)
             client._streams.add(answer)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from . import errors
@@ -224,7 +225,19 @@ def _overrides_entry(provider: type[Provider]) -> bool:
 
 
 #: Names of llmrelay's own parameters: as request options they would collide with them.
-_RESERVED_OPTIONS = frozenset({"config", "cls", "registry", "model", "messages"})
+_RESERVED_OPTIONS = frozenset({"config", "cls", "registry", "model", "messages", "caller_honours"})
+
+
+def _understood(
+    options: dict[str, Any], caller_honours: Collection[str], provider: type[Provider]
+) -> dict[str, Any]:
+    """``options`` without those the caller honours itself (``stream_options`` for the
+    client) that ``provider`` does not declare: passed where understood, never refused."""
+    return {
+        key: value
+        for key, value in options.items()
+        if key not in caller_honours or key in provider.supported_options
+    }
 
 
 def _provider_side(exc: errors.ProviderError) -> bool:
@@ -250,6 +263,7 @@ def relay(
     *,
     proxy: str | None = None,
     registry: Registry | None = None,
+    caller_honours: Collection[str] = (),
     **options: Any,
 ) -> RelayStream:
     """Stream an answer for ``model`` from the first provider that serves it and works.
@@ -258,7 +272,9 @@ def relay(
     :func:`~llmrelay._routing.route` gives (working, configured priority, recent health,
     registration); an empty ``model`` means the configured default. Providers that do not
     accept an option are skipped; if none accepts it, the first one's ``InvalidRequest`` is
-    raised.
+    raised. Options named in ``caller_honours`` are ones the caller acts on itself (the
+    client's ``stream_options``): passed only to the providers that declare them, and never a
+    reason to skip one.
 
     Raises:
         InvalidRequest: bad messages, proxy URL or options.
@@ -276,7 +292,11 @@ def relay(
     first_refusal: errors.InvalidRequest | None = None
     for provider, provider_model in candidates:
         try:
-            call = provider.make_call(proxy=proxy, config=config, **options)
+            call = provider.make_call(
+                proxy=proxy,
+                config=config,
+                **(_understood(options, caller_honours, provider) if caller_honours else options),
+            )
         except errors.InvalidRequest as exc:
             first_refusal = first_refusal or exc
             continue
