@@ -705,6 +705,7 @@ TUTORIAL_STEPS = [
     "mkdir llmrelay-echo && cd llmrelay-echo",
     "uv venv",
     "source .venv/bin/activate",
+    "uv pip install -e path/to/llmrelay/core",
     "uv pip install -e . --group dev",
     "llmrelay providers",
     "python tests/echo_server.py --port {port} &",
@@ -870,7 +871,9 @@ def test_the_example_plugin_installs_and_passes_its_tests_as_the_tutorial_says(
     run("uv venv", {**env, "UV_PYTHON": sys.executable})
     emulated("source .venv/bin/activate")
     active = {**env, "VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}{os.pathsep}{env['PATH']}"}
-    # The tutorial's llmrelay comes from PyPI; this repository's own is installed first instead.
+    # "path/to/llmrelay" is where the reader cloned llmrelay: this repository. Installed as
+    # it is (not editable), so nothing is written beside its sources.
+    emulated("uv pip install -e path/to/llmrelay/core")
     subprocess.run(
         [uv, "pip", "install", "-q", str(ROOT / "core")], cwd=project, env=active, check=True
     )
