@@ -124,15 +124,20 @@ class Call:
         return proxy_for(url, self.proxy, self.default_proxy)
 
     def start(self) -> None:
-        """Start the total deadline; called when the provider's generator first runs."""
+        """Start the total deadline; called when the provider's generator first runs.
+
+        The deadline is on ``time.monotonic()``, not the loop's clock: only lengths of time
+        leave here (aiohttp's total timeout is "what remains"), and on Unix
+        ``asyncio.get_running_loop()`` costs a ``getpid`` system call, on every call.
+        """
         if self._deadline is None and self.timeout is not None:
-            self._deadline = asyncio.get_running_loop().time() + self.timeout
+            self._deadline = time.monotonic() + self.timeout
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline, or None when the call has none."""
         if self._deadline is None:
             return None
-        return self._deadline - asyncio.get_running_loop().time()
+        return self._deadline - time.monotonic()
 
     def _deadline_error(self, last: errors.ProviderError | None = None) -> errors.ProviderTimeout:
         if last is None:

@@ -6,8 +6,8 @@ Fallback happens only before the first text chunk reaches the caller. After that
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import time
 from collections.abc import Collection
 from typing import Any
 
@@ -144,21 +144,20 @@ class RelayStream(ChunkStream):
     def _next_candidate(self) -> tuple[type[Provider], str, Call]:
         """The next provider to try, its model and its call (given what is left of the
         deadline), or raise what ended the relay when none is left."""
-        loop = asyncio.get_running_loop()
         if self._deadline is None and self._timeout is not None:
-            self._deadline = loop.time() + self._timeout
+            self._deadline = time.monotonic() + self._timeout  # (as Call.start: no loop clock)
         while self._tried < len(self._candidates):
             provider, model, call = self._candidates[self._tried]
             self._tried += 1
             if self._deadline is not None:
-                remaining = self._deadline - loop.time()
+                remaining = self._deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 call.timeout = remaining
             self.provider = provider.name
             return provider, model, call
         self._finished = True
-        raise self._final_error(loop)
+        raise self._final_error()
 
     def _open(self, provider: type[Provider], model: str, call: Call) -> ChunkStream:
         """The stream of one candidate, now the one answering."""
@@ -194,14 +193,15 @@ class RelayStream(ChunkStream):
         self.errors.append(exc)
         log.info("%s failed before any text (%s); trying the next provider", provider, exc.reason)
 
-    def _final_error(self, loop: asyncio.AbstractEventLoop) -> Exception:
+    def _final_error(self) -> Exception:
         if not self.errors:  # the deadline passed before any provider was tried
             return errors.ProviderTimeout(
                 f"deadline of {self._timeout:g}s exceeded before any provider answered",
                 provider=self.provider,
                 retryable=False,
             )
-        if self._deadline is not None and loop.time() >= self._deadline and len(self.errors) > 1:
+        expired = self._deadline is not None and time.monotonic() >= self._deadline
+        if expired and len(self.errors) > 1:
             # The deadline, not the providers, ended the relay: say so, as a TimeoutError.
             timeout = errors.ProviderTimeout(
                 f"deadline of {self._timeout:g}s exceeded after trying "
