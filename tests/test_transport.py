@@ -10,6 +10,7 @@ fields, and the elapsed time within a band. Retries run with a tiny backoff by b
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import weakref
 from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ from llmrelay import (
     errors,
 )
 from llmrelay._transport import HTTPResponse, get_transport, parse_retry_after
+from tests.background import background_servers
 from tests.replicas.faults import FAULTS, FaultState, make_app
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
@@ -227,6 +230,22 @@ def test_sessions_close_with_the_loop_without_aclose(tmp_path: Any) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "200"
     assert done.stderr == ""  # no "Unclosed client session", no "Exception ignored"
+
+
+def test_an_event_loop_that_ended_is_not_kept_alive() -> None:
+    """Each ``asyncio.run`` that used llmrelay is freed when it ends: the sessions kept for
+    its loop must not hold the loop (a program running one loop per job kept them all)."""
+    with background_servers() as serve:
+        base = serve(make_app())
+
+        async def main() -> asyncio.AbstractEventLoop:
+            assert await ask(fast_call(base, "/ok")) == "ok"
+            return asyncio.get_running_loop()
+
+        loops = [weakref.ref(asyncio.run(main())) for _ in range(3)]
+    gc.collect()
+    assert [ref() for ref in loops] == [None, None, None]
+    assert len(get_transport()._loops) == 0
 
 
 # -- Retry-After ----------------------------------------------------------------------------------

@@ -328,6 +328,9 @@ async def _keep(state: _LoopSessions) -> None:
     try:
         await asyncio.Event().wait()
     finally:
+        # A task holds its loop even once done: kept in ``state``, it would keep the loop (the
+        # weak key of ``Transport._loops``) alive for ever, with every object of its run.
+        state.keeper = None
         await _close_all(state)
 
 
