@@ -39,7 +39,13 @@ from llmrelay import (
     Timeouts,
     errors,
 )
-from llmrelay._transport import HTTPResponse, get_transport, parse_retry_after
+from llmrelay._transport import (
+    HTTPResponse,
+    _stream_timeout,
+    _whole_answer_timeout,
+    get_transport,
+    parse_retry_after,
+)
 from tests.background import background_servers
 from tests.replicas.faults import FAULTS, FaultState, make_app
 
@@ -548,6 +554,15 @@ async def test_a_whole_answer_stalled_mid_body_ends_at_the_deadline(faults: Serv
     check_provider_error(info.value, status=None, retryable=False)
     assert "deadline of 0.5s" in str(info.value)
     assert 0.45 <= took() < 1.2
+
+
+@pytest.mark.parametrize("total", [5.2, 7.3, 120.0])
+def test_the_deadline_handed_to_aiohttp_is_not_rounded_up(total: float) -> None:
+    """aiohttp rounds a timeout over its ``ceil_threshold`` (5 s by default) up to the next
+    whole second of the loop's clock: a 5.2 s deadline ended at 5.9 s, a stream's at 6.0 s."""
+    for timeout in (_stream_timeout(SHORT, total), _whole_answer_timeout(SHORT, total)):
+        assert timeout.total == total
+        assert timeout.ceil_threshold >= total  # aiohttp rounds only a longer timeout
 
 
 async def test_deadline_reached_during_retries_is_a_timeout(faults: Server) -> None:

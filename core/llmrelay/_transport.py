@@ -19,6 +19,7 @@ import contextlib
 import email.utils
 import functools
 import logging
+import math
 import time
 import weakref
 from collections.abc import AsyncIterator, Mapping
@@ -279,6 +280,11 @@ def _http_proxy_url(proxy: ProxyURL | None) -> Any:
     )
 
 
+#: aiohttp rounds a timeout longer than ``ceil_threshold`` (5 s by default) up to the next whole
+#: second of the loop's clock: a deadline of 5.2 s ended up to 1 s late. Never round it.
+_EXACT = math.inf
+
+
 def _stream_timeout(timeouts: Timeouts, total: float | None) -> aiohttp.ClientTimeout:
     """aiohttp's timeout for opening a stream: connect, read between bytes, and ``total``.
 
@@ -291,7 +297,9 @@ def _stream_timeout(timeouts: Timeouts, total: float | None) -> aiohttp.ClientTi
     import aiohttp
 
     read = timeouts.read if timeouts.read < total else None
-    return aiohttp.ClientTimeout(total=total, sock_connect=timeouts.connect, sock_read=read)
+    return aiohttp.ClientTimeout(
+        total=total, sock_connect=timeouts.connect, sock_read=read, ceil_threshold=_EXACT
+    )
 
 
 def _whole_answer_timeout(timeouts: Timeouts, total: float | None) -> aiohttp.ClientTimeout:
@@ -304,7 +312,7 @@ def _whole_answer_timeout(timeouts: Timeouts, total: float | None) -> aiohttp.Cl
         return _connect_timeout(timeouts.connect)
     import aiohttp
 
-    return aiohttp.ClientTimeout(total=total, sock_connect=timeouts.connect)
+    return aiohttp.ClientTimeout(total=total, sock_connect=timeouts.connect, ceil_threshold=_EXACT)
 
 
 @functools.lru_cache(maxsize=32)
