@@ -352,6 +352,30 @@ async def test_closing_the_client_closes_an_unfinished_stream(local: ReplicaStat
     assert local.streams_cancelled == 1
 
 
+async def test_closing_the_client_ends_a_read_waiting_in_another_task(
+    local: ReplicaState,
+) -> None:
+    """A task reading a stream when the client closes sees the stream end, as the sync
+    client's reader does: aiohttp closed the connection under it without a word, and the
+    read then waited for ever (``timeout=None``), or until the deadline."""
+    local.delay = 0.2  # the next chunk is not there yet when the client closes
+    client = AsyncClient(timeout=None)
+    stream = await client.chat.completions.create(model="llama3", messages=HI, stream=True)
+    got: list[str | None] = []
+    first = asyncio.Event()
+
+    async def read() -> None:
+        async for chunk in stream:
+            got.append(chunk.choices[0].delta.content)
+            first.set()
+
+    reader = asyncio.create_task(read())
+    await first.wait()  # the reader then waits for the second chunk
+    await client.aclose()
+    await asyncio.wait_for(reader, timeout=1)
+    assert got == ["Echo: "]
+
+
 def test_sync_client_stops_its_thread(threaded: ReplicaState) -> None:
     before = set(threading.enumerate())
     client = Client()

@@ -444,6 +444,9 @@ class ChunkStream(AsyncIterator[Chunk]):
                 self._finished = True  # (reading on to [DONE], releasing) cannot undo it
                 log.debug("%s: ignored after the FinishReason: %r", self.provider, exc)
                 raise StopAsyncIteration from None
+            if self._finished:  # closed by another task while this read waited (see aclose)
+                log.debug("%s: closed during a read that then failed: %r", self.provider, exc)
+                raise StopAsyncIteration from None
             self._raise_typed(exc)
         if type(chunk) is str and not self._text_over:  # text: nearly every chunk
             if chunk:

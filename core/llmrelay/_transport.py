@@ -345,7 +345,26 @@ async def _keep(state: _LoopSessions) -> None:
 async def _close_all(state: _LoopSessions) -> None:
     sessions, state.sessions = list(state.sessions.values()), {}
     for session in sessions:
+        await _end_reads(session)
         await session.close()
+
+
+async def _end_reads(session: aiohttp.ClientSession) -> None:
+    """End the connections ``session`` has in use, and wait until their readers know.
+
+    aiohttp's ``close()`` forgets a response's body before its connection reports the end, so
+    a task reading one (a stream read by another task while its client closes) would wait for
+    ever, or until the deadline. Aborted first, the connection ends every read on it: with the
+    end of the stream, or an error.
+    """
+    closed = []
+    for protocol in list(getattr(session.connector, "_acquired", ())):
+        transport = protocol.transport
+        if transport is not None and protocol.closed is not None:
+            closed.append(protocol.closed)
+            transport.abort()
+    if closed:
+        await asyncio.wait(closed)
 
 
 @contextlib.contextmanager
