@@ -331,6 +331,17 @@ async def test_one_deadline_bounds_the_whole_relay(
     assert state.hits["/slow"] == 1
 
 
+async def test_a_relay_deadline_is_quoted_as_given(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    """The first provider's deadline is the relay's own: its error says the timeout asked
+    for, not what was left of it a few microseconds later (``deadline of 0.299998s``)."""
+    base, _ = server
+    install(use_plugins, fake("first", base, "/slow?delay=5"))
+    with pytest.raises(errors.ProviderTimeout, match=r"deadline of 0\.3s exceeded"):
+        await llmrelay.relay("shared", MESSAGES, timeout=0.3).text()
+
+
 async def test_a_stream_read_to_the_end_cannot_be_read_again(
     server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
 ) -> None:

@@ -149,7 +149,7 @@ class RelayStream(ChunkStream):
         while self._tried < len(self._candidates):
             provider, model, call = self._candidates[self._tried]
             self._tried += 1
-            if self._deadline is not None:
+            if self._deadline is not None and self._tried > 1:  # the first has it whole
                 remaining = self._deadline - time.monotonic()
                 if remaining <= 0:
                     break
