@@ -363,8 +363,8 @@ async def _end_reads(session: aiohttp.ClientSession) -> None:
         if transport is not None and protocol.closed is not None:
             closed.append(protocol.closed)
             transport.abort()
-    if closed:
-        await asyncio.wait(closed)
+    if closed:  # (bounded: an abort reports at the loop's next turn; close() goes on anyway)
+        await asyncio.wait(closed, timeout=1.0)
 
 
 @contextlib.contextmanager
