@@ -155,6 +155,53 @@ def check_completion(completion: ChatCompletion, provider: str = "local") -> Non
     assert data["usage"] == {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
 
 
+@pytest.mark.parametrize("usage", [USAGE, None])
+@pytest.mark.parametrize("reason", ["stop", "length", "error"])
+def test_a_whole_answer_is_built_as_validation_would_build_it(
+    usage: Usage | None, reason: llmrelay.FinishReasonName
+) -> None:
+    """``_completion`` puts checked values in without validating them again: the result must
+    be exactly the validated model, to the fields set, extras and nested models."""
+    from llmrelay._client import _completion
+
+    completion = llmrelay.Completion("Ciao, come stai? 🍕", llmrelay.FinishReason(reason), usage)
+    built = _completion(completion, "bench/llama3", "bench")
+    validated = ChatCompletion.model_validate(
+        {
+            "id": built.id,
+            "object": "chat.completion",
+            "created": built.created,
+            "model": "bench/llama3",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": completion.text},
+                    "finish_reason": reason,
+                }
+            ],
+            "usage": usage,
+            "provider": "bench",
+        }
+    )
+    assert built == validated
+    assert built.model_dump_json() == validated.model_dump_json()
+    assert built.model_dump(exclude_unset=True) == validated.model_dump(exclude_unset=True)
+    for ours, theirs in [
+        (built, validated),
+        (built.choices[0], validated.choices[0]),
+        (built.choices[0].message, validated.choices[0].message),
+    ]:
+        assert type(ours) is type(theirs)
+        assert ours.model_fields_set == theirs.model_fields_set
+        assert ours.model_extra == theirs.model_extra == {}
+        assert ours.__pydantic_private__ == theirs.__pydantic_private__
+    assert built.choices[0].finish_reason == reason
+    assert built.usage is usage  # the provider's own, not a copy
+    copy = built.model_copy(update={"provider": "other"})
+    assert (copy.provider, built.provider) == ("other", "bench")
+    assert ChatCompletion.model_validate_json(built.model_dump_json()) == built
+
+
 def check_chunks(chunks: list[ChatCompletionChunk], usage: Usage | None = USAGE) -> None:
     """OpenAI's chunk shape: one id, role first, text deltas, finish_reason (+ usage) last."""
     assert len(chunks) == 4

@@ -106,3 +106,21 @@ def test_what_json_cannot_carry_as_it_is_is_refused_naming_the_provider(
     with pytest.raises(InvalidRequest, match=r"^p: the request cannot be sent as JSON") as info:
         _encode(body, None, "p")
     assert words in str(info.value)
+
+
+_ROLES = st.sampled_from(["system", "developer", "user", "assistant", "tool"])
+
+
+@given(st.lists(st.tuples(_ROLES, st.text()), min_size=1, max_size=5))
+def test_plain_messages_are_written_as_the_serializer_writes_them(
+    turns: list[tuple[str, str]],
+) -> None:
+    """Messages of a role and a text skip pydantic's serializer (the OpenAI-compatible
+    provider writes their two keys itself): the data must be the serializer's own."""
+    from llmrelay import validate_messages
+    from llmrelay_openai_compat._provider import _MESSAGES_JSON, _messages_data
+
+    messages = validate_messages([{"role": role, "content": text} for role, text in turns])
+    expected = _MESSAGES_JSON(messages, mode="json", exclude_unset=True)
+    assert _messages_data("p", messages) == expected
+    assert json.dumps(_messages_data("p", messages)) == json.dumps(expected)

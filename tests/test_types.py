@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from llmrelay import FinishReason, Message, TextPart, Usage, validate_messages
 from llmrelay.errors import InvalidRequest, LLMRelayError
@@ -125,3 +126,42 @@ def test_any_sequence_of_messages_is_accepted() -> None:
         assert checked == [Message(role="user", content="Hi")]
     mixed = validate_messages([Message(role="system", content="Be brief"), raw])
     assert [m.role for m in mixed] == ["system", "user"]
+
+
+_counts = st.one_of(st.integers(min_value=-3, max_value=2**70), st.booleans())
+
+
+@given(_counts, _counts, st.one_of(st.none(), _counts))
+def test_usage_built_directly_is_what_validation_builds(
+    prompt: int, completion: int, total: int | None
+) -> None:
+    """Exact non-negative ints skip the validator (``Usage.__init__``'s fast path): whatever
+    the counts, the result (or the refusal) is the validator's own."""
+    data = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": 0 if total is None else total,
+    }
+    try:
+        validated = Usage.model_validate(data)
+    except ValidationError as exc:
+        refused = exc.errors()
+    else:
+        refused = None
+    if refused is not None:
+        with pytest.raises(ValidationError) as raised:
+            Usage(prompt, completion, total)
+        assert raised.value.errors() == refused
+        return
+    usage = Usage(prompt, completion, total)
+    if total is None:  # the sum of the validated counts
+        expected = validated.prompt_tokens + validated.completion_tokens
+        validated = validated.model_copy(update={"total_tokens": expected})
+    assert usage == validated
+    assert usage.model_dump() == validated.model_dump()
+    assert usage.model_fields_set == validated.model_fields_set
+    assert usage.model_extra == validated.model_extra
+    assert hash(usage) == hash(validated)
+    assert all(type(v) is int for v in usage.model_dump().values())
+    with pytest.raises(ValidationError, match="frozen"):
+        usage.prompt_tokens = 1  # frozen either way

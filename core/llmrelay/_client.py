@@ -185,12 +185,8 @@ class ModelList(_Shape):
         return self.data[index]
 
 
-#: ``ChatCompletion.model_validate`` and the same for chunks, without model_validate's Python
-#: layer: one of them runs for every answer, or for every chunk of a stream.
-_new_completion = cast(
-    "Callable[[dict[str, Any]], ChatCompletion]",
-    ChatCompletion.__pydantic_validator__.validate_python,
-)
+#: ``ChatCompletionChunk.model_validate`` without its Python layer: it runs for every chunk of
+#: a stream (keeping the validator's code warm, unlike a whole answer's one model per call).
 _new_chunk = cast(
     "Callable[[dict[str, Any]], ChatCompletionChunk]",
     ChatCompletionChunk.__pydantic_validator__.validate_python,
@@ -230,24 +226,48 @@ def completion_id() -> str:
 
 
 def _completion(completion: Completion, model: str, provider: str) -> ChatCompletion:
-    """The ``ChatCompletion`` for a whole answer."""
-    return _new_completion(
+    """The ``ChatCompletion`` for a whole answer, built from values already checked.
+
+    Every value is llmrelay's own or was checked on its way here (``checked_completion``: the
+    text a ``str``, the finish reason and the usage validated models; ``create``: the model
+    a ``str``), so they go in as they are, as ``model_construct`` would put them, without its
+    Python layer. Validating them again ran pydantic-core's validator for three nested models
+    on every answer: code the CPU has to fetch anew each time under load (measured with
+    cachegrind: it missed the instruction cache more than all of llmrelay's Python code).
+    ``tests/test_client.py`` pins the result to what validation gives.
+    """
+    message = _built(ChatCompletionMessage, {"role": "assistant", "content": completion.text})
+    choice = _built(
+        Choice, {"index": 0, "message": message, "finish_reason": completion.finish_reason.reason}
+    )
+    return _built(
+        ChatCompletion,
         {
             "id": completion_id(),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": completion.text},
-                    "finish_reason": completion.finish_reason.reason,
-                }
-            ],
+            "choices": [choice],
             "usage": completion.usage,
             "provider": provider,
-        }
+        },
     )
+
+
+_new_instance = object.__new__
+_set_slot = object.__setattr__
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _built(cls: type[_M], values: dict[str, Any]) -> _M:
+    """A ``cls`` holding ``values`` (every field, checked already), as ``model_construct``
+    builds one: the field values as its ``__dict__``, all of them set, no extra fields."""
+    model = _new_instance(cls)
+    _set_slot(model, "__dict__", values)
+    _set_slot(model, "__pydantic_fields_set__", set(values))
+    _set_slot(model, "__pydantic_extra__", {})
+    _set_slot(model, "__pydantic_private__", None)
+    return model
 
 
 def _shown_model(model: str) -> str:
