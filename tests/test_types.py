@@ -165,3 +165,46 @@ def test_usage_built_directly_is_what_validation_builds(
     assert all(type(v) is int for v in usage.model_dump().values())
     with pytest.raises(ValidationError, match="frozen"):
         usage.prompt_tokens = 1  # frozen either way
+
+
+_plain_values = st.one_of(
+    st.sampled_from(["system", "developer", "user", "assistant", "tool", "robot", "User", ""]),
+    st.text(max_size=8),
+    st.none(),
+    st.integers(),
+    st.lists(st.just({"type": "text", "text": "hi"}), max_size=1),
+)
+
+
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["role", "content", "name"]), _plain_values, min_size=1, max_size=3
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_plain_messages_are_what_validation_makes_of_them(messages: list[dict[str, Any]]) -> None:
+    """``{"role", "content"}`` dicts with a known role and text skip the validator
+    (``_plain_message``): whatever the dicts hold, the result, or the refusal, is the
+    validator's own."""
+    from llmrelay._types import _MESSAGE_VALIDATOR
+
+    try:
+        expected = _MESSAGE_VALIDATOR.validate_python(messages)
+    except ValidationError:
+        expected = None
+    if expected is None:
+        with pytest.raises(InvalidRequest):
+            validate_messages(messages)
+        return
+    got = validate_messages(messages)
+    assert got == expected
+    for ours, theirs in zip(got, expected, strict=True):
+        assert type(ours) is Message
+        assert ours.model_fields_set == theirs.model_fields_set
+        assert ours.model_extra == theirs.model_extra
+        assert ours.__pydantic_private__ == theirs.__pydantic_private__
+        assert hash(ours) == hash(theirs)
+        assert ours.model_dump(exclude_unset=True) == theirs.model_dump(exclude_unset=True)
