@@ -7,7 +7,7 @@ starts for a request that cannot succeed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, TypeAlias, get_args
+from typing import Any, Literal, TypeAlias
 
 from pydantic import (
     BaseModel,
@@ -32,10 +32,6 @@ __all__ = [
     "Usage",
     "validate_messages",
 ]
-
-#: How ``model_construct`` builds a model, without its Python layer (see ``_plain_message``).
-_new_instance = object.__new__
-_set_slot = object.__setattr__
 
 Role: TypeAlias = Literal["system", "developer", "user", "assistant", "tool"]
 FinishReasonName: TypeAlias = Literal["stop", "length", "content_filter", "tool_calls", "error"]
@@ -125,22 +121,12 @@ def validate_messages(messages: object) -> list[Message]:
         )
     if not messages:
         raise InvalidRequest("messages must not be empty: send at least one message")
-    models = plain = 0  # a loop, not all()/any() over a generator: this runs on every request
+    models = 0  # a loop, not all()/any() over a generator: this runs on every request
     for m in messages:
         if isinstance(m, Message):
             models += 1
-        elif (
-            type(m) is dict
-            and len(m) == 2
-            and type(m.get("content")) is str
-            and type(m.get("role")) is str
-            and m["role"] in _ROLES
-        ):
-            plain += 1
     if models == len(messages):  # already checked (frozen): no copy
         return list(messages)
-    if plain == len(messages):  # {"role": ..., "content": "text"} each: valid as they are
-        return [_plain_message(m["role"], m["content"]) for m in messages]
     if models:  # mixed: validate the Messages' data too
         messages = [
             m.model_dump(exclude_unset=True) if isinstance(m, Message) else m for m in messages
@@ -152,25 +138,6 @@ def validate_messages(messages: object) -> list[Message]:
         return _MESSAGE_VALIDATOR.validate_python(messages)  # type: ignore[no-any-return]
     except ValidationError as exc:
         raise InvalidRequest(_describe(exc)) from None
-
-
-#: The roles a message may have (``Role``'s values).
-_ROLES = frozenset(get_args(Role))
-_MESSAGE_FIELDS = ("role", "content")
-
-
-def _plain_message(role: str, content: str) -> Message:
-    """The ``Message`` validation gives for ``{"role": role, "content": content}``, a known
-    role and a ``str``: built as ``model_construct`` would. Most requests are only such
-    messages, and the validator's code, cold by the time a request comes round again under
-    load, costs more than checking them here (``tests/test_types.py`` pins the two together).
-    """
-    message = _new_instance(Message)
-    _set_slot(message, "__dict__", {"role": role, "content": content})
-    _set_slot(message, "__pydantic_fields_set__", set(_MESSAGE_FIELDS))
-    _set_slot(message, "__pydantic_extra__", {})
-    _set_slot(message, "__pydantic_private__", None)
-    return message
 
 
 def _describe(exc: ValidationError) -> str:
@@ -221,6 +188,7 @@ class FinishReason(BaseModel):
         return f"FinishReason({self.reason!r})"
 
 
+_set_slot = object.__setattr__
 _USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
