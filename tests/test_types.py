@@ -135,8 +135,8 @@ _counts = st.one_of(st.integers(min_value=-3, max_value=2**70), st.booleans())
 def test_usage_built_directly_is_what_validation_builds(
     prompt: int, completion: int, total: int | None
 ) -> None:
-    """Exact non-negative ints skip the validator (``Usage.__init__``'s fast path): whatever
-    the counts, the result (or the refusal) is the validator's own."""
+    """``Usage(prompt, completion, total)`` is the validator's result (or refusal) for those
+    counts, whatever they are; a missing total is the sum of the validated counts."""
     data = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,

@@ -188,10 +188,6 @@ class FinishReason(BaseModel):
         return f"FinishReason({self.reason!r})"
 
 
-_set_slot = object.__setattr__
-_USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
-
-
 class Usage(BaseModel):
     """Token counts as the provider reported them; llmrelay never invents them.
 
@@ -211,31 +207,6 @@ class Usage(BaseModel):
         total_tokens: int | None = None,
         **data: Any,
     ) -> None:
-        if (
-            not data
-            and type(prompt_tokens) is int
-            and type(completion_tokens) is int
-            and prompt_tokens >= 0
-            and completion_tokens >= 0
-            and (total_tokens is None or (type(total_tokens) is int and total_tokens >= 0))
-        ):
-            # Exact non-negative ints are what validation would keep as they are: set them
-            # directly, as model_construct does. Every answer with usage builds one, and the
-            # validator's code is cold by then under load (see ``_client._completion``).
-            total = prompt_tokens + completion_tokens if total_tokens is None else total_tokens
-            _set_slot(
-                self,
-                "__dict__",
-                {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": total,
-                },
-            )
-            _set_slot(self, "__pydantic_fields_set__", set(_USAGE_FIELDS))
-            _set_slot(self, "__pydantic_extra__", None)
-            _set_slot(self, "__pydantic_private__", None)
-            return
         data["prompt_tokens"] = prompt_tokens
         data["completion_tokens"] = completion_tokens
         data["total_tokens"] = 0 if total_tokens is None else total_tokens

