@@ -423,6 +423,35 @@ async def test_closing_the_client_ends_a_read_waiting_in_another_task(
     assert got == ["Echo: "]
 
 
+async def test_a_close_that_failed_midway_is_finished_by_the_next(local: ReplicaState) -> None:
+    """``aclose()`` marked the client closed before its work, so after one that failed (or was
+    cancelled) midway, the next returned at once: streams and sessions stayed open."""
+    client = AsyncClient()
+    streams = [
+        await client.chat.completions.create(model="llama3", messages=HI, stream=True)
+        for _ in range(2)
+    ]
+    session = await get_transport().session()
+    failing, original = streams[0], streams[0].aclose
+    failures = [RuntimeError("the first close fails")]
+
+    async def aclose() -> None:
+        if failures:
+            raise failures.pop()
+        await original()
+
+    failing.aclose = aclose  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="the first close fails"):
+        await client.aclose()
+    assert client.closed  # no new request from the first call on
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.chat.completions.create(model="llama3", messages=HI)
+    await client.aclose()
+    assert [chunk for stream in streams async for chunk in stream] == []
+    assert session.closed
+    await client.aclose()  # and once more is fine
+
+
 def test_sync_client_stops_its_thread(threaded: ReplicaState) -> None:
     before = set(threading.enumerate())
     client = Client()

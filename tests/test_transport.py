@@ -195,6 +195,28 @@ async def test_aclose_closes_the_sessions_and_the_next_call_opens_new_ones(
     await llmrelay.aclose()  # twice is fine
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_request_cut_off_by_aclose_is_not_retried(faults: Server, stream: bool) -> None:
+    """A request waiting for its answer when the sessions close fails at once, unretried: a
+    retry opened a session of its own, which no later close covered, and waited on it until
+    the deadline (for ever without one)."""
+    call = fast_call(
+        faults.base, "/slow?delay=30", timeout=None, stream=stream, retry=RetryPolicy(3, 0.01)
+    )
+    task = asyncio.create_task(ask(call))
+    async with asyncio.timeout(5):
+        while faults.state.hits["/slow"] == 0:  # noqa: ASYNC110 (the server's count, no event)
+            await asyncio.sleep(0.01)
+    with elapsed() as took:
+        await llmrelay.aclose()
+        with pytest.raises(errors.ConnectError, match="session was closed") as raised:
+            await asyncio.wait_for(task, timeout=5)
+    assert took() < 2
+    assert raised.value.retryable is False
+    assert call.attempts == 1
+    assert faults.state.hits["/slow"] == 1
+
+
 def test_sessions_close_with_the_loop_without_aclose(tmp_path: Any) -> None:
     """A script that never calls aclose leaves no "Unclosed client session" behind."""
     script = textwrap.dedent(

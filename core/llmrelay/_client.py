@@ -524,6 +524,7 @@ class AsyncClient:
         self.models = AsyncModels()
         self._streams: weakref.WeakSet[AsyncCompletionStream] = weakref.WeakSet()
         self._closed = False
+        self._shut = False  # aclose() finished its work (``_closed`` is set at its start)
         self._attached_to: weakref.ref[asyncio.AbstractEventLoop] | None = None
 
     @property
@@ -543,22 +544,26 @@ class AsyncClient:
         self._attached_to = weakref.ref(loop)
 
     async def aclose(self) -> None:
-        """Close this client's unfinished streams, and the loop's sessions if it is the last."""
-        if self._closed:
-            return
+        """Close this client's unfinished streams, and the loop's sessions if it is the last.
+
+        Closed from the first call on (no new request starts); a close that was cancelled or
+        failed midway is finished by calling ``aclose()`` again.
+        """
         self._closed = True
+        if self._shut:
+            return
         for stream in builtins.list(self._streams):
             await stream.aclose()
         loop = asyncio.get_running_loop()
         users = _clients_on.get(loop)
-        if users is None or self not in users:
-            return  # it made no request on this loop: nothing of its own to close here
-        users.discard(self)
-        if not users:
-            del _clients_on[loop]
-            from ._transport import aclose
+        if users is not None and self in users:  # else: no request on this loop, nothing to close
+            if len(users) == 1:
+                from ._transport import aclose
 
-            await aclose()
+                await aclose()  # before leaving the loop's users: a retry finds it still there
+                _clients_on.pop(loop, None)
+            users.discard(self)
+        self._shut = True
 
     async def __aenter__(self) -> Self:
         return self

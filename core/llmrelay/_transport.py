@@ -183,7 +183,7 @@ class Transport:
 
         session = self._session(proxy)
         started = time.monotonic()
-        with map_network_errors(provider, proxy, started):
+        with map_network_errors(provider, proxy, started, session):
             async with session.request(
                 method,
                 url,
@@ -245,6 +245,8 @@ class Transport:
             typed = network_error(exc, provider, proxy, started)
             if typed is None:
                 raise
+            if _closed(session):
+                typed = closed_under(provider)
             raise typed from None
         # The response's own headers stay case-insensitive (``headers["content-type"]``).
         return HTTPResponse(response.status, response.headers, body, response.url)
@@ -344,9 +346,18 @@ async def _keep(state: _LoopSessions) -> None:
 
 async def _close_all(state: _LoopSessions) -> None:
     sessions, state.sessions = list(state.sessions.values()), {}
+    _closing.update(sessions)  # before their reads end: those failures must not be retried
     for session in sessions:
         await _end_reads(session)
         await session.close()
+
+
+#: Sessions being closed (``session.closed`` turns true only once ``close()`` is done).
+_closing: weakref.WeakSet[aiohttp.ClientSession] = weakref.WeakSet()
+
+
+def _closed(session: aiohttp.ClientSession) -> bool:
+    return session.closed or session in _closing
 
 
 async def _end_reads(session: aiohttp.ClientSession) -> None:
@@ -369,7 +380,10 @@ async def _end_reads(session: aiohttp.ClientSession) -> None:
 
 @contextlib.contextmanager
 def map_network_errors(
-    provider: str, proxy: ProxyURL | None, started: float
+    provider: str,
+    proxy: ProxyURL | None,
+    started: float,
+    session: aiohttp.ClientSession | None = None,
 ) -> Any:  # Iterator[None]; Any keeps contextmanager's typing simple across Python versions
     """Turn aiohttp, aiohttp-socks and asyncio failures into llmrelay's typed errors."""
     try:
@@ -380,7 +394,21 @@ def map_network_errors(
         typed = network_error(exc, provider, proxy, started)
         if typed is None:
             raise
+        if session is not None and _closed(session):
+            typed = closed_under(provider)
         raise typed from None
+
+
+def closed_under(provider: str) -> errors.ConnectError:
+    """The error of a request whose session was closed while it ran (the client closing, or
+    ``llmrelay.aclose()``): not retryable, since a retry would open a session of its own that
+    no one closes, and wait on it until the deadline, for ever without one."""
+    return errors.ConnectError(
+        "the request was cut off: its HTTP session was closed while it ran "
+        "(the client was closed, or llmrelay.aclose() called)",
+        provider=provider,
+        retryable=False,
+    )
 
 
 def network_error(
