@@ -8,10 +8,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import Result
 
+import llmrelay
 from tests.pizzagpt_cases import BY_NAME
 from tests.replicas.pizzagpt import ANSWERS
 
@@ -205,3 +207,39 @@ def test_the_cli_shows_warnings_its_way_only_while_it_runs(
     before = warnings.showwarning
     assert invoke("providers").exit_code == 0
     assert warnings.showwarning is before
+
+
+class _Buggy(llmrelay.Provider):
+    """A provider whose code fails with a bare exception (its contract: llmrelay.errors)."""
+
+    name = "buggy"
+    url = "http://127.0.0.1"
+    default_model = "m1"
+    models = ("m1",)
+
+    @classmethod
+    async def complete(
+        cls, model: str, messages: list[llmrelay.Message], call: llmrelay.Call
+    ) -> llmrelay.Completion:
+        raise KeyError("answer")
+
+
+class _BuggyPlugin:
+    @llmrelay.hookimpl
+    def register_providers(self, register: Callable[[object], None]) -> None:
+        register(_Buggy)
+
+
+def test_chat_shows_what_a_providers_code_raised(
+    configured: Callable[..., tuple[Path, Callable[..., Result]]],
+    use_plugins: Callable[..., Any],
+) -> None:
+    """The error says "the provider raised KeyError" (a server shows it to its clients); at a
+    terminal, the one fixing the provider also sees what it said, and how to get more."""
+    _, invoke = configured("")
+    use_plugins(("buggy", _BuggyPlugin()))
+    result = invoke("chat", "-m", "buggy/m1", "hi")
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert lines[0].startswith("error: buggy: the provider raised KeyError")
+    assert lines[1:] == ["  caused by: buggy: KeyError: 'answer' (--debug shows the traceback)"]

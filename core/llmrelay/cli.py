@@ -31,10 +31,32 @@ class _Group(click.Group):
                 raise
             message = str(exc)
             click.echo(f"error: {message}", err=True)
+            for line in _bare_causes(exc):
+                click.echo(line, err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+
+
+def _bare_causes(exc: BaseException) -> list[str]:
+    """A line per exception a provider's code raised itself behind ``exc``: the message says
+    only "the provider raised KeyError" (a server shows it to its clients), and at a terminal
+    the one who can fix the provider needs what it said, scrubbed of known secrets."""
+    from ._redact import redact
+    from .errors import AllProvidersFailed, ProviderError
+
+    found = exc.errors if isinstance(exc, AllProvidersFailed) else [exc]
+    lines = []
+    for error in found:
+        bare = error.bare if isinstance(error, ProviderError) else None
+        if isinstance(error, ProviderError) and bare is not None:
+            said = " ".join(redact(str(bare)).split())[:200]
+            lines.append(
+                f"  caused by: {error.provider}: {type(bare).__name__}"
+                f"{': ' + said if said else ''} (--debug shows the traceback)"
+            )
+    return lines
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
