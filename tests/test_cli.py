@@ -243,3 +243,27 @@ def test_chat_shows_what_a_providers_code_raised(
     lines = result.output.splitlines()
     assert lines[0].startswith("error: buggy: the provider raised KeyError")
     assert lines[1:] == ["  caused by: buggy: KeyError: 'answer' (--debug shows the traceback)"]
+
+
+def test_serve_passes_its_limits_to_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each ``serve`` flag reaches the settings the server runs with (``run`` is replaced)."""
+    from click.testing import CliRunner
+
+    from llmrelay import server
+    from llmrelay.cli import cli
+
+    seen: list[server.RunOptions] = []
+    monkeypatch.setattr(server, "run", seen.append)
+    flags = ["--body-timeout", "2.5", "--max-body", "2048", "--shutdown-grace", "3"]
+    result = CliRunner().invoke(cli, ["serve", "--port", "0", *flags])
+    assert result.exit_code == 0, result.output
+    [options] = seen
+    settings = options.settings
+    assert (settings.body_timeout, settings.max_body_bytes, settings.shutdown_grace) == (
+        2.5,
+        2048,
+        3,
+    )
+    result = CliRunner().invoke(cli, ["serve", "--body-timeout", "0"])
+    assert result.exit_code == 2
+    assert "--body-timeout" in result.output

@@ -49,6 +49,13 @@ __all__ = ["main", "serve"]
     help="Largest request body; larger gets 413. [default: 4 MiB]",
 )
 @click.option(
+    "--body-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Time a client gets to send its request body; 408 after it. [default: 60]",
+)
+@click.option(
     "--shutdown-grace",
     type=click.FloatRange(0),
     default=None,
@@ -74,6 +81,7 @@ def serve(
     workers: int,
     max_concurrency: int | None,
     max_body: int | None,
+    body_timeout: float | None,
     shutdown_grace: float | None,
     drop_unsupported: bool,
     no_access_log: bool,
@@ -87,6 +95,7 @@ def serve(
     from .errors import LLMRelayError
     from .server import BindRefused, RunOptions, ServerSettings, WorkersFailed, run
     from .server._settings import (
+        DEFAULT_BODY_TIMEOUT,
         DEFAULT_MAX_BODY_BYTES,
         DEFAULT_MAX_CONCURRENCY,
         DEFAULT_SHUTDOWN_GRACE,
@@ -97,6 +106,7 @@ def serve(
     settings = ServerSettings(
         api_key=api_key,
         max_body_bytes=max_body or DEFAULT_MAX_BODY_BYTES,
+        body_timeout=body_timeout or DEFAULT_BODY_TIMEOUT,
         max_concurrency=max_concurrency or DEFAULT_MAX_CONCURRENCY,
         shutdown_grace=DEFAULT_SHUTDOWN_GRACE if shutdown_grace is None else shutdown_grace,
         drop_unsupported=drop_unsupported,
