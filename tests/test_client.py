@@ -8,6 +8,7 @@ a client fails the test that leaked it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import runpy
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -450,6 +451,45 @@ async def test_a_close_that_failed_midway_is_finished_by_the_next(local: Replica
     assert [chunk for stream in streams async for chunk in stream] == []
     assert session.closed
     await client.aclose()  # and once more is fine
+
+
+async def test_a_client_starting_while_another_closes_the_sessions_closes_its_own(
+    local: ReplicaState,
+) -> None:
+    """Client B's first request lands while A, the loop's last user, closes the sessions: B
+    is the loop's user from then on, and its close closes the session it opened."""
+    a = AsyncClient()
+    await a.chat.completions.create(model="llama3", messages=HI)
+    b = AsyncClient()
+    closing = asyncio.create_task(a.aclose())
+    await asyncio.sleep(0)  # A is now closing the sessions
+    await b.chat.completions.create(model="llama3", messages=HI)
+    await closing
+    session = await get_transport().session()  # the one B's request opened
+    await b.aclose()
+    assert session.closed
+
+
+async def test_a_cancelled_close_is_finished_by_the_next(local: ReplicaState) -> None:
+    """Cancelled while closing the sessions (a read in flight makes it wait), the next
+    ``aclose()`` closes what the first had not."""
+    local.delay = 0.2
+    client = AsyncClient()
+    stream = await client.chat.completions.create(model="llama3", messages=HI, stream=True)
+    await anext(stream)
+    reading = asyncio.create_task(anext(stream))
+    await asyncio.sleep(0.01)
+    session = await get_transport().session()
+    closing = asyncio.create_task(client.aclose())
+    for _ in range(3):  # into the transport's close, before the session is closed
+        await asyncio.sleep(0)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await client.aclose()
+    assert session.closed
+    with contextlib.suppress(StopAsyncIteration, llmrelay.errors.LLMRelayError):
+        await reading
 
 
 def test_sync_client_stops_its_thread(threaded: ReplicaState) -> None:

@@ -8,6 +8,8 @@ it to a temporary directory on ``sys.path``, so ``importlib.metadata`` discovers
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import importlib
 import importlib.metadata as md
 import inspect
@@ -511,6 +513,27 @@ class _DecoratedComplete(_PlainComplete):
         return llmrelay.Completion("x", llmrelay.FinishReason("stop"))
 
 
+def _in_thread(func: Callable[..., Any]) -> Callable[..., Any]:
+    """An async wrapper running a blocking function in a thread (``functools.wraps``)."""
+
+    @functools.wraps(func)
+    async def wrapper(*args: Any) -> Any:
+        return await asyncio.to_thread(func, *args)
+
+    return wrapper
+
+
+class _ThreadedComplete(_PlainComplete):
+    name = "threaded"
+
+    @classmethod
+    @_in_thread
+    def complete(  # type: ignore[override]
+        cls, model: str, messages: object, call: object
+    ) -> llmrelay.Completion:  # pragma: no cover - only registered
+        return llmrelay.Completion("x", llmrelay.FinishReason("stop"))
+
+
 @pytest.mark.parametrize("provider", [_PlainComplete, _YieldingComplete])
 def test_a_complete_that_is_not_an_async_function_is_refused(provider: type[Provider]) -> None:
     """Every call would have failed with a bare TypeError from the ``await``: the plugin is
@@ -520,11 +543,13 @@ def test_a_complete_that_is_not_an_async_function_is_refused(provider: type[Prov
     assert f"{provider.__name__}.complete must be an async function" in failure.error
 
 
-def test_a_decorated_complete_is_taken_as_written() -> None:
-    """A decorator's plain wrapper returning the coroutine may well be right: not refused."""
-    registry = build_registry(entry_points=[], extra_plugins=[("ok", _Plugin(_DecoratedComplete))])
+@pytest.mark.parametrize("provider", [_DecoratedComplete, _ThreadedComplete])
+def test_a_decorated_complete_is_taken_as_written(provider: type[Provider]) -> None:
+    """A decorator may well be right: a plain wrapper returning the coroutine, or an async
+    wrapper running a plain function in a thread. Neither is refused."""
+    registry = build_registry(entry_points=[], extra_plugins=[("ok", _Plugin(provider))])
     assert registry.failures == []
-    assert "decorated" in registry.providers
+    assert provider.name in registry.providers
 
 
 def test_a_plugin_without_the_hook_fails() -> None:

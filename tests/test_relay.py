@@ -6,6 +6,7 @@ a chunk has reached the caller no other provider is tried (``StreamInterrupted``
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
@@ -391,3 +392,32 @@ def test_call_url_joins_the_path_before_the_base_urls_query(
     from llmrelay import Call
 
     assert Call(provider="p", base_url=base_url).url(endpoint) == url
+
+
+async def test_a_relay_cut_off_by_closing_does_not_fall_back(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    """Closing the sessions under a request ends the relay: the next provider would open a
+    session of its own that no one closes, and wait on it (for ever, without a deadline)."""
+    base, state = server
+    install(use_plugins, fake("first", base, "/slow?delay=30"), fake("second", base, "/ok"))
+    task = asyncio.create_task(llmrelay.relay("shared", MESSAGES, timeout=None).text())
+    async with asyncio.timeout(5):
+        while state.hits["/slow"] == 0:  # noqa: ASYNC110 (the server's count, no event)
+            await asyncio.sleep(0.01)
+    await llmrelay.aclose()
+    with pytest.raises(errors.ConnectError, match="session was closed"):
+        await asyncio.wait_for(task, timeout=5)
+    assert state.hits["/ok"] == 0
+
+
+async def test_a_request_field_cannot_steer_the_relay(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    """No keyword of the relay's own can be set as a request option (``llmrelay serve`` passes
+    a request's fields as options): an unknown one is refused like any unsupported option."""
+    base, state = server
+    install(use_plugins, fake("first", base, "/ok"))
+    with pytest.raises(errors.InvalidRequest, match=r"does not support option.*caller_honours"):
+        llmrelay.relay("shared", MESSAGES, temperature=0.5, caller_honours=["temperature"])
+    assert state.hits["/ok"] == 0

@@ -195,3 +195,41 @@ async def test_the_relay_falls_back_from_a_generate_that_is_no_async_generator(
 
     use_plugins(("list", Plugin(ReturnsAList)), ("fine", Plugin(Fine)))
     assert [c async for c in llmrelay.relay("list-1", HI)] == ["fine", FinishReason("stop")]
+
+
+class _Chunks:
+    """An async iterator with ``aclose()``, not an async generator: all a stream uses."""
+
+    def __init__(self, chunks: list[Chunk]) -> None:
+        self.chunks = chunks
+        self.closed = False
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        if not self.chunks:
+            raise StopAsyncIteration
+        return self.chunks.pop(0)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class ReturnsAnIterator(Provider):
+    name = "returns-an-iterator"
+    url = "http://127.0.0.1:9"
+    default_model = "iter-1"
+    models = ("iter-1",)
+
+    @classmethod
+    def generate(  # type: ignore[override]
+        cls, model: str, messages: list[Message], call: Call
+    ) -> _Chunks:
+        return _Chunks(["hi", FinishReason("stop")])
+
+
+async def test_a_generate_returning_an_async_iterator_with_aclose_is_taken() -> None:
+    """The check for a list is not a check for the generator type: an async iterator with
+    ``aclose()`` is all a stream uses, and it worked before."""
+    assert await ReturnsAnIterator.create_async_generator("", HI).text() == "hi"

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ._provider import Completion
 from ._registry import Registry
-from ._relay import RelayStream, relay
+from ._relay import RelayStream, relay_options
 from ._types import FinishReasonName, Messages, Usage
 from .errors import InvalidRequest
 
@@ -471,9 +471,8 @@ class AsyncCompletions:
                 honoured = _HONOURED
             else:  # a client default, for streams only
                 del merged["stream_options"]
-        chunks = relay(
-            model, messages, proxy=proxy, stream=bool(stream), caller_honours=honoured, **merged
-        )
+        merged["stream"] = bool(stream)  # (merged is this call's own dict, or a new one)
+        chunks = relay_options(model, messages, proxy, None, merged, honoured)
         if stream:
             answer = AsyncCompletionStream(chunks, _shown_model(model), client, include_usage)
             client._streams.add(answer)
@@ -525,6 +524,7 @@ class AsyncClient:
         self._streams: weakref.WeakSet[AsyncCompletionStream] = weakref.WeakSet()
         self._closed = False
         self._shut = False  # aclose() finished its work (``_closed`` is set at its start)
+        self._closes_sessions = False  # the last user of its loop: aclose() closes the sessions
         self._attached_to: weakref.ref[asyncio.AbstractEventLoop] | None = None
 
     @property
@@ -557,12 +557,15 @@ class AsyncClient:
         loop = asyncio.get_running_loop()
         users = _clients_on.get(loop)
         if users is not None and self in users:  # else: no request on this loop, nothing to close
-            if len(users) == 1:
-                from ._transport import aclose
+            users.discard(self)  # at once: a client starting meanwhile is a new user
+            if not users:
+                del _clients_on[loop]
+                self._closes_sessions = True
+        if self._closes_sessions:  # (still true after an interrupted close: finished here)
+            from ._transport import aclose
 
-                await aclose()  # before leaving the loop's users: a retry finds it still there
-                _clients_on.pop(loop, None)
-            users.discard(self)
+            await aclose()
+            self._closes_sessions = False
         self._shut = True
 
     async def __aenter__(self) -> Self:

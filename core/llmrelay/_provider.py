@@ -406,9 +406,12 @@ class ChunkStream(AsyncIterator[Chunk]):
                 raise RuntimeError("a ChunkStream without chunks")
             provider, model, messages, call = self._pending
             chunks = provider.generate(model, messages, call)
-            if type(chunks) is not AsyncGeneratorType and not isinstance(chunks, AsyncGenerator):
+            if type(chunks) is not AsyncGeneratorType and not (
+                isinstance(chunks, AsyncIterator) and callable(getattr(chunks, "aclose", None))
+            ):
                 # A plain "def" that returns a list, say: refused here, by name, rather than
                 # as an AttributeError from deep inside the stream (and again on closing it).
+                # An async iterator with aclose() is all the stream uses: taken as it is.
                 raise errors.InvalidResponse(
                     f"generate() returned a {type(chunks).__name__}, not an async generator "
                     "(provider contract broken: write generate as an async def that yields)",

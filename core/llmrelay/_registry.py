@@ -290,7 +290,7 @@ def check_provider(provider: object) -> None:
                 f"provider {provider.__name__}.generate is a plain generator (def with yield): "
                 "make it an async generator, with async def"
             )
-        if name == "complete" and _written_plain(inspect.unwrap(method.__func__)):
+        if name == "complete" and _written_plain(method.__func__):
             # "def complete" (the "async" forgotten): every call would fail with "object
             # Completion can't be used in 'await' expression", reported as a bare TypeError.
             raise TypeError(
@@ -302,13 +302,16 @@ def check_provider(provider: object) -> None:
 def _written_plain(func: object) -> bool:
     """Whether ``func`` is a ``complete`` written as a plain ``def`` or as an async generator.
 
-    Only the method as written in its class counts: a decorator's wrapper (``def wrapper``
-    returning the coroutine, without ``functools.wraps``) is another function, and may well be
-    right.
+    Only the method as written in its class counts. A decorator may well be right: an
+    ``async def`` wrapper around a plain function (running it in a thread), or a plain
+    wrapper returning the coroutine of the ``async def`` it wraps (``functools.wraps`` or
+    not). So it is refused only when neither it nor what it wraps is an async function.
     """
     if not inspect.isfunction(func) or not func.__qualname__.endswith(".complete"):
         return False
-    return not inspect.iscoroutinefunction(func)
+    return not (
+        inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(inspect.unwrap(func))
+    )
 
 
 def _split_env(name: str) -> set[str] | None:

@@ -17,6 +17,7 @@ from ._config import get_config
 from ._provider import ChunkStream, Completion, Provider, checked_completion, typed_error
 from ._registry import Registry, get_registry
 from ._routing import Health, health, route
+from ._transport import SessionClosed
 from ._types import Chunk, FinishReason, Message, Messages, validate_messages
 
 __all__ = ["RelayStream", "relay"]
@@ -187,8 +188,8 @@ class RelayStream(ChunkStream):
         relay here)."""
         if _provider_side(exc):
             self._health.failed(provider)
-        if sent_text or isinstance(exc, errors.StreamInterrupted):
-            self._finished = True
+        if sent_text or isinstance(exc, errors.StreamInterrupted | SessionClosed):
+            self._finished = True  # (closed under it: the next provider's session, too)
             raise exc
         self.errors.append(exc)
         log.info("%s failed before any text (%s); trying the next provider", provider, exc.reason)
@@ -225,7 +226,7 @@ def _overrides_entry(provider: type[Provider]) -> bool:
 
 
 #: Names of llmrelay's own parameters: as request options they would collide with them.
-_RESERVED_OPTIONS = frozenset({"config", "cls", "registry", "model", "messages", "caller_honours"})
+_RESERVED_OPTIONS = frozenset({"config", "cls", "registry", "model", "messages"})
 
 
 def _understood(
@@ -263,7 +264,6 @@ def relay(
     *,
     proxy: str | None = None,
     registry: Registry | None = None,
-    caller_honours: Collection[str] = (),
     **options: Any,
 ) -> RelayStream:
     """Stream an answer for ``model`` from the first provider that serves it and works.
@@ -272,13 +272,29 @@ def relay(
     :func:`~llmrelay._routing.route` gives (working, configured priority, recent health,
     registration); an empty ``model`` means the configured default. Providers that do not
     accept an option are skipped; if none accepts it, the first one's ``InvalidRequest`` is
-    raised. Options named in ``caller_honours`` are ones the caller acts on itself (the
-    client's ``stream_options``): passed only to the providers that declare them, and never a
-    reason to skip one.
+    raised.
 
     Raises:
         InvalidRequest: bad messages, proxy URL or options.
         ModelNotFound: no provider serves ``model``.
+    """
+    return relay_options(model, messages, proxy, registry, options)
+
+
+def relay_options(
+    model: str,
+    messages: Messages,
+    proxy: str | None,
+    registry: Registry | None,
+    options: dict[str, Any],
+    caller_honours: Collection[str] = (),
+) -> RelayStream:
+    """:func:`relay` with the request options as a dict (no keyword of its own can collide
+    with one a caller passes on, as ``llmrelay serve`` passes a request's fields).
+
+    Options named in ``caller_honours`` are ones the caller acts on itself (the client's
+    ``stream_options``): passed only to the providers that declare them, and never a reason
+    to skip one.
     """
     if not options.keys().isdisjoint(_RESERVED_OPTIONS):
         clash = sorted(_RESERVED_OPTIONS & options.keys())

@@ -105,6 +105,9 @@ class _LoopSessions:
 
     sessions: dict[ProxyURL | None, aiohttp.ClientSession] = field(default_factory=dict)
     keeper: asyncio.Task[None] | None = None
+    #: Sessions taken out of ``sessions`` to be closed, until they are: a close that was
+    #: cancelled midway leaves them here for the next one to finish.
+    closing: list[aiohttp.ClientSession] = field(default_factory=list)
 
 
 class Transport:
@@ -254,12 +257,16 @@ class Transport:
     async def aclose(self) -> None:
         """Close the sessions of the running loop (other loops close theirs when they end)."""
         loop = asyncio.get_running_loop()
-        state = self._loops.pop(loop, None)
+        state = self._loops.get(loop)
         if state is None:
             return
-        if state.keeper is not None:
-            state.keeper.cancel()
         await _close_all(state)
+        # Forgotten only once closed (a cancelled close is finished by the next one), and not
+        # if a request opened a session meanwhile: that one is the next close's.
+        if not state.sessions and self._loops.get(loop) is state:
+            del self._loops[loop]
+            if state.keeper is not None:
+                state.keeper.cancel()
 
 
 @functools.lru_cache(maxsize=64)
@@ -345,11 +352,15 @@ async def _keep(state: _LoopSessions) -> None:
 
 
 async def _close_all(state: _LoopSessions) -> None:
-    sessions, state.sessions = list(state.sessions.values()), {}
-    _closing.update(sessions)  # before their reads end: those failures must not be retried
-    for session in sessions:
+    if state.sessions:  # out of use at once: a request from now on opens a new session
+        state.closing.extend(state.sessions.values())
+        state.sessions = {}
+    _closing.update(state.closing)  # before their reads end: those failures are not retried
+    for session in list(state.closing):
         await _end_reads(session)
         await session.close()
+        with contextlib.suppress(ValueError):  # (another close may have finished it first)
+            state.closing.remove(session)
 
 
 #: Sessions being closed (``session.closed`` turns true only once ``close()`` is done).
@@ -399,11 +410,18 @@ def map_network_errors(
         raise typed from None
 
 
+class SessionClosed(errors.ConnectError):
+    """A request cut off by its session closing (the client closing, or ``llmrelay.aclose()``).
+
+    Neither retried nor a reason to fall back to another provider: either would open a
+    session of its own that no one closes, and wait on it until the deadline, for ever
+    without one. A ``ConnectError`` to callers; its own class only so the relay can tell.
+    """
+
+
 def closed_under(provider: str) -> errors.ConnectError:
-    """The error of a request whose session was closed while it ran (the client closing, or
-    ``llmrelay.aclose()``): not retryable, since a retry would open a session of its own that
-    no one closes, and wait on it until the deadline, for ever without one."""
-    return errors.ConnectError(
+    """The error of a request whose session was closed while it ran (see ``SessionClosed``)."""
+    return SessionClosed(
         "the request was cut off: its HTTP session was closed while it ran "
         "(the client was closed, or llmrelay.aclose() called)",
         provider=provider,

@@ -46,7 +46,8 @@ def _bare_causes(exc: BaseException) -> list[str]:
     from ._redact import redact
     from .errors import AllProvidersFailed, ProviderError
 
-    found = exc.errors if isinstance(exc, AllProvidersFailed) else [exc]
+    every = exc if isinstance(exc, AllProvidersFailed) else exc.__cause__  # (after a deadline)
+    found = every.errors if isinstance(every, AllProvidersFailed) else [exc]
     lines = []
     for error in found:
         bare = error.bare if isinstance(error, ProviderError) else None
