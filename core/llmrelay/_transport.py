@@ -186,7 +186,7 @@ class Transport:
 
         session = self._session(proxy)
         started = time.monotonic()
-        with map_network_errors(provider, proxy, started, session):
+        with self._typed_failures(provider, proxy, started, session):
             async with session.request(
                 method,
                 url,
@@ -245,14 +245,53 @@ class Transport:
         except errors.LLMRelayError:
             raise
         except Exception as exc:
-            typed = network_error(exc, provider, proxy, started)
+            typed = self._failure(exc, provider, proxy, started, session)
             if typed is None:
                 raise
-            if _closed(session):
-                typed = closed_under(provider)
             raise typed from None
         # The response's own headers stay case-insensitive (``headers["content-type"]``).
         return HTTPResponse(response.status, response.headers, body, response.url)
+
+    @contextlib.contextmanager
+    def _typed_failures(
+        self,
+        provider: str,
+        proxy: ProxyURL | None,
+        started: float,
+        session: aiohttp.ClientSession,
+    ) -> Any:  # Iterator[None]; Any keeps contextmanager's typing simple across Python versions
+        """Turn aiohttp, aiohttp-socks and asyncio failures into llmrelay's typed errors."""
+        try:
+            yield
+        except errors.LLMRelayError:
+            raise
+        except Exception as exc:
+            typed = self._failure(exc, provider, proxy, started, session)
+            if typed is None:
+                raise
+            raise typed from None
+
+    def _failure(
+        self,
+        exc: Exception,
+        provider: str,
+        proxy: ProxyURL | None,
+        started: float,
+        session: aiohttp.ClientSession,
+    ) -> errors.LLMRelayError | None:
+        """The typed error for ``exc``, a failure of a request on ``session`` (None if it is
+        no network failure): ``SessionClosed`` when the session was closed, or is being
+        closed, under the request, whatever the failure looked like."""
+        typed = network_error(exc, provider, proxy, started)
+        if typed is None or not (session.closed or self._closing(session)):
+            return typed
+        return closed_under(provider)
+
+    def _closing(self, session: aiohttp.ClientSession) -> bool:
+        """Whether ``session`` is being closed on the running loop (``session.closed`` turns
+        true only once ``close()`` is done, after the reads it ended have failed)."""
+        state = self._loops.get(asyncio.get_running_loop())
+        return state is not None and any(session is closing for closing in state.closing)
 
     async def aclose(self) -> None:
         """Close the sessions of the running loop (other loops close theirs when they end)."""
@@ -355,20 +394,13 @@ async def _close_all(state: _LoopSessions) -> None:
     if state.sessions:  # out of use at once: a request from now on opens a new session
         state.closing.extend(state.sessions.values())
         state.sessions = {}
-    _closing.update(state.closing)  # before their reads end: those failures are not retried
+    # Listed in ``closing`` until closed: the failures of the reads ended here are the close's
+    # (``Transport._failure``), and a cancelled close leaves the rest to the next one.
     for session in list(state.closing):
         await _end_reads(session)
         await session.close()
         with contextlib.suppress(ValueError):  # (another close may have finished it first)
             state.closing.remove(session)
-
-
-#: Sessions being closed (``session.closed`` turns true only once ``close()`` is done).
-_closing: weakref.WeakSet[aiohttp.ClientSession] = weakref.WeakSet()
-
-
-def _closed(session: aiohttp.ClientSession) -> bool:
-    return session.closed or session in _closing
 
 
 async def _end_reads(session: aiohttp.ClientSession) -> None:
@@ -387,27 +419,6 @@ async def _end_reads(session: aiohttp.ClientSession) -> None:
             transport.abort()
     if closed:  # (bounded: an abort reports at the loop's next turn; close() goes on anyway)
         await asyncio.wait(closed, timeout=1.0)
-
-
-@contextlib.contextmanager
-def map_network_errors(
-    provider: str,
-    proxy: ProxyURL | None,
-    started: float,
-    session: aiohttp.ClientSession | None = None,
-) -> Any:  # Iterator[None]; Any keeps contextmanager's typing simple across Python versions
-    """Turn aiohttp, aiohttp-socks and asyncio failures into llmrelay's typed errors."""
-    try:
-        yield
-    except errors.LLMRelayError:
-        raise
-    except Exception as exc:
-        typed = network_error(exc, provider, proxy, started)
-        if typed is None:
-            raise
-        if session is not None and _closed(session):
-            typed = closed_under(provider)
-        raise typed from None
 
 
 class SessionClosed(errors.ConnectError):
