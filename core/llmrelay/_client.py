@@ -523,7 +523,6 @@ class AsyncClient:
         self.models = AsyncModels()
         self._streams: weakref.WeakSet[AsyncCompletionStream] = weakref.WeakSet()
         self._closed = False
-        self._shut = False  # aclose() finished its work (``_closed`` is set at its start)
         self._closes_sessions = False  # the last user of its loop: aclose() closes the sessions
         self._attached_to: weakref.ref[asyncio.AbstractEventLoop] | None = None
 
@@ -547,11 +546,10 @@ class AsyncClient:
         """Close this client's unfinished streams, and the loop's sessions if it is the last.
 
         Closed from the first call on (no new request starts); a close that was cancelled or
-        failed midway is finished by calling ``aclose()`` again.
+        failed midway is finished by calling ``aclose()`` again, and one that finished has
+        nothing left to do (no stream, not among the loop's users, no sessions owed).
         """
         self._closed = True
-        if self._shut:
-            return
         for stream in builtins.list(self._streams):
             await stream.aclose()
         loop = asyncio.get_running_loop()
@@ -566,7 +564,6 @@ class AsyncClient:
 
             await aclose()
             self._closes_sessions = False
-        self._shut = True
 
     async def __aenter__(self) -> Self:
         return self
