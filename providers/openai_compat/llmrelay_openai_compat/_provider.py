@@ -228,8 +228,7 @@ def _messages_data(provider: str, messages: list[Message]) -> Any:
         # Only extra fields (the message's own, or its content parts') can hold such values.
         if message.__pydantic_extra__ or type(message.content) is not str:
             plain = False
-            if message.__pydantic_extra__ or type(message.content) is list:
-                _check_faithful(provider, messages, message)
+            _check_faithful(provider, messages, message)
     if plain:
         # What the serializer writes for them, written here: the request body takes 10.3k →
         # 7.8k instructions (callgrind), and the serializer's code is not run at all.

@@ -117,25 +117,24 @@ def _check_text_only(messages: list[Message]) -> None:
         InvalidRequest: naming the message and what it holds.
     """
     for index, message in enumerate(messages):
-        if message.model_extra:
-            fields = ", ".join(sorted(message.model_extra))
+        beyond = _beyond_text(message)
+        if beyond is not None:
             raise InvalidRequest(
                 f"pizzagpt takes only the text of each message: messages[{index}] has "
-                f"{fields}, which it cannot send; leave it out or pin a provider that takes it"
+                f"{beyond}, which it cannot send; leave it out or pin a provider that takes it"
             )
-        if isinstance(message.content, list):
-            for part in message.content:
-                if not isinstance(part, TextPart) or part.model_extra:
-                    what = (
-                        f"a {part.type!r} part"
-                        if not isinstance(part, TextPart)
-                        else f"a text part with {', '.join(sorted(part.model_extra or {}))}"
-                    )
-                    raise InvalidRequest(
-                        f"pizzagpt takes only the text of each message: messages[{index}] has "
-                        f"{what}, which it cannot send; leave it out or pin a provider that "
-                        "takes it"
-                    )
+
+
+def _beyond_text(message: Message) -> str | None:
+    """What ``message`` holds besides its text, or None."""
+    if message.model_extra:
+        return ", ".join(sorted(message.model_extra))
+    for part in message.content if isinstance(message.content, list) else ():
+        if not isinstance(part, TextPart):
+            return f"a {part.type!r} part"
+        if part.model_extra:
+            return f"a text part with {', '.join(sorted(part.model_extra))}"
+    return None
 
 
 def _content(data: Any) -> str | None:
