@@ -16,6 +16,7 @@ from click.testing import Result
 import llmrelay
 from tests.pizzagpt_cases import BY_NAME
 from tests.replicas.pizzagpt import ANSWERS
+from tests.support import Plugin
 
 LLMRELAY = str(Path(sys.executable).with_name("llmrelay"))
 HELLO = BY_NAME["seed_hello"]
@@ -224,12 +225,6 @@ class _Buggy(llmrelay.Provider):
         raise KeyError("answer")
 
 
-class _BuggyPlugin:
-    @llmrelay.hookimpl
-    def register_providers(self, register: Callable[[object], None]) -> None:
-        register(_Buggy)
-
-
 def test_chat_shows_what_a_providers_code_raised(
     configured: Callable[..., tuple[Path, Callable[..., Result]]],
     use_plugins: Callable[..., Any],
@@ -237,7 +232,7 @@ def test_chat_shows_what_a_providers_code_raised(
     """The error says "the provider raised KeyError" (a server shows it to its clients); at a
     terminal, the one fixing the provider also sees what it said, and how to get more."""
     _, invoke = configured("")
-    use_plugins(("buggy", _BuggyPlugin()))
+    use_plugins(("buggy", Plugin(_Buggy)))
     result = invoke("chat", "-m", "buggy/m1", "hi")
     assert result.exit_code == 1
     lines = result.output.splitlines()

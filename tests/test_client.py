@@ -39,7 +39,7 @@ from llmrelay.errors import (
 from tests.background import background_servers
 from tests.endpoint_support import endpoint, install_endpoints, write_config
 from tests.replicas.openai import STATE, Mode, ReplicaState, make_app
-from tests.support import Serve
+from tests.support import Plugin, Serve
 
 HI = [{"role": "user", "content": "Hi there"}]
 ANSWER = "Echo: Hi there"
@@ -299,18 +299,12 @@ class _Offline(llmrelay.Provider):
         yield llmrelay.FinishReason("stop")
 
 
-class _OfflinePlugin:
-    @llmrelay.hookimpl
-    def register_providers(self, register: Callable[[object], None]) -> None:
-        register(_Offline)
-
-
 async def test_stream_options_work_with_a_provider_that_does_not_declare_them(
     use_plugins: Callable[..., Registry],
 ) -> None:
     """``stream_options`` is not passed to a provider that does not declare it (it used to
     refuse the call, "does not support option(s) stream_options"): the client honours it."""
-    use_plugins(("offline", _OfflinePlugin()))
+    use_plugins(("offline", Plugin(_Offline)))
     async with AsyncClient() as client:
         for include_usage, usage in [(True, USAGE), (False, None)]:
             stream = await client.chat.completions.create(

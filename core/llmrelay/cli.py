@@ -43,18 +43,17 @@ def _bare_causes(exc: BaseException) -> list[str]:
     """A line per exception a provider's code raised itself behind ``exc``: the message says
     only "the provider raised KeyError" (a server shows it to its clients), and at a terminal
     the one who can fix the provider needs what it said, scrubbed of known secrets."""
-    from ._redact import redact
+    from ._transport import excerpt
     from .errors import AllProvidersFailed, ProviderError
 
     every = exc if isinstance(exc, AllProvidersFailed) else exc.__cause__  # (after a deadline)
     found = every.errors if isinstance(every, AllProvidersFailed) else [exc]
     lines = []
     for error in found:
-        bare = error.bare if isinstance(error, ProviderError) else None
-        if isinstance(error, ProviderError) and bare is not None:
-            said = " ".join(redact(str(bare)).split())[:200]
+        if isinstance(error, ProviderError) and error.bare is not None:
+            said = excerpt(str(error.bare))
             lines.append(
-                f"  caused by: {error.provider}: {type(bare).__name__}"
+                f"  caused by: {error.provider}: {type(error.bare).__name__}"
                 f"{': ' + said if said else ''} (--debug shows the traceback)"
             )
     return lines
