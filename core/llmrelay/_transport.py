@@ -139,12 +139,15 @@ class Transport:
     def _new_session(self, state: _LoopSessions, key: ProxyURL | None) -> aiohttp.ClientSession:
         import aiohttp
 
+        from . import _connectors
+
+        connector: aiohttp.BaseConnector
         if key is not None:
-            from aiohttp_socks import ProxyConnector, ProxyType
+            from aiohttp_socks import ProxyType
 
             # The parts, not a URL string: a password with "@", "/" or ":" in it survives, and
             # no library gets a URL with the password to put in its own error messages.
-            connector: aiohttp.BaseConnector = ProxyConnector(
+            connector = _connectors.socks_connector(
                 proxy_type=ProxyType.SOCKS4 if key.scheme == "socks4" else ProxyType.SOCKS5,
                 host=key.host,
                 port=key.port,
@@ -155,7 +158,9 @@ class Transport:
                 limit_per_host=self.limit_per_host,
             )
         else:
-            connector = aiohttp.TCPConnector(limit=self.limit, limit_per_host=self.limit_per_host)
+            connector = _connectors.TCPConnector(
+                limit=self.limit, limit_per_host=self.limit_per_host
+            )
         session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None),
