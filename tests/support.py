@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -11,8 +12,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 from aiohttp import web
+from yarl import URL
 
 import llmrelay
 from llmrelay import Provider
@@ -101,3 +105,13 @@ def run_pproxy(listeners: dict[str, str], log: Path) -> Iterator[Proxies]:
         except subprocess.TimeoutExpired:  # pragma: no cover
             proc.kill()
             proc.wait(timeout=5)
+
+
+async def connection_read_size(connector: Any, url: str) -> int:
+    """How much one socket read of a connection from ``connector`` to ``url`` asks for."""
+    request = aiohttp.ClientRequest("GET", URL(url), loop=asyncio.get_running_loop())
+    connection = await connector.connect(request, [], aiohttp.ClientTimeout(total=5))
+    try:
+        return int(connection.transport.max_size)
+    finally:
+        connection.close()

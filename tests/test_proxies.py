@@ -19,10 +19,11 @@ from aiohttp import web
 
 import llmrelay
 from llmrelay import Call, Chunk, FinishReason, Message, Provider, RetryPolicy, errors
-from llmrelay._proxy import ACCEPTED_SCHEMES, ProxyURL, parse_proxy, proxy_for
+from llmrelay._proxy import ACCEPTED_SCHEMES, ProxyURL, checked_proxy, parse_proxy, proxy_for
 from llmrelay._redact import redact
+from llmrelay._transport import get_transport
 from tests.replicas.faults import FAULTS, FaultState, make_app
-from tests.support import Proxies, free_port, run_pproxy
+from tests.support import Proxies, connection_read_size, free_port, run_pproxy
 
 USER = "alice"
 PASSWORD = "s3cret-Pw0rd"
@@ -121,6 +122,14 @@ async def test_requests_go_through_the_proxy(
     lines = wait_for_lines(proxies, target.port, 1)
     assert len(lines) == 1
     assert lines[0].startswith(f"{scheme} 127.0.0.1:")
+
+
+async def test_socks_tunnels_read_64_kib_at_a_time(proxies: Proxies, target: Target) -> None:
+    """The SOCKS session's connections read in small pieces, as the direct session's do (see
+    ``test_plain_connections_read_64_kib_at_a_time``)."""
+    session = await get_transport().session(checked_proxy(proxies.url("socks5-open")))
+    assert await connection_read_size(session.connector, target.base) == 64 * 1024
+    assert wait_for_lines(proxies, target.port, 1)[0].startswith("socks5 ")
 
 
 async def test_socks5h_is_accepted(proxies: Proxies, target: Target) -> None:

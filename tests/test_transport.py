@@ -48,6 +48,7 @@ from llmrelay._transport import (
 )
 from tests.background import background_servers
 from tests.replicas.faults import FAULTS, FaultState, make_app
+from tests.support import connection_read_size
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
 SECRET_KEY = "sk-proj-SECRETSECRET1234567890"
@@ -193,6 +194,34 @@ async def test_aclose_closes_the_sessions_and_the_next_call_opens_new_ones(
     assert faults.state.connections == 2
     await llmrelay.aclose()
     await llmrelay.aclose()  # twice is fine
+
+
+async def test_plain_connections_read_64_kib_at_a_time(faults: Server) -> None:
+    """asyncio's plain sockets read 256 KiB at a time, which glibc serves with mmap, mremap and
+    munmap on every read (python/cpython#85451); llmrelay's connections read at most 64 KiB."""
+    import aiohttp
+
+    session = await get_transport().session()
+    assert await connection_read_size(session.connector, faults.base) == 64 * 1024
+    async with aiohttp.TCPConnector() as plain:  # what the change is measured against
+        assert await connection_read_size(plain, faults.base) == 256 * 1024
+
+
+async def test_an_answer_larger_than_one_read_arrives_whole(
+    serve: Callable[[web.Application], Any],
+) -> None:
+    body = bytes(range(256)) * (3 * 1024 + 7)  # about 770 KiB: a dozen reads
+
+    async def large(request: web.Request) -> web.Response:
+        return web.Response(body=body)
+
+    app = web.Application()
+    app.router.add_get("/large", large)
+    base = await serve(app)
+    call = fast_call(base, "/large")
+    for _ in range(2):  # a new connection, then the pooled one
+        response = await call.request("GET", f"{base}/large")
+        assert response.body == body
 
 
 @pytest.mark.parametrize("stream", [False, True])
