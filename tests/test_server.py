@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar
 
 import aiohttp
+import aiohttp.web
 import openai
 import pytest
 
@@ -314,6 +315,22 @@ async def test_health_and_ready_answer_without_a_key(
         assert await response.json() == {"status": "ready", "providers": 1}
     async with http.get(f"{server.url}/v1/models") as response:
         assert response.status == 401
+
+
+async def test_the_server_reads_its_connections_64_kib_at_a_time(
+    fakes: Callable[..., Registry], http: aiohttp.ClientSession
+) -> None:
+    """As llmrelay's client connections do (see ``llmrelay._connectors``): asyncio's 256 KiB
+    reads cost an mmap, mremap and munmap each."""
+    fakes(Echo)
+    app = create_app(FAST)
+
+    async def read_size(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.json_response(getattr(request.transport, "max_size", None))
+
+    app.router.add_get("/read-size", read_size)
+    async with serving(app) as server, http.get(f"{server.url}/read-size") as response:
+        assert await response.json() == 64 * 1024
 
 
 async def test_request_options_reach_the_provider(

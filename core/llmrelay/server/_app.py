@@ -22,6 +22,7 @@ from aiohttp import web
 
 from .. import errors
 from .._config import get_config
+from .._connectors import read_in_small_pieces
 from .._registry import Registry, get_registry
 from .._routing import route
 from ._chat import chat_completions
@@ -68,6 +69,9 @@ def create_app(
 @web.middleware
 async def _edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
+    # The connection's next requests are read 64 KiB at a time, as the client's answers are
+    # (see llmrelay._connectors): a keep-alive client's requests then cost no mmap each.
+    read_in_small_pieces(request.transport)
     info = RequestLog(request_id=os.urandom(16).hex())  # a UUID4's 32 hex digits, cheaper
     token = LOG.set(info)
     state = request.app[STATE]
