@@ -6,6 +6,8 @@ runs in the workspace's venv (llmrelay, raw aiohttp, openai) and in the throwawa
   pizzagpt protocol (POST /api/chatx-completion):
     --client llmrelay         Pizzagpt.create_async_generator(..., base_url=replica).text()
     --client aiohttp-shared   raw aiohttp, one shared ClientSession (the reference)
+    --client aiohttp-small-reads  the same, its connections reading 64 KiB at a time as
+                              llmrelay's do (see core/llmrelay/_connectors.py)
     --client g4f              g4f.Provider.Pizzagpt (g4f 0.5.3.2), its url pointed at the replica
     --client aiohttp-contract raw aiohttp inside the provider contract's bare shape (pydantic
                               messages, an async generator, a deadline): the floor of the design
@@ -14,6 +16,7 @@ runs in the workspace's venv (llmrelay, raw aiohttp, openai) and in the throwawa
                               through the OpenAI-compatible provider (endpoint from
                               LLMRELAY_CONFIG, which run.py writes)
     --client aiohttp-shared   raw aiohttp, one shared ClientSession, minimal SSE parsing
+    --client aiohttp-small-reads  the same, reading 64 KiB at a time
     --client openai           openai.AsyncOpenAI(base_url=replica/v1)
     --client aiohttp-contract raw aiohttp inside the contracts' bare shape for a whole answer
                               (whole answers only): pydantic messages, an async generator,
@@ -70,9 +73,14 @@ def check_answer(text: object) -> None:
 
 
 class LazySession:
-    """The raw clients' one shared aiohttp session, made on first use (inside the loop)."""
+    """The raw clients' one shared aiohttp session, made on first use (inside the loop).
 
-    def __init__(self, **kwargs: Any) -> None:
+    ``small_reads``: its connections read 64 KiB at a time, not asyncio's 256 KiB, as
+    llmrelay's do (core/llmrelay/_connectors.py): the same change, on raw aiohttp.
+    """
+
+    def __init__(self, small_reads: bool = False, **kwargs: Any) -> None:
+        self._small_reads = small_reads
         self._kwargs = kwargs
         self._session: Any = None
 
@@ -80,12 +88,30 @@ class LazySession:
         if self._session is None:
             import aiohttp
 
-            self._session = aiohttp.ClientSession(**self._kwargs)
+            kwargs = dict(self._kwargs)
+            if self._small_reads:
+                kwargs["connector"] = small_reads_connector()
+            self._session = aiohttp.ClientSession(**kwargs)
         return self._session
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def small_reads_connector() -> Any:  # aiohttp.TCPConnector
+    """A TCPConnector whose connections read at most 64 KiB at a time (asyncio's plain
+    sockets read 256 KiB, which glibc serves with mmap, mremap and munmap on every read)."""
+    import aiohttp
+
+    class SmallReads(aiohttp.TCPConnector):
+        async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109
+            connection = await super().connect(req, traces, timeout)
+            if getattr(connection.transport, "max_size", 0) > 64 * 1024:
+                connection.transport.max_size = 64 * 1024
+            return connection
+
+    return SmallReads()
 
 
 def contract_messages() -> Callable[[Any], list[Any]]:
@@ -137,9 +163,12 @@ def pizzagpt_client(name: str, base: str) -> tuple[One, Close]:
 
         return one, close
 
-    if name == "aiohttp-shared":
+    if name in ("aiohttp-shared", "aiohttp-small-reads"):
         url = base + "/api/chatx-completion"
-        shared = LazySession(headers=dict(PIZZA_HEADERS, origin=base, referer=base + "/en"))
+        shared = LazySession(
+            small_reads=name == "aiohttp-small-reads",
+            headers=dict(PIZZA_HEADERS, origin=base, referer=base + "/en"),
+        )
 
         async def one() -> int:
             async with shared.get().post(url, json={"question": MESSAGES[-1]["content"]}) as resp:
@@ -249,9 +278,11 @@ def openai_client(name: str, base: str, stream: bool) -> tuple[One, Close]:
 
         return one, close
 
-    if name == "aiohttp-shared":
+    if name in ("aiohttp-shared", "aiohttp-small-reads"):
         url = base + "/v1/chat/completions"
-        shared = LazySession(headers={"Authorization": "Bearer x"})
+        shared = LazySession(
+            small_reads=name == "aiohttp-small-reads", headers={"Authorization": "Bearer x"}
+        )
 
         async def one() -> int:
             session = shared.get()

@@ -21,10 +21,12 @@ LABELS = {
     ("pizzagpt", "llmrelay"): "llmrelay Pizzagpt `.text()`",
     ("pizzagpt", "aiohttp-shared"): "raw aiohttp, shared session",
     ("pizzagpt", "g4f"): "g4f Pizzagpt (0.5.3.2)",
+    ("pizzagpt", "aiohttp-small-reads"): "raw aiohttp, shared session, 64 KiB reads",
     ("pizzagpt", "aiohttp-contract"): "raw aiohttp in the provider contract's shape",
     ("openai", "llmrelay"): "llmrelay `AsyncClient`",
     ("openai", "aiohttp-shared"): "raw aiohttp, shared session",
     ("openai", "openai"): "openai `AsyncOpenAI`",
+    ("openai", "aiohttp-small-reads"): "raw aiohttp, shared session, 64 KiB reads",
     ("openai", "aiohttp-contract"): "raw aiohttp in the contracts' shape",
 }
 REFERENCE = "aiohttp-shared"
@@ -47,7 +49,21 @@ TARGETS = [
     ),
     ("OpenAI stream: llmrelay ÷ openai SDK (chunks/s)", "openai-stream", "llmrelay", "openai", 5.0),
 ]
+SMALL = "aiohttp-small-reads"
 CONTEXT = [
+    ("Pizzagpt: llmrelay ÷ raw aiohttp with 64 KiB reads (req/s)", "pizzagpt", "llmrelay", SMALL),
+    (
+        "OpenAI non-stream: llmrelay ÷ raw aiohttp with 64 KiB reads (req/s)",
+        "openai",
+        "llmrelay",
+        SMALL,
+    ),
+    (
+        "OpenAI stream: llmrelay ÷ raw aiohttp with 64 KiB reads (chunks/s)",
+        "openai-stream",
+        "llmrelay",
+        SMALL,
+    ),
     ("Pizzagpt: g4f ÷ raw aiohttp (req/s)", "pizzagpt", "g4f", REFERENCE),
     (
         "Pizzagpt: raw aiohttp in the contract's shape ÷ raw aiohttp (req/s)",

@@ -461,7 +461,12 @@ def bench_replica() -> Iterator[tuple[int, dict[str, str]]]:
 def throughput_cases(quick: bool, g4f_python: str | None) -> list[dict[str, Any]]:
     k = 10 if quick else 1
     cases = []
-    pizza_clients = [("llmrelay", PY), ("aiohttp-shared", PY), ("aiohttp-contract", PY)]
+    pizza_clients = [
+        ("llmrelay", PY),
+        ("aiohttp-shared", PY),
+        ("aiohttp-small-reads", PY),
+        ("aiohttp-contract", PY),
+    ]
     if g4f_python:
         pizza_clients.append(("g4f", g4f_python))
     for conc in (1, 50):
@@ -478,7 +483,12 @@ def throughput_cases(quick: bool, g4f_python: str | None) -> list[dict[str, Any]
                     "warmup": 20,
                 }
             )
-    oai_clients = [("llmrelay", PY), ("aiohttp-shared", PY), ("openai", PY)]
+    oai_clients = [
+        ("llmrelay", PY),
+        ("aiohttp-shared", PY),
+        ("aiohttp-small-reads", PY),
+        ("openai", PY),
+    ]
     for group, n, stream, warmup in (("openai", 1000, False, 20), ("openai-stream", 200, True, 5)):
         # The contract-shaped lower bound is written for whole answers only.
         floor = [] if stream else [("aiohttp-contract", PY)]
