@@ -4,7 +4,7 @@ Why: asyncio's plain-socket transport reads with ``sock.recv(256 KiB)``, so ever
 few bytes arrive, first allocates a 256 KiB ``bytes``. glibc serves an allocation that large
 with ``mmap``, shrinks it with ``mremap`` to the bytes received and unmaps it when it is freed:
 three system calls and page faults on every read (python/cpython#85451). On the 2-core
-benchmark machine that was about 20 µs per read, or 14 % of the client's CPU per request with
+benchmark machine that was about 20 µs per read, or 12 % of the client's CPU per request with
 50 requests in flight, and it falls on every chunk of a stream. 64 KiB, the size of aiohttp's
 own read buffer, is below glibc's ``mmap`` threshold (128 KiB, which only ever grows), so reads
 come from the heap.
