@@ -24,7 +24,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import errors
 from ._json import loads
@@ -250,10 +250,7 @@ class Transport:
         except errors.LLMRelayError:
             raise
         except Exception as exc:
-            typed = self._failure(exc, provider, proxy, started, session)
-            if typed is None:
-                raise
-            raise typed from None
+            self._raise_typed(exc, provider, proxy, started, session)
         # The response's own headers stay case-insensitive (``headers["content-type"]``).
         return HTTPResponse(response.status, response.headers, body, response.url)
 
@@ -271,26 +268,26 @@ class Transport:
         except errors.LLMRelayError:
             raise
         except Exception as exc:
-            typed = self._failure(exc, provider, proxy, started, session)
-            if typed is None:
-                raise
-            raise typed from None
+            self._raise_typed(exc, provider, proxy, started, session)
 
-    def _failure(
+    def _raise_typed(
         self,
         exc: Exception,
         provider: str,
         proxy: ProxyURL | None,
         started: float,
         session: aiohttp.ClientSession,
-    ) -> errors.LLMRelayError | None:
-        """The typed error for ``exc``, a failure of a request on ``session`` (None if it is
-        no network failure): ``SessionClosed`` when the session was closed, or is being
-        closed, under the request, whatever the failure looked like."""
+    ) -> NoReturn:
+        """Raise the typed error for ``exc``, a failure of a request on ``session`` being
+        handled by the caller, or ``exc`` itself if it is no network failure:
+        ``SessionClosed`` when the session was closed, or is being closed, under the request,
+        whatever the failure looked like."""
         typed = network_error(exc, provider, proxy, started)
-        if typed is None or not (session.closed or self._closing(session)):
-            return typed
-        return closed_under(provider)
+        if typed is None:
+            raise  # the caller's exception, as it was
+        if session.closed or self._closing(session):
+            typed = closed_under(provider)
+        raise typed from None
 
     def _closing(self, session: aiohttp.ClientSession) -> bool:
         """Whether ``session`` is being closed on the running loop (``session.closed`` turns
