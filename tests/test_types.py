@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -132,18 +132,27 @@ _counts = st.one_of(st.integers(min_value=-3, max_value=2**70), st.booleans())
 
 
 @given(_counts, _counts, st.one_of(st.none(), _counts))
+@example(-1, 0, None)
+@example(0, -1, None)
+@example(1, 2, -1)
+@example(True, 2, None)
+@example(2**70, 1, None)
 def test_usage_built_directly_is_what_validation_builds(
     prompt: int, completion: int, total: int | None
 ) -> None:
     """``Usage(prompt, completion, total)`` is the validator's result (or refusal) for those
-    counts, whatever they are; a missing total is the sum of the validated counts."""
+    counts, whatever they are, whether or not they take the path for plain ints that skips
+    the validator; a missing total is the sum of the validated counts."""
     data = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": 0 if total is None else total,
     }
     try:
-        validated = Usage.model_validate(data)
+        # The validator itself: ``model_validate`` would call ``Usage.__init__``, the code
+        # under test (its path for plain counts).
+        validated = Usage.__new__(Usage)
+        Usage.__pydantic_validator__.validate_python(data, self_instance=validated)
     except ValidationError as exc:
         refused = exc.errors()
     else:
@@ -165,3 +174,71 @@ def test_usage_built_directly_is_what_validation_builds(
     assert all(type(v) is int for v in usage.model_dump().values())
     with pytest.raises(ValidationError, match="frozen"):
         usage.prompt_tokens = 1  # frozen either way
+
+
+class _Text(str):
+    """A str subclass: validation turns it into a plain str."""
+
+
+_roles = st.one_of(
+    st.sampled_from(["system", "developer", "user", "assistant", "tool", "robot", ""]),
+    st.integers(),
+    st.none(),
+    st.builds(_Text, st.sampled_from(["user", "assistant"])),
+)
+_contents = st.one_of(
+    st.text(max_size=6),
+    st.none(),
+    st.integers(),
+    st.builds(_Text, st.text(max_size=3)),
+    st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=3)})),
+)
+_plain_shaped = st.lists(  # two keys, role and content: the shape the fast path looks at
+    st.fixed_dictionaries({"role": _roles, "content": _contents}), min_size=1, max_size=3
+)
+_any_messages = st.lists(
+    st.one_of(
+        st.fixed_dictionaries({"content": _contents, "role": _roles}),  # the other key order
+        st.fixed_dictionaries(
+            {"role": _roles, "content": _contents},
+            optional={"name": st.text(max_size=3), "tool_calls": st.lists(st.integers())},
+        ),
+        st.dictionaries(st.sampled_from(["role", "content", "name"]), _roles, max_size=3),
+        st.builds(Message, role=st.just("user"), content=st.text(max_size=3)),
+    ),
+    min_size=1,
+    max_size=3,
+)
+
+
+@settings(max_examples=300)
+@given(st.one_of(_plain_shaped, _any_messages))
+@example([{"role": "robot", "content": "hi"}])
+@example([{"role": _Text("user"), "content": "hi"}])
+@example([{"role": "user", "content": _Text("hi")}])
+@example([{"role": "user", "content": "hi"}, {"role": "user", "content": None}])
+@example([{"role": "user", "content": "hi", "name": "bob"}])
+def test_messages_checked_in_python_are_what_the_validator_gives(messages: list[Any]) -> None:
+    """Plain messages (a known role, text content, nothing else) skip pydantic-core's
+    validator; whatever the messages, the result (or the refusal) is the validator's."""
+    from llmrelay._types import _MESSAGE_VALIDATOR
+
+    data = [m.model_dump(exclude_unset=True) if isinstance(m, Message) else m for m in messages]
+    try:
+        expected = _MESSAGE_VALIDATOR.validate_python(data)
+    except ValidationError:
+        with pytest.raises(InvalidRequest, match=r"^invalid messages: messages\["):
+            validate_messages(messages)
+        return
+    checked = validate_messages(messages)
+    assert checked == expected
+    for got, want in zip(checked, expected, strict=True):
+        assert type(got) is Message
+        assert list(got.__dict__.items()) == list(want.__dict__.items())  # order too
+        assert [type(v) for v in vars(got).values()] == [type(v) for v in vars(want).values()]
+        assert got.model_fields_set == want.model_fields_set
+        assert got.model_extra == want.model_extra
+        assert got.__pydantic_private__ == want.__pydantic_private__
+        if not isinstance(want.content, list):  # (a list in a frozen model cannot be hashed)
+            assert hash(got) == hash(want)
+        assert got.model_dump_json() == want.model_dump_json()

@@ -27,6 +27,7 @@ from typing import Any, Literal, Self, TypeVar, cast, overload
 
 from pydantic import BaseModel, ConfigDict
 
+from ._built import built
 from ._provider import Completion
 from ._registry import Registry
 from ._relay import RelayStream, relay_options
@@ -236,11 +237,13 @@ def _completion(completion: Completion, model: str, provider: str) -> ChatComple
     CPU's instruction cache by the time the next answer comes. ``tests/test_client.py`` pins
     the result to what validation gives.
     """
-    message = _built(ChatCompletionMessage, {"role": "assistant", "content": completion.text})
-    choice = _built(
-        Choice, {"index": 0, "message": message, "finish_reason": completion.finish_reason.reason}
+    message = built(ChatCompletionMessage, {"role": "assistant", "content": completion.text}, {})
+    choice = built(
+        Choice,
+        {"index": 0, "message": message, "finish_reason": completion.finish_reason.reason},
+        {},
     )
-    return _built(
+    return built(
         ChatCompletion,
         {
             "id": completion_id(),
@@ -251,23 +254,8 @@ def _completion(completion: Completion, model: str, provider: str) -> ChatComple
             "usage": completion.usage,
             "provider": provider,
         },
+        {},
     )
-
-
-_new_instance = object.__new__
-_set_slot = object.__setattr__
-_M = TypeVar("_M", bound=BaseModel)
-
-
-def _built(cls: type[_M], values: dict[str, Any]) -> _M:
-    """A ``cls`` holding ``values`` (every field, checked already), as ``model_construct``
-    builds one: the field values as its ``__dict__``, all of them set, no extra fields."""
-    model = _new_instance(cls)
-    _set_slot(model, "__dict__", values)
-    _set_slot(model, "__pydantic_fields_set__", set(values))
-    _set_slot(model, "__pydantic_extra__", {})
-    _set_slot(model, "__pydantic_private__", None)
-    return model
 
 
 def _shown_model(model: str) -> str:

@@ -7,7 +7,7 @@ starts for a request that cannot succeed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, get_args
 
 from pydantic import (
     BaseModel,
@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from ._built import built, fill
 from .errors import InvalidRequest
 
 __all__ = [
@@ -121,6 +122,9 @@ def validate_messages(messages: object) -> list[Message]:
         )
     if not messages:
         raise InvalidRequest("messages must not be empty: send at least one message")
+    plain = _plain_messages(messages)
+    if plain is not None:
+        return plain
     models = 0  # a loop, not all()/any() over a generator: this runs on every request
     for m in messages:
         if isinstance(m, Message):
@@ -138,6 +142,30 @@ def validate_messages(messages: object) -> list[Message]:
         return _MESSAGE_VALIDATOR.validate_python(messages)  # type: ignore[no-any-return]
     except ValidationError as exc:
         raise InvalidRequest(_describe(exc)) from None
+
+
+_ROLES = frozenset(get_args(Role))
+
+
+def _plain_messages(messages: Sequence[object]) -> list[Message] | None:
+    """``messages`` as ``Message`` objects if every one is a plain dict of a known role and
+    a text content, and nothing else: what nearly every request sends. None otherwise; the
+    validator then checks them all (and words any error).
+
+    For such messages validation would only confirm the checks made here, so each
+    ``Message`` is filled as it would fill it, without a run of pydantic-core (see
+    ``_built``); tests/test_types.py pins the result to the validator's.
+    """
+    checked = []
+    for m in messages:  # (no comprehension: it stops at the first message that is not plain)
+        if type(m) is not dict or len(m) != 2:
+            return None
+        role = m.get("role")
+        content = m.get("content")
+        if type(role) is not str or role not in _ROLES or type(content) is not str:
+            return None
+        checked.append(built(Message, {"role": role, "content": content}, {}))
+    return checked
 
 
 def _describe(exc: ValidationError) -> str:
@@ -207,6 +235,26 @@ class Usage(BaseModel):
         total_tokens: int | None = None,
         **data: Any,
     ) -> None:
+        if (
+            not data
+            and type(prompt_tokens) is int
+            and type(completion_tokens) is int
+            and (total_tokens is None or type(total_tokens) is int)
+            and prompt_tokens >= 0
+            and completion_tokens >= 0
+            and (total_tokens is None or total_tokens >= 0)
+        ):
+            # Counts already as validation would leave them (non-negative ints, as every
+            # provider reports them): set as it would set them, without a run of
+            # pydantic-core (see ``_built``).
+            total = prompt_tokens + completion_tokens if total_tokens is None else total_tokens
+            counts = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": total,
+            }
+            fill(self, counts, None)
+            return
         data["prompt_tokens"] = prompt_tokens
         data["completion_tokens"] = completion_tokens
         data["total_tokens"] = 0 if total_tokens is None else total_tokens

@@ -1,0 +1,42 @@
+"""Pydantic models filled with values already checked, as validation would fill them.
+
+Validation is the way to turn outside data into a model, and it stays the only way for
+anything unusual. But a few models are built on every request from values whose every check
+has just been made in Python (a known role and a ``str``, a non-negative ``int``). For them,
+a run of pydantic-core's validator is not faster (about 1 µs either way), but it brings its
+code and data into the CPU's caches on every request: with 50 requests in flight, the two
+calls it replaces cost about 800 more L1 cache misses per request (cachegrind). These
+helpers set exactly the four slots validation sets, and nothing else; each use is pinned to
+the validator's result by a test (tests/test_types.py, tests/test_client.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+__all__ = ["built", "fill"]
+
+M = TypeVar("M", bound=BaseModel)
+
+_new_instance = object.__new__
+_set_slot = object.__setattr__
+
+
+def fill(model: M, values: dict[str, Any], extra: dict[str, Any] | None) -> M:
+    """Give ``model`` (allocated, not initialised) ``values`` as its fields, all of them set.
+
+    ``extra`` is what validation gives a model without extra fields: ``{}`` for one with
+    ``extra="allow"``, else None.
+    """
+    _set_slot(model, "__dict__", values)
+    _set_slot(model, "__pydantic_fields_set__", set(values))
+    _set_slot(model, "__pydantic_extra__", extra)
+    _set_slot(model, "__pydantic_private__", None)
+    return model
+
+
+def built(cls: type[M], values: dict[str, Any], extra: dict[str, Any] | None) -> M:
+    """A new ``cls`` holding ``values``: see :func:`fill`."""
+    return fill(_new_instance(cls), values, extra)
