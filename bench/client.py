@@ -67,6 +67,12 @@ def cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def minor_faults() -> int:
+    """The process's minor page faults so far: a socket read served by ``mmap`` (see
+    bench/README.md, "allocation history") faults on every read."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def check_answer(text: object) -> None:
     if not isinstance(text, str) or len(text) < 10:
         raise RuntimeError(f"unexpected answer {text!r}")
@@ -437,6 +443,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         import cProfile
 
         profiler = cProfile.Profile()
+    faults0 = minor_faults()
     cpu0 = cpu_s()
     t0 = time.perf_counter()
     if profiler is not None:
@@ -454,6 +461,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         profiler.disable()
     elapsed = time.perf_counter() - t0
     cpu = cpu_s() - cpu0
+    faults = minor_faults() - faults0
     if profiler is not None:
         profiler.dump_stats(args.profile)
     await close()
@@ -468,6 +476,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "warmup": args.warmup,
         "elapsed_s": elapsed,
         "client_cpu_s": cpu,
+        "client_minor_faults": faults,
         "rps": args.n / elapsed,
         "units": units,
         "units_per_s": units / elapsed,

@@ -257,6 +257,15 @@ def others(rs: list[dict[str, Any]]) -> str:
     return f"{med(xs):.2f} (≤{max(xs):.2f})"
 
 
+def _faults_per_request(rs: list[dict[str, Any]]) -> str:
+    """The client's minor page faults per request in the timed part (median, max): about one
+    or more per request means its socket reads come from mmap (bench/README.md)."""
+    xs = [r["client_minor_faults"] / r["n"] for r in rs if "client_minor_faults" in r]
+    if not xs:  # a raw file from before the column
+        return "–"
+    return f"{med(xs):.1f} (≤{max(xs):.1f})"
+
+
 def _anchor_ratio(anchors: dict[str, Any], group: str, a: str, b: str, conc: int) -> str:
     idx = _anchor_index(anchors)
     x, y = idx.get((group, a, conc)), idx.get((group, b, conc))
@@ -330,10 +339,10 @@ def _render_throughput(
         add("")
         add(
             f"| client | conc | {unit}s/s | × raw | Δ µs/{unit} vs raw | client CPU µs/{unit} |"
-            f" server CPU µs/{unit} | peak RSS MiB | 1st request ms | others' load |"
-            f" anchors' {unit}s/s |"
+            f" server CPU µs/{unit} | page faults /req | peak RSS MiB | 1st request ms |"
+            f" others' load | anchors' {unit}s/s |"
         )
-        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         clients: list[str] = []
         for k in keys:
             if k[1] not in clients:
@@ -362,6 +371,7 @@ def _render_throughput(
                         for r in rs
                     ]
                 )
+                faults = _faults_per_request(rs)
                 errs = sum(r["errors"] for r in rs)
                 short = sum(1 for r in rs if r["units"] != r.get("expected_units", r["units"]))
                 name = LABELS[("openai" if group.startswith("openai") else group, client)]
@@ -372,7 +382,7 @@ def _render_throughput(
                 anchor = anchor_idx.get((group, client, conc))
                 add(
                     f"| {name} | {conc} | {mmm([r['units_per_s'] for r in rs])} | {ratio} | "
-                    f"{delta} | {cpu:.0f} | {srv:.0f} | "
+                    f"{delta} | {cpu:.0f} | {srv:.0f} | {faults} | "
                     f"{mmm([float(r['maxrss_kib']) for r in rs], scale=1 / 1024)} | "
                     f"{med([r['first_request_s'] for r in rs]) * 1e3:.1f} | "
                     f"{others(rs)} | {anchor['units_per_s'] if anchor else '–'} |"
@@ -382,7 +392,10 @@ def _render_throughput(
         "Columns: × raw = ratio of median units/s to raw aiohttp with one shared session in the"
         " same mode; Δ = median wall time per unit minus raw aiohttp's; client CPU = user+sys"
         " CPU of the client process in the timed part, per unit; server CPU = the replica's,"
-        " per unit served (warm-up included, 10 ms ticks); peak RSS = ru_maxrss of the client"
+        " per unit served (warm-up included, 10 ms ticks); page faults = the client process's"
+        " minor page faults per request in the timed part, median and maximum (one or more per"
+        " request: its socket reads are being served by mmap, see bench/README.md); peak RSS ="
+        " ru_maxrss of the client"
         " process, imports included; 1st request = the first call in a fresh process (lazy"
         " imports, plugin discovery, connection set-up); others' load = CPU the rest of the"
         " machine used during the run, in cores (busy time in /proc/stat minus the client and"
