@@ -258,7 +258,7 @@ def others(rs: list[dict[str, Any]]) -> str:
 
 
 def _faults_per_request(rs: list[dict[str, Any]]) -> str:
-    """The client's minor page faults per request in the timed part (median, max): about one
+    """The client's minor page faults per request in the timed part (median, max): about two
     or more per request means its socket reads come from mmap (bench/README.md)."""
     xs = [r["client_minor_faults"] / r["n"] for r in rs if "client_minor_faults" in r]
     if not xs:  # a raw file from before the column
@@ -393,10 +393,10 @@ def _render_throughput(
         " same mode; Δ = median wall time per unit minus raw aiohttp's; client CPU = user+sys"
         " CPU of the client process in the timed part, per unit; server CPU = the replica's,"
         " per unit served (warm-up included, 10 ms ticks); page faults = the client process's"
-        " minor page faults per request in the timed part, median and maximum (one or more per"
-        " request: its socket reads are being served by mmap, see bench/README.md); peak RSS ="
-        " ru_maxrss of the client"
-        " process, imports included; 1st request = the first call in a fresh process (lazy"
+        " minor page faults per request in the timed part, median and maximum (about two or"
+        " more per request: its socket reads are being served by mmap; a few tenths: they are"
+        " not; see bench/README.md); peak RSS = ru_maxrss of the client process, imports"
+        " included; 1st request = the first call in a fresh process (lazy"
         " imports, plugin discovery, connection set-up); others' load = CPU the rest of the"
         " machine used during the run, in cores (busy time in /proc/stat minus the client and"
         " the replica), median and maximum; anchors' = the median in"

@@ -397,7 +397,7 @@ async def _close_all(state: _LoopSessions) -> None:
         state.closing.extend(state.sessions.values())
         state.sessions = {}
     # Listed in ``closing`` until closed: the failures of the reads ended here are the close's
-    # (``Transport._failure``), and a cancelled close leaves the rest to the next one.
+    # (``Transport._raise_typed``), and a cancelled close leaves the rest to the next one.
     for session in list(state.closing):
         await _end_reads(session)
         await session.close()
