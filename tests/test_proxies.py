@@ -213,6 +213,43 @@ async def test_unreachable_proxy_is_a_typed_retryable_error(
     assert target.state.total == 0
 
 
+async def test_a_proxy_host_that_does_not_resolve_is_a_proxy_error(
+    target: Target, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp reports a proxy host it cannot resolve as it would the destination's; the
+    error must still name the proxy. The resolver fails the lookup itself: no DNS query
+    leaves the machine."""
+    import socket
+
+    from aiohttp.resolver import DefaultResolver
+
+    real_resolve = DefaultResolver.resolve
+    looked_up: list[str] = []
+
+    async def resolve(self: Any, host: str, port: int = 0, family: int = 0) -> Any:
+        looked_up.append(host)
+        if host == "proxy.invalid":
+            raise OSError(socket.EAI_NONAME, "Name or service not known")
+        return await real_resolve(self, host, port, family)
+
+    monkeypatch.setattr(DefaultResolver, "resolve", resolve)
+    caplog.set_level(logging.DEBUG, logger="llmrelay")
+    await get_transport().aclose()  # a session made now has a connector with the new resolver
+    proxy = f"http://{USER}:{PASSWORD}@proxy.invalid:3128"
+    call = Call(provider="echo", base_url=target.base, proxy=proxy, timeout=5.0, retry=FAST)
+    with pytest.raises(errors.ProxyError) as info:
+        await call.request("GET", call.url("/ok"))
+    exc = info.value
+    assert str(exc).startswith("echo: cannot reach proxy http://alice:***@proxy.invalid:3128")
+    assert "Name or service not known" in str(exc)
+    assert exc.retryable is True
+    assert call.attempts == 3
+    assert looked_up == ["proxy.invalid"] * 3
+    for text in (str(exc), repr(exc), caplog.text):
+        assert PASSWORD not in text
+    assert target.state.total == 0
+
+
 # -- the environment ------------------------------------------------------------------------------
 
 

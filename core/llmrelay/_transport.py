@@ -490,6 +490,14 @@ def network_error(
     if isinstance(exc, aiohttp.InvalidURL):
         return errors.InvalidRequest(f"{provider}: invalid URL {redact(str(exc))!r}")
     if isinstance(exc, aiohttp.ClientConnectorError):
+        if _is_http_proxy(proxy, exc.host, exc.port):
+            # aiohttp names only a refused proxy connection as such; a proxy host that does
+            # not resolve fails like the destination's would (ClientConnectorDNSError).
+            return errors.ProxyError(
+                f"cannot reach proxy {proxy}: {exc.os_error.strerror or exc.os_error}",
+                provider=provider,
+                retryable=True,
+            )
         return errors.ConnectError(
             f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc.os_error}",
             provider=provider,
@@ -498,6 +506,11 @@ def network_error(
         detail = redact(str(exc)) or type(exc).__name__
         return errors.ConnectError(f"connection failed: {detail}", provider=provider)
     return None
+
+
+def _is_http_proxy(proxy: ProxyURL | None, host: str, port: int | None) -> bool:
+    """Whether ``host:port`` is ``proxy``'s, an HTTP proxy that aiohttp connects to itself."""
+    return proxy is not None and not proxy.is_socks and (proxy.host, proxy.port) == (host, port)
 
 
 def error_for_status(
