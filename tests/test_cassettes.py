@@ -9,7 +9,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from llmrelay import Call, Chunk, FinishReason, Message, Provider
+import llmrelay
+from llmrelay import Call, Chunk, FinishReason, Message, Provider, RetryPolicy
 from llmrelay._cassettes import cassette
 from llmrelay.errors import CassetteMismatch
 from tests.support import Serve
@@ -88,6 +89,38 @@ async def test_replay_needs_no_network_and_ignores_key_order(serve: Serve, tmp_p
         ).text()
         assert recorded.play_count == 1
     assert text == "echo: hi"
+
+
+async def test_a_recording_answers_each_repeat_of_its_request(serve: Serve, tmp_path: Path) -> None:
+    """As docs/cassettes.md says: a second call (or a retry) meets the same recording."""
+    path = tmp_path / "echo.yaml"
+    base = await serve(_echo_app())
+    await _record(path, base)
+    messages = [{"role": "user", "content": "hi"}]
+    with llmrelay.cassette(path) as recorded:
+        for _ in range(3):
+            text = await Echo.create_async_generator("echo-1", messages, base_url=base).text()
+            assert text == "echo: hi"
+        assert recorded.play_count == 3
+
+
+async def test_replayed_failures_are_retried_like_a_server_that_keeps_failing() -> None:
+    """The shipped 500 cassette holds one failure; every attempt of a retried call meets it."""
+    from llmrelay.errors import ServerError
+    from llmrelay_pizzagpt import Pizzagpt
+
+    cassettes = Path(__file__).parent.parent / "cassettes" / "pizzagpt"
+    fast = RetryPolicy(max_retries=2, backoff=0.01, max_backoff=0.02, jitter=0.0)
+    call = Call(provider="pizzagpt", base_url=Pizzagpt.url, retry=fast)
+    messages = llmrelay.validate_messages([{"role": "user", "content": "Are you up?"}])
+    with llmrelay.cassette(cassettes / "http_500.yaml") as recorded:
+        stream = llmrelay.ChunkStream(
+            "pizzagpt", Pizzagpt.generate("gpt-4o-mini", messages, call), call
+        )
+        with pytest.raises(ServerError):
+            await stream.text()
+        assert recorded.play_count == 3
+    assert call.attempts == 3
 
 
 async def test_unmatched_request_names_the_cassette_and_shows_the_request(

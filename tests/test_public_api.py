@@ -35,6 +35,7 @@ PUBLIC = {
     "Usage",
     "__version__",
     "aclose",
+    "cassette",
     "errors",
     "format_prompt",
     "get_registry",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from . import errors
     from ._call import Call, RetryPolicy
+    from ._cassettes import cassette
     from ._client import AsyncClient, ChatCompletion, ChatCompletionChunk, Client
     from ._config import reload_config
     from ._hooks import ENTRY_POINT_GROUP, hookimpl
@@ -49,6 +50,7 @@ _EXPORTS = {
     "LLMRelayError": ".errors",
     "Call": "._call",
     "RetryPolicy": "._call",
+    "cassette": "._cassettes",
     "AsyncClient": "._client",
     "ChatCompletion": "._client",
     "ChatCompletionChunk": "._client",
@@ -109,6 +111,7 @@ __all__ = [
     "Usage",
     "__version__",
     "aclose",
+    "cassette",
     "errors",
     "format_prompt",
     "get_registry",

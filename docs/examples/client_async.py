@@ -7,8 +7,7 @@ From the repository root (the cassettes answer instead of a server on 127.0.0.1:
 
 import asyncio
 
-from llmrelay import AsyncClient
-from llmrelay._cassettes import cassette
+from llmrelay import AsyncClient, cassette
 
 MESSAGES = [{"role": "user", "content": "Hi there"}]
 

@@ -5,8 +5,7 @@ From the repository root (the cassette answers instead of pizzagpt.it):
     uv run python docs/examples/client_sync.py
 """
 
-from llmrelay import Client
-from llmrelay._cassettes import cassette
+from llmrelay import Client, cassette
 
 MESSAGES = [{"role": "user", "content": "Привет, как дела?"}]
 

@@ -40,7 +40,7 @@ if __name__ == "__main__":
     # LLMRELAY_REPLAY=<cassette> answers from a recorded cassette instead of the network.
     replay = os.environ.get("LLMRELAY_REPLAY")
     if replay:
-        from llmrelay._cassettes import cassette
+        from llmrelay import cassette
 
         with cassette(replay):
             asyncio.run(main())
