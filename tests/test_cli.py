@@ -190,6 +190,52 @@ def test_providers_still_lists_with_a_broken_configuration(
     assert "pizzagpt  (not working; from llmrelay-pizzagpt)" in result.stdout
     assert result.stderr.startswith("warning: invalid configuration in ")
     assert "whether a provider is disabled is unknown" in result.stderr
+    # The plugin that reads the configuration is not blamed for it.
+    assert "FAILED" not in result.stdout
+    assert (
+        "plugin openai_compat (llmrelay_openai_compat._plugin) registered no providers: "
+        "the configuration is invalid (see the warning)\n"
+    ) in result.stdout
+
+
+def test_endpoints_that_no_plugin_serves_are_named(
+    configured: Callable[..., tuple[Path, Callable[..., Result]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Configured endpoints without their plugin are not silently ignored: each command that
+    would miss their models says why."""
+    monkeypatch.setenv("LLMRELAY_DISABLE_PLUGINS", "openai_compat")
+    llmrelay.reset_registry()
+    _, invoke = configured(
+        '[[endpoints]]\nname = "local"\nbase_url = "http://127.0.0.1:9/v1"\nmodels = ["llama3"]\n'
+    )
+    why = "[[endpoints]] 'local': no provider is registered for it; OpenAI-compatible endpoints "
+    why += "are served by the llmrelay-openai-compat plugin"
+    models = invoke("models")
+    assert models.exit_code == 0, models.output
+    assert models.stdout == "gpt-4o-mini  pizzagpt\n"
+    assert models.stderr.startswith(f"warning: {why}")
+    chat = invoke("chat", "-m", "llama3", "hi")
+    assert chat.exit_code == 1
+    assert chat.stderr.startswith(f"error: no provider serves model 'llama3' ({why}")
+    shown = invoke("config")
+    assert shown.exit_code == 0, shown.output
+    assert f"warning: {why}" in shown.stderr
+    llmrelay.reset_registry()
+
+
+def test_served_endpoints_raise_no_warning(
+    configured: Callable[..., tuple[Path, Callable[..., Result]]],
+) -> None:
+    llmrelay.reset_registry()
+    _, invoke = configured(
+        '[[endpoints]]\nname = "local"\nbase_url = "http://127.0.0.1:9/v1"\nmodels = ["llama3"]\n'
+    )
+    models = invoke("models")
+    assert models.exit_code == 0, models.output
+    assert models.stdout == "llama3       local\ngpt-4o-mini  pizzagpt\n"
+    assert models.stderr == ""
+    llmrelay.reset_registry()
 
 
 def test_models_says_when_every_provider_is_disabled(

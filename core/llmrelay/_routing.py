@@ -20,7 +20,7 @@ from ._provider import Provider
 from ._registry import Registry
 from .errors import ModelNotFound
 
-__all__ = ["Health", "config_problems", "health", "route"]
+__all__ = ["Health", "config_problems", "health", "route", "unserved_endpoints"]
 
 #: Cool-down defaults, for a ``Health`` used without a configuration.
 DEFAULT_COOLDOWN = 5.0
@@ -104,7 +104,11 @@ def route(
     try:
         candidates = registry.resolve(target)
     except ModelNotFound as exc:
-        raise _naming_failures(_not_found(model, target, exc, registry, config), registry) from None
+        found = _naming_failures(_not_found(model, target, exc, registry, config), registry)
+        unserved = unserved_endpoints(config, registry)
+        if unserved:  # the model may be one of theirs
+            found = _with_message(found, f"{found} ({_unserved_hint(unserved)})")
+        raise found from None
     # Without [providers.*] settings nothing is disabled: no filtering per request then.
     usable = (
         [pair for pair in candidates if not config.disabled(pair[0].name)]
@@ -187,9 +191,33 @@ def _with_message(exc: ModelNotFound, message: str) -> ModelNotFound:
     return exc
 
 
+#: The distribution whose plugin turns ``[[endpoints]]`` into providers.
+ENDPOINTS_PLUGIN = "llmrelay-openai-compat"
+
+
+def unserved_endpoints(config: Config, registry: Registry) -> list[str]:
+    """The ``[[endpoints]]`` no registered provider stands for: their plugin
+    (``llmrelay-openai-compat``) is not installed, disabled, or failed to load."""
+    return [e.name for e in config.endpoints if e.name not in registry.providers]
+
+
+def _unserved_hint(names: list[str]) -> str:
+    listed = ", ".join(map(repr, names))
+    return (
+        f"[[endpoints]] {listed}: no provider is registered for "
+        f"{'it' if len(names) == 1 else 'them'}; OpenAI-compatible endpoints are served by "
+        f"the {ENDPOINTS_PLUGIN} plugin: is it installed, and not disabled "
+        "(`llmrelay providers` lists what loaded)?"
+    )
+
+
 def config_problems(config: Config, registry: Registry) -> list[str]:
-    """What in ``config`` names providers or models this registry does not know (typos)."""
+    """What in ``config`` names providers or models this registry does not know (typos), and
+    endpoints nothing serves."""
     problems = []
+    unserved = unserved_endpoints(config, registry)
+    if unserved:
+        problems.append(_unserved_hint(unserved))
     for name in config.providers:
         if name not in registry.providers:
             close = difflib.get_close_matches(name, list(registry.providers), n=1)

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from .errors import LLMRelayError
+from .errors import ConfigError, LLMRelayError
 
 __all__ = ["main"]
 
@@ -175,11 +175,13 @@ def providers(as_json: bool) -> None:
 
     registry = get_registry()
     disabled: Callable[[str], bool | None]
+    config_broken = False
     try:
         disabled = get_config().disabled
     except LLMRelayError as exc:  # still list what is installed: this is where one looks first
         click.echo(f"warning: {exc}; whether a provider is disabled is unknown", err=True)
         disabled = _unknown
+        config_broken = True
     rows: list[dict[str, Any]] = [
         {
             "name": info.provider.name,
@@ -213,8 +215,15 @@ def providers(as_json: bool) -> None:
             f"{row['name']}  ({state}; from {row['distribution'] or row['plugin']})\n"
             f"  url: {row['url']}\n  models: {', '.join(row['models']) or '-'}"
         )
-    for fail in failed:
-        click.echo(f"FAILED plugin {fail['plugin']} ({fail['target']}): {fail['error']}")
+    for failure in registry.failures:
+        if config_broken and isinstance(failure.exception, ConfigError):
+            # Not the plugin's fault: it read the configuration the warning names.
+            click.echo(
+                f"plugin {failure.name} ({failure.target}) registered no providers: "
+                "the configuration is invalid (see the warning)"
+            )
+        else:
+            click.echo(f"FAILED plugin {failure.name} ({failure.target}): {failure.error}")
 
 
 @cli.command()
@@ -234,6 +243,7 @@ def models(as_json: bool, refresh: tuple[str, ...]) -> None:
         _refresh_models(refresh)
 
     table = {model.id: model.providers for model in list_models()}
+    _warn_unserved_endpoints()
     if as_json:
         click.echo(json.dumps(table, indent=2))
         return
@@ -259,6 +269,17 @@ def models(as_json: bool, refresh: tuple[str, ...]) -> None:
         click.echo(f"{model.ljust(width)}  {', '.join(names)}")
 
 
+def _warn_unserved_endpoints() -> None:
+    """Say on stderr which configured endpoints nothing serves (their models are missing)."""
+    from ._config import get_config
+    from ._registry import get_registry
+    from ._routing import config_problems, unserved_endpoints
+
+    config, registry = get_config(), get_registry()
+    if unserved_endpoints(config, registry):
+        click.echo(f"warning: {config_problems(config, registry)[0]}", err=True)
+
+
 def _unknown(name: str) -> None:
     return None
 
@@ -267,10 +288,12 @@ def _refresh_models(names: tuple[str, ...]) -> None:
     """Fetch and cache each endpoint's model list; progress goes to stderr."""
     from ._config import get_config
     from ._endpoints import fetch_models, save_models
-    from ._registry import reset_registry
+    from ._registry import get_registry, reset_registry
+    from ._routing import ENDPOINTS_PLUGIN, unserved_endpoints
 
     config = get_config()
     endpoints = {endpoint.name: endpoint for endpoint in config.endpoints}
+    unserved = unserved_endpoints(config, get_registry())
     for name in names:
         if name not in endpoints:
             raise click.BadParameter(
@@ -293,6 +316,8 @@ def _refresh_models(names: tuple[str, ...]) -> None:
                     if endpoint.models
                     else ""
                 )
+                if name in unserved:
+                    note = f"; but no provider serves it (is {ENDPOINTS_PLUGIN} installed?)"
                 click.echo(f"{name}: {len(found)} model(s) cached in {path}{note}", err=True)
         finally:
             await _transport.aclose()
