@@ -12,10 +12,11 @@ from aiohttp import web
 import llmrelay
 from llmrelay import Call, Chunk, FinishReason, Message, Provider, RetryPolicy
 from llmrelay._cassettes import cassette
-from llmrelay.errors import CassetteMismatch
+from llmrelay.errors import CassetteMismatch, InvalidRequest
 from tests.support import Serve
 
 SECRET = "sk-live-0123456789abcdef"
+GOOGLE_KEY = "AIzaSyA1234567890abcdefghijklmnop"
 
 
 class Echo(Provider):
@@ -33,7 +34,12 @@ class Echo(Provider):
         data = await call.post_json(
             call.url(f"/v1/echo?api_key={SECRET}&lang=en"),
             {"model": model, "prompt": messages[-1].text, "api_key": SECRET},
-            headers={"Authorization": f"Bearer {SECRET}", "X-Api-Key": SECRET},
+            headers={
+                "Authorization": f"Bearer {SECRET}",
+                "X-Api-Key": SECRET,
+                "X-Goog-Api-Key": GOOGLE_KEY,  # a name not in SECRET_HEADERS
+                "X-Client": f"echo/1.0 ({GOOGLE_KEY})",  # an innocent name, a key's shape
+            },
         )
         yield str(data["text"])
         yield FinishReason("stop")
@@ -70,6 +76,9 @@ async def test_recording_scrubs_secrets_everywhere(serve: Serve, tmp_path: Path)
     headers = {name.lower(): value for name, value in request["headers"].items()}
     assert headers["authorization"] == ["***"]
     assert headers["x-api-key"] == ["***"]
+    assert headers["x-goog-api-key"] == ["***"]
+    assert headers["x-client"] == ["echo/1.0 (***)"]  # the value masked, as it is known
+    assert GOOGLE_KEY not in text
     assert "api_key=%2A%2A%2A" in request["uri"] or "api_key=***" in request["uri"]
     assert "lang=en" in request["uri"]
     assert '"api_key": "***"' in request["body"]
@@ -192,3 +201,26 @@ def test_a_file_that_is_not_a_cassette_is_one_clear_error(
         pass
     assert why in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("mode", ["Replay", "bogus", "", "all", None])
+def test_an_unknown_mode_is_refused_before_any_traffic(mode: object, tmp_path: Path) -> None:
+    """A typo must not fall through to recording: that would reach the network and
+    rewrite the cassette."""
+    path = tmp_path / "echo.yaml"
+    path.write_text("interactions: []\nversion: 1\n")
+    refused = pytest.raises(InvalidRequest, match="cassette mode must be one of 'replay', 'record'")
+    with refused, llmrelay.cassette(path, mode=mode):  # type: ignore[arg-type]
+        pytest.fail("the block must not run")
+    assert path.read_text() == "interactions: []\nversion: 1\n"
+
+
+@pytest.mark.parametrize("mode", ["replay", "record", "overwrite"])
+def test_a_path_that_is_no_file_is_refused(mode: str, tmp_path: Path) -> None:
+    directory = pytest.raises(InvalidRequest, match="is a directory, not a file")
+    with directory, llmrelay.cassette(tmp_path, mode=mode):  # type: ignore[arg-type]
+        pytest.fail("the block must not run")
+    nothing = pytest.raises(InvalidRequest, match="cassette path must be a str or a path, got None")
+    with nothing, llmrelay.cassette(None, mode=mode):  # type: ignore[arg-type]
+        pytest.fail("the block must not run")
+    assert tmp_path.is_dir()

@@ -222,9 +222,11 @@ class _IgnoresBaseURL(Pizzagpt):
 
 
 class _LeakyHeader(Pizzagpt):
-    """Sends a credential in a header llmrelay does not know to mask."""
+    """Sends a credential in a header (masked in the cassette: its name says token) and again
+    in a query parameter whose name does not say so (kept)."""
 
     headers: ClassVar[dict[str, str]] = {**Pizzagpt.headers, "X-Session-Token": "tok-42-secret"}
+    api_endpoint = f"{Pizzagpt.api_endpoint}?tag=tok-42-secret"
 
 
 class _WholeDiffers(Pizzagpt):

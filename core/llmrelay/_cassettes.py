@@ -22,7 +22,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from . import errors
-from ._redact import REDACTED, SECRET_HEADERS, redact
+from ._redact import REDACTED, SECRET_HEADERS, looks_secret, redact
 
 __all__ = ["MATCH_ON", "cassette", "vcr_config"]
 
@@ -93,9 +93,14 @@ class _Scrubber:
 
     def request(self, request: Any) -> Any:
         for name in list(request.headers):
-            if name.lower() in SECRET_HEADERS:
+            if looks_secret(name):
                 self._remember_header(name.lower(), str(request.headers[name]))
                 request.headers[name] = REDACTED
+        for name in list(request.headers):  # the rest: secret-shaped or known values inside
+            value = str(request.headers[name])
+            masked = self._mask(value)
+            if masked != value:
+                request.headers[name] = masked
         parts = urlsplit(request.uri)
         if parts.query:
             query = []
@@ -140,6 +145,8 @@ class _Scrubber:
                 for value in headers[name]:
                     self._remember_header(name.lower(), str(value))
                 del headers[name]
+        for name in list(headers):  # kept, but not a secret the server echoed back in them
+            headers[name] = [self._mask(str(value)) for value in headers[name]]
         body = response.get("body", {}).get("string")
         if isinstance(body, bytes):
             text = body.decode("utf-8", errors="surrogateescape")
@@ -165,6 +172,10 @@ def vcr_config(rewrite: tuple[str, str] | None = None) -> dict[str, Any]:
     }
 
 
+#: What ``cassette(mode=...)`` accepts.
+_MODES = ("replay", "record", "overwrite")
+
+
 @contextlib.contextmanager
 def cassette(
     path: str | os.PathLike[str],
@@ -181,11 +192,22 @@ def cassette(
         CassetteMismatch: replaying, and the cassette is missing or holds no answer for a
             request made inside the block.
         FileExistsError: recording over an existing cassette without ``mode="overwrite"``.
+        InvalidRequest: an unknown ``mode``, or ``path`` is no file path (a directory, None).
     """
+    if mode not in _MODES:  # a typo must not record: that would reach the network
+        raise errors.InvalidRequest(
+            f"cassette mode must be one of {', '.join(map(repr, _MODES))}, got {mode!r}"
+        )
+    if not isinstance(path, str | os.PathLike):
+        raise errors.InvalidRequest(
+            f"cassette path must be a str or a path, got {type(path).__name__}"
+        )
     import vcr
     from vcr.errors import CannotOverwriteExistingCassetteException
 
     target = Path(path)
+    if target.is_dir():
+        raise errors.InvalidRequest(f"cassette {str(target)!r} is a directory, not a file")
     if mode == "replay" and not target.is_file():
         raise errors.CassetteMismatch(f"cassette {str(target)!r} does not exist")
     if mode == "record" and target.exists():

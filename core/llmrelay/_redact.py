@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import threading
 
-__all__ = ["REDACTED", "SECRET_HEADERS", "redact", "remember_secret"]
+__all__ = ["REDACTED", "SECRET_HEADERS", "looks_secret", "redact", "remember_secret"]
 
 REDACTED = "***"
 
@@ -26,6 +26,17 @@ SECRET_HEADERS = frozenset(
         "openai-project",
     }
 )
+
+#: Header names that look like they carry a credential, besides ``SECRET_HEADERS``
+#: (``X-Goog-Api-Key``, ``X-Auth-Token``, ``X-Session``...): a provider may send its key in
+#: any of them, and a request's headers are recorded in cassettes.
+_SECRET_LOOKING = re.compile(r"auth|key|token|secret|cookie|passw|signature|session", re.I)
+
+
+def looks_secret(header: str) -> bool:
+    """Whether a request header named ``header`` may carry a credential."""
+    return header.lower() in SECRET_HEADERS or _SECRET_LOOKING.search(header) is not None
+
 
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # user:password@ in any URL (proxy URLs above all): keep the user, hide the password. The

@@ -20,7 +20,6 @@ import contextlib
 import inspect
 import json
 import os
-import re
 from collections.abc import AsyncIterable, Awaitable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, TypeVar
@@ -30,7 +29,7 @@ import pytest
 from .. import errors
 from .._cassettes import cassette as _cassette
 from .._provider import ChunkStream, Completion, Provider
-from .._redact import SECRET_HEADERS
+from .._redact import SECRET_HEADERS, looks_secret
 from .._registry import check_provider
 from .._types import Chunk, FinishReason, Messages, Usage, validate_messages
 from ._servers import free_port, stand_in
@@ -39,8 +38,6 @@ __all__ = ["ErrorCase", "ProviderConformance"]
 
 T = TypeVar("T")
 
-#: Header names that look like they carry a credential, besides llmrelay's SECRET_HEADERS.
-_SECRET_LOOKING = re.compile(r"auth|key|token|secret|cookie|passw|signature|session", re.I)
 #: Shorter values are not looked for in a cassette: they match innocent text.
 _MIN_SECRET = 6
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
@@ -349,14 +346,16 @@ class ProviderConformance:
         wanted = {f"secrets[{i}]": value for i, value in enumerate(self.secrets) if value}
         for headers in sent:
             for header, value in headers.items():
-                if header.lower() in SECRET_HEADERS or _SECRET_LOOKING.search(header):
+                if looks_secret(header):
                     for part in (value, value.partition(" ")[2]):
                         if len(part.strip()) >= _MIN_SECRET:
                             wanted[f"the {header} header"] = part.strip()
         leaked = sorted(label for label, value in wanted.items() if value in recorded)
         assert not leaked, (
             f"the cassette holds the value of {', '.join(leaked)}; llmrelay masks the headers "
-            f"{', '.join(sorted(SECRET_HEADERS))}, secret query parameters and JSON fields"
+            f"{', '.join(sorted(SECRET_HEADERS))} and every request header whose name has "
+            "auth, key, token, secret, cookie, passw, signature or session in it, secret query "
+            "parameters and JSON fields, and key-shaped values anywhere"
         )
 
     def test_an_unrecorded_request_fails_without_reaching_the_network(
