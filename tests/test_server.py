@@ -691,6 +691,67 @@ async def test_body_limit(
     assert ok.choices[0].message.content == "Echo: Hi there"
 
 
+async def test_a_body_declared_over_the_limit_is_413_at_once(
+    fakes: Callable[..., Registry], relay_server: StartServer, client: MakeClient
+) -> None:
+    """A Content-Length over the limit is refused before the body is read: a client that
+    declares more than it sends must not wait out the body timeout (then 408) holding a place
+    under the concurrency limit."""
+    fakes(Echo)
+    server = await relay_server(
+        ServerSettings(
+            max_body_bytes=4096, max_concurrency=1, body_timeout=30.0, shutdown_grace=2.0
+        )
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 999999999\r\n\r\n{}"
+    )
+    try:
+        async with asyncio.timeout(2):  # far below the body timeout
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            body = json.loads(await reader.readexactly(length))
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 413 ")
+    assert b"\r\nConnection: close\r\n" in head
+    assert body == {
+        "error": {
+            "message": "the request body is larger than this server's limit of 4096 bytes",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "request_too_large",
+        }
+    }
+    await _wait_for(lambda: not server.state.tasks)
+    ok = await client(server).chat.completions.create(model="echo-1", messages=HI)
+    assert ok.choices[0].message.content == "Echo: Hi there"
+
+
+async def test_a_chunked_body_over_the_limit_is_413(
+    fakes: Callable[..., Registry], relay_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    """Without a Content-Length the body is counted as it arrives."""
+    fakes(Echo)
+    server = await relay_server(ServerSettings(max_body_bytes=4096, shutdown_grace=2.0))
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield b'{"model": "echo-1", "messages": [{"role": "user", "content": "'
+        for _ in range(20):
+            yield b"x" * 1000
+        yield b'"}]}'
+
+    async with http.post(f"{server.url}/v1/chat/completions", data=pieces()) as response:
+        assert response.request_info.headers["Transfer-Encoding"] == "chunked"
+        assert response.status == 413
+        error = (await response.json())["error"]
+    assert error["code"] == "request_too_large"
+    assert error["param"] is None
+    assert "4096" in error["message"]
+
+
 async def test_concurrency_limit(
     fakes: Callable[..., Registry], relay_server: StartServer, client: MakeClient
 ) -> None:

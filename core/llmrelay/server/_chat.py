@@ -124,7 +124,18 @@ async def _answer(request: web.Request, state: ServerState) -> web.StreamRespons
 
 async def _read_body(request: web.Request, limit: int, seconds: float) -> bytes:
     """The body, within ``seconds``: the request already holds a place under the
-    concurrency limit, which a client stalled mid-upload must not keep indefinitely."""
+    concurrency limit, which a client stalled mid-upload must not keep indefinitely.
+
+    A body whose ``Content-Length`` declares more than ``limit`` is refused before any of it
+    is read (as nginx does): reading it could only end in 413, or, if the client sends less
+    than it declared, in 408 after ``seconds``, its place held all that time. A body without
+    a length (chunked) is counted as it arrives, by aiohttp's ``client_max_size``.
+    """
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        # The body stays unread, so the connection cannot carry another request: the client
+        # is told to close it (aiohttp drops what still arrives, for a bounded time).
+        raise _too_large(limit, headers={"Connection": "close"})
     try:
         async with asyncio.timeout(seconds):
             return await request.read()
@@ -136,15 +147,20 @@ async def _read_body(request: web.Request, limit: int, seconds: float) -> bytes:
             headers={"Connection": "close"},  # the rest of the body may never come
         ) from None
     except web.HTTPRequestEntityTooLarge:
-        raise APIError(
-            413,
-            f"the request body is larger than this server's limit of {limit} bytes",
-            code="request_too_large",
-        ) from None
+        raise _too_large(limit) from None
     except ConnectionError:
         raise  # the client is gone: there is nobody to answer
     except Exception as exc:  # a broken chunked or compressed body, cut short, ...
         raise invalid_request(f"could not read the request body: {type(exc).__name__}") from None
+
+
+def _too_large(limit: int, headers: dict[str, str] | None = None) -> APIError:
+    return APIError(
+        413,
+        f"the request body is larger than this server's limit of {limit} bytes",
+        code="request_too_large",
+        headers=headers,
+    )
 
 
 def _open(chat: ChatRequest, state: ServerState) -> RelayStream:
