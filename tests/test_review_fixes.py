@@ -92,7 +92,12 @@ def test_relay_refuses_options_named_like_its_parameters(
 
 
 @pytest.mark.parametrize(
-    "options", [{"stop": {"a"}}, {"temperature": float("nan")}, {"response_format": object()}]
+    "options",
+    [
+        {"response_format": {"type": {"a"}}},
+        {"response_format": {"type": "json_object", "x": float("nan")}},
+        {"response_format": {"type": object()}},
+    ],
 )
 def test_option_values_that_json_cannot_carry_are_refused_before_io(
     options: dict[str, Any],

@@ -67,6 +67,13 @@ _STREAM_OPTIONS = frozenset({"include_usage"})
 _HONOURED = frozenset({"stream_options"})
 
 
+def _check_stream_flag(stream: object) -> None:
+    """``stream`` must be a bool: ``bool("false")`` is True, and a stream nobody asked for is
+    an iterator where an answer was expected."""
+    if stream.__class__ is not bool:
+        raise InvalidRequest(f"stream must be True or False, got {stream!r}")
+
+
 def _include_usage(stream_options: object, stream: bool, given_here: bool) -> bool:
     """What OpenAI's ``stream_options`` asks of a stream: whether to report usage.
 
@@ -442,6 +449,8 @@ class AsyncCompletions:
         client._attach()
         if not isinstance(model, str):
             raise InvalidRequest(f"model must be a string, got {type(model).__name__}")
+        if stream.__class__ is not bool:
+            _check_stream_flag(stream)
         # ``options`` is this call's own dict (from **options): no copy without defaults.
         merged = {**client.defaults, **options} if client.defaults else options
         if merged:  # (no loop at all for a call without options)
@@ -453,13 +462,13 @@ class AsyncCompletions:
         honoured: frozenset[str] = frozenset()
         if "stream_options" in merged:  # honoured here, passed on only where understood
             include_usage = _include_usage(
-                merged["stream_options"], bool(stream), "stream_options" in options
+                merged["stream_options"], stream, "stream_options" in options
             )
             if stream:
                 honoured = _HONOURED
             else:  # a client default, for streams only
                 del merged["stream_options"]
-        merged["stream"] = bool(stream)  # (merged is this call's own dict, or a new one)
+        merged["stream"] = stream  # (merged is this call's own dict, or a new one)
         chunks = relay_options(model, messages, proxy, None, merged, honoured)
         if stream:
             answer = AsyncCompletionStream(chunks, _shown_model(model), client, include_usage)
@@ -767,6 +776,7 @@ class Completions:
         """As :meth:`AsyncCompletions.create`, blocking; a stream is a plain iterator."""
         client = self._client
         completions = client._async.chat.completions
+        _check_stream_flag(stream)
         if stream:
             chunks = client._runner.run(
                 completions.create(model=model, messages=messages, stream=True, **options)

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, NoReturn, Self
 from . import errors
 from ._call import _JSON, EMPTY_MAPPING, Call, RetryPolicy
 from ._config import Config, get_config
+from ._options import check_options
 from ._proxy import checked_proxy
 from ._redact import redact
 from ._types import Chunk, FinishReason, Message, Messages, Usage, validate_messages
@@ -109,6 +110,8 @@ class Provider:
             InvalidRequest: bad messages, proxy URL or options.
             ModelNotFound: the provider does not serve ``model``.
         """
+        if model is not None and not isinstance(model, str):
+            raise errors.InvalidRequest(f"model must be a string, got {type(model).__name__}")
         checked = validate_messages(messages)
         resolved = cls.get_model(model)
         call = cls.make_call(proxy=proxy, **kwargs)
@@ -163,6 +166,12 @@ class Provider:
         retry = _retry_policy(config.max_retries)
         if "max_retries" in kwargs:
             retry = _retry_policy(_checked_max_retries(kwargs["max_retries"]))
+        stream = kwargs.get("stream", True)
+        if stream.__class__ is not bool:  # bool("false") is True: a flag must be a bool
+            raise errors.InvalidRequest(f"stream must be True or False, got {stream!r}")
+        drop = kwargs.get("drop_unsupported", False)
+        if drop.__class__ is not bool:
+            raise errors.InvalidRequest(f"drop_unsupported must be True or False, got {drop!r}")
         return Call(
             provider=cls.name,
             base_url=base_url,
@@ -170,7 +179,7 @@ class Provider:
             timeout=timeout,
             retry=retry,
             options=options,
-            stream=bool(kwargs.get("stream", True)),
+            stream=stream,
             default_proxy=config.proxy,
         )
 
@@ -189,6 +198,7 @@ class Provider:
         for key in unsupported:
             options.pop(key)
         if options:
+            check_options(options)
             _check_encodable(cls.name, options)
         return options
 
@@ -322,7 +332,15 @@ def _checked_timeout(timeout: object) -> float | None:
             f"timeout must be a positive, finite number of seconds or None (no deadline), "
             f"got {timeout!r}"
         )
-    return None if timeout is None else float(timeout)
+    if timeout is None:
+        return None
+    try:
+        return float(timeout)
+    except OverflowError:  # an int beyond any float (10**400): no deadline is that far
+        raise errors.InvalidRequest(
+            f"timeout must be a positive, finite number of seconds or None (no deadline), "
+            f"got an integer of {len(str(timeout))} digits"
+        ) from None
 
 
 def _checked_max_retries(max_retries: object) -> int:

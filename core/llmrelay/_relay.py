@@ -14,6 +14,7 @@ from typing import Any
 from . import errors
 from ._call import Call
 from ._config import get_config
+from ._options import check_options
 from ._provider import ChunkStream, Completion, Provider, checked_completion, typed_error
 from ._registry import Registry, get_registry
 from ._routing import Health, health, route
@@ -301,6 +302,9 @@ def relay_options(
         raise errors.InvalidRequest(
             f"{', '.join(map(repr, clash))} cannot be passed as a request option"
         )
+    if not isinstance(model, str):
+        raise errors.InvalidRequest(f"model must be a string, got {type(model).__name__}")
+    check_options(options)  # once, before any provider can refuse them in its own words
     checked = validate_messages(messages)
     config = get_config()
     candidates = route(model or config.default_model, registry or get_registry(), config)

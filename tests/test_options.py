@@ -1,0 +1,189 @@
+"""Request options and flags are checked before any I/O, with OpenAI's types and ranges.
+
+The same values are refused by every way in (the client, ``relay()``, a provider called
+directly) and accepted exactly where ``llmrelay serve`` accepts them: the hypothesis test below
+holds the library's check to the server's request model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+import llmrelay
+from llmrelay import Call, Chunk, FinishReason, Message, Provider, Registry, errors
+from llmrelay._options import OPTION_TYPES, check_options
+from llmrelay.server._request import ChatRequest
+from tests.support import Plugin
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+class Recorder(Provider):
+    """Supports every OpenAI option; answers with the options its call received."""
+
+    name = "recorder"
+    url = "http://127.0.0.1:9"
+    default_model = "rec-1"
+    models = ("rec-1",)
+    supported_options = frozenset(OPTION_TYPES)
+
+    @classmethod
+    async def generate(
+        cls, model: str, messages: list[Message], call: Call
+    ) -> AsyncGenerator[Chunk, None]:
+        yield repr(sorted(call.options.items()))
+        yield FinishReason("stop")
+
+
+@pytest.fixture
+def recorder(use_plugins: Callable[..., Registry]) -> None:
+    use_plugins(("recorder", Plugin(Recorder)))
+
+
+BAD = [
+    ({"temperature": "hot"}, "option 'temperature': input should be a valid number, got 'hot'"),
+    ({"temperature": 2.5}, "option 'temperature': input should be less than or equal to 2"),
+    ({"temperature": True}, "option 'temperature': input should be a valid number, got True"),
+    ({"top_p": -0.1}, "option 'top_p': input should be greater than or equal to 0"),
+    ({"max_tokens": -1}, "option 'max_tokens': input should be greater than or equal to 1"),
+    ({"max_tokens": 1.5}, "option 'max_tokens': input should be a valid integer, got 1.5"),
+    ({"max_completion_tokens": 0}, "option 'max_completion_tokens': input should be greater"),
+    ({"stop": 5}, "option 'stop': a string or a list of at most 4 strings is expected, got 5"),
+    ({"stop": ["a", 2]}, "option 'stop': a string or a list of at most 4 strings"),
+    ({"stop": list("abcde")}, "option 'stop': a string or a list of at most 4 strings"),
+    ({"seed": 1.5}, "option 'seed': input should be a valid integer, got 1.5"),
+    ({"presence_penalty": 3}, "option 'presence_penalty': input should be less than or equal"),
+    ({"frequency_penalty": math.nan}, "option 'frequency_penalty': input should be a finite"),
+    ({"logit_bias": {"50256": "x"}}, "option 'logit_bias': ['50256'] input should be a valid"),
+    ({"response_format": "json"}, "option 'response_format': input should be a valid dict"),
+    ({"user": 7}, "option 'user': input should be a valid string, got 7"),
+]
+
+
+@pytest.mark.parametrize(("options", "message"), BAD)
+async def test_bad_option_values_are_refused_by_every_way_in(
+    options: dict[str, Any], message: str, recorder: None
+) -> None:
+    async with llmrelay.AsyncClient() as client:
+        with pytest.raises(errors.InvalidRequest) as info:
+            await client.chat.completions.create(model="rec-1", messages=HI, **options)
+    assert str(info.value).startswith(message)
+    with pytest.raises(errors.InvalidRequest) as info:
+        llmrelay.relay("rec-1", HI, **options)
+    assert str(info.value).startswith(message)
+    with pytest.raises(errors.InvalidRequest) as info:
+        Recorder.create_async_generator("rec-1", HI, **options)
+    assert str(info.value).startswith(message)
+
+
+async def test_good_values_go_through_unchanged(recorder: None) -> None:
+    options: dict[str, Any] = {
+        "temperature": 0,
+        "top_p": 1,
+        "max_tokens": 1,
+        "stop": ("a", "b", "c", "d"),  # a tuple: the client's hint says Sequence[str]
+        "seed": -5,
+        "presence_penalty": -2.0,
+        "logit_bias": {"50256": -100},
+        "response_format": {"type": "json_object"},
+        "user": "u-1",
+    }
+    async with llmrelay.AsyncClient() as client:
+        answer = await client.chat.completions.create(model="rec-1", messages=HI, **options)
+    assert answer.choices[0].message.content == repr(sorted(options.items()))
+
+
+def test_a_bad_value_of_an_option_a_provider_does_not_support_is_still_refused(
+    use_plugins: Callable[..., Registry],
+) -> None:
+    """Refused once, up front, in its own words: not skipped provider by provider and then
+    reported as "not supported" by the first."""
+
+    class Plain(Recorder):
+        name = "plain"
+        supported_options = frozenset()
+
+    use_plugins(("plain", Plugin(Plain)), ("recorder", Plugin(Recorder)))
+    with pytest.raises(errors.InvalidRequest, match="option 'temperature': input should be"):
+        llmrelay.relay("rec-1", HI, temperature="hot")
+
+
+@pytest.mark.parametrize("value", ["false", "true", 0, 1, None, "x"])
+async def test_flags_must_be_booleans(value: object, recorder: None) -> None:
+    """``bool("false")`` is True: a flag given as anything but a bool is refused."""
+    stream = f"stream must be True or False, got {value!r}"
+    async with llmrelay.AsyncClient() as client:
+        with pytest.raises(errors.InvalidRequest, match=f"^{stream}$"):
+            await client.chat.completions.create(model="rec-1", messages=HI, stream=value)
+    with llmrelay.Client() as sync, pytest.raises(errors.InvalidRequest, match=f"^{stream}$"):
+        sync.chat.completions.create(model="rec-1", messages=HI, stream=value)  # type: ignore[call-overload]
+    with pytest.raises(errors.InvalidRequest, match=f"^{stream}$"):
+        llmrelay.relay("rec-1", HI, stream=value)
+    drop = f"drop_unsupported must be True or False, got {value!r}"
+    with pytest.raises(errors.InvalidRequest, match=f"^{drop}$"):
+        Recorder.create_async_generator("rec-1", HI, drop_unsupported=value)
+    with pytest.raises(errors.InvalidRequest, match=f"^{drop}$"):
+        llmrelay.relay("rec-1", HI, drop_unsupported=value)
+
+
+@pytest.mark.parametrize("model", [5, 1.5, ["rec-1"], b"rec-1"])
+def test_a_model_that_is_not_a_string_is_refused(model: object, recorder: None) -> None:
+    message = f"^model must be a string, got {type(model).__name__}$"
+    with pytest.raises(errors.InvalidRequest, match=message):
+        llmrelay.relay(model, HI)  # type: ignore[arg-type]
+    with pytest.raises(errors.InvalidRequest, match=message):
+        Recorder.create_async_generator(model, HI)  # type: ignore[arg-type]
+
+
+def test_a_timeout_beyond_any_float_is_refused(recorder: None) -> None:
+    for start in (
+        lambda: llmrelay.relay("rec-1", HI, timeout=10**400),
+        lambda: Recorder.create_async_generator("rec-1", HI, timeout=10**400),
+    ):
+        with pytest.raises(errors.InvalidRequest, match="got an integer of 401 digits"):
+            start()
+
+
+# -- the library and the server agree -------------------------------------------------------
+
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5),
+    st.lists(st.one_of(st.text(max_size=3), st.integers()), max_size=6),
+    st.tuples(st.text(max_size=3)),
+    st.dictionaries(st.text(max_size=5), st.one_of(st.integers(), st.text(max_size=3)), max_size=3),
+)
+
+
+@given(name=st.sampled_from(sorted(OPTION_TYPES)), value=_VALUES)
+@example(name="temperature", value=2)
+@example(name="temperature", value=2.0000001)
+@example(name="max_tokens", value=0)
+@example(name="stop", value=["a", "b", "c", "d"])
+@example(name="stop", value=["a", "b", "c", "d", "e"])
+@example(name="logit_bias", value={"1": True})
+def test_the_library_accepts_exactly_what_the_server_accepts(name: str, value: Any) -> None:
+    """One option at a time, through ``check_options`` and through the server's request
+    model (which speaks JSON: a tuple arrives as a list)."""
+    try:
+        check_options({name: value})
+        library = True
+    except errors.InvalidRequest:
+        library = False
+    wire = list(value) if isinstance(value, tuple) else value
+    try:
+        ChatRequest.model_validate({"model": "m", "messages": HI, name: wire})
+        server = True
+    except ValidationError:
+        server = False
+    assert library == server, (name, value)
