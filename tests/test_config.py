@@ -197,6 +197,163 @@ def test_more_errors_name_the_key(config_file: Path, text: str, expected: str) -
     assert expected in str(info.value)
 
 
+_ENDPOINT = "[[endpoints]]\nname = 'a'\nbase_url = 'http://h/v1'\n"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Content-Length",
+        "content-length",
+        "Transfer-Encoding",
+        "HOST",
+        "Connection",
+        "Content-Encoding",
+    ],
+)
+def test_framing_headers_are_refused(config_file: Path, header: str) -> None:
+    """aiohttp sets these from the request: one in the file would corrupt it (a truncated body,
+    another host) instead of adding to it."""
+    config_file.write_text(
+        _ENDPOINT + f"headers = {{ X-Team = 'core', {json.dumps(header)} = '3' }}"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    message = str(info.value)
+    assert type(info.value) is ConfigError
+    assert message.startswith(f"invalid configuration in {config_file}: endpoints.0.headers: ")
+    assert f"header(s) {header} are set by llmrelay from the request" in message
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ('{ "Bad Name:" = "v" }', "header name 'Bad Name:' is not a valid HTTP field name"),
+        ('{ "X-Team" = "core", "" = "v" }', "header name '' is not a valid HTTP field name"),
+        ('{ "X-Ünï" = "v" }', "header name 'X-Ünï' is not a valid HTTP field name"),
+        ('{ "X-A\\n" = "v" }', "header name 'X-A\\n' is not a valid HTTP field name"),
+        ('{ "X-A" = "hunter22\\r\\nInjected: 1" }', "header X-A has a control character"),
+        ('{ "X-A" = "hunter22\\nx" }', "header X-A has a control character"),
+        ('{ "X-A" = "hunter22\\u0000" }', "header X-A has a control character"),
+        ('{ "X-A" = "hunter22\\u007f" }', "header X-A has a control character"),
+        ('{ "X-A" = "hunter22\\u001b[0m" }', "header X-A has a control character"),
+    ],
+)
+def test_header_names_and_values_are_checked(
+    config_file: Path, headers: str, expected: str
+) -> None:
+    config_file.write_text(_ENDPOINT + f"headers = {headers}")
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    message = str(info.value)
+    assert type(info.value) is ConfigError
+    assert message.startswith(f"invalid configuration in {config_file}: endpoints.0.headers: ")
+    assert expected in message
+    assert "hunter22" not in message  # a value may be a secret: never in the message
+
+
+def test_header_values_may_hold_tabs_and_any_token_name(config_file: Path) -> None:
+    config_file.write_text(
+        _ENDPOINT + 'headers = { "X-a!#$%&\'*+-.^_`|~9" = "a\\tb c", Accept = \'\' }'
+    )
+    (endpoint,) = load_config().endpoints
+    assert endpoint.headers == {"X-a!#$%&'*+-.^_`|~9": "a\tb c", "Accept": ""}
+
+
+@pytest.mark.parametrize("url", ["http://h/v1#frag", "http://h/v1#", "https://h/v1?v=1#x"])
+def test_base_url_with_a_fragment_is_refused(config_file: Path, url: str) -> None:
+    config_file.write_text(f"[[endpoints]]\nname = 'a'\nbase_url = {json.dumps(url)}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert type(info.value) is ConfigError
+    assert str(info.value) == (
+        f"invalid configuration in {config_file}: endpoints.0.base_url: "
+        "a base URL has no fragment (remove the #... part)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("max_retries = true", "max_retries: must be an integer, not true or false (got true)"),
+        ("max_retries = false", "max_retries: must be an integer, not true or false (got false)"),
+        ("timeout = true", "timeout: must be a number, not true or false (got true)"),
+        ("cooldown = false", "cooldown: must be a number, not true or false (got false)"),
+        ("max_cooldown = true", "max_cooldown: must be a number, not true or false (got true)"),
+        (
+            "[providers.local]\npriority = true",
+            "providers.local.priority: must be an integer, not true or false (got true)",
+        ),
+    ],
+)
+def test_booleans_are_not_numbers(config_file: Path, text: str, expected: str) -> None:
+    """TOML's true is not 1: pydantic's lax mode would take it as one (bool is an int)."""
+    config_file.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert type(info.value) is ConfigError
+    assert str(info.value) == f"invalid configuration in {config_file}: {expected}"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "[providers.local]\ndisabled = 1",
+            "providers.local.disabled: Input should be a valid boolean",
+        ),
+        (
+            '[providers.local]\ndisabled = "yes"',
+            "providers.local.disabled: Input should be a valid boolean",
+        ),
+        (
+            '[[endpoints]]\nname = "e"\nbase_url = "http://127.0.0.1:1/v1"\nworking = "no"',
+            "endpoints.0.working: Input should be a valid boolean",
+        ),
+    ],
+)
+def test_yes_and_no_are_booleans_only(config_file: Path, text: str, expected: str) -> None:
+    """``disabled = "yes"`` (or ``1``) was read as true; ``working = "no"`` as true too."""
+    config_file.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert str(info.value).startswith(f"invalid configuration in {config_file}: {expected}")
+
+
+@pytest.mark.parametrize(
+    ("variable", "expected"),
+    [
+        ("LLMRELAY_MAX_RETRIES", "max_retries: Input should be a valid integer"),
+        ("LLMRELAY_TIMEOUT", "timeout: Input should be a valid number"),
+    ],
+)
+def test_booleans_in_the_environment_are_not_numbers(
+    variable: str, expected: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))  # no file
+    monkeypatch.setenv(variable, "true")
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert type(info.value) is ConfigError
+    assert str(info.value).startswith(f"invalid configuration in environment / {variable}: ")
+    assert f"{expected}, unable to parse string as " in str(info.value)
+    assert "(got 'true')" in str(info.value)
+
+
+def test_numbers_from_the_file_and_the_environment_still_work(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_file.write_text(
+        "max_retries = 0\ntimeout = 1\ncooldown = 0\n[providers.x]\npriority = -1\n"
+    )
+    config = load_config()
+    assert (config.max_retries, config.timeout, config.cooldown) == (0, 1.0, 0.0)
+    assert config.priority("x") == -1
+    monkeypatch.setenv("LLMRELAY_MAX_RETRIES", "3")
+    monkeypatch.setenv("LLMRELAY_TIMEOUT", "2.5")
+    assert (load_config().max_retries, load_config().timeout) == (3, 2.5)
+
+
 def test_source_and_environment_say_where_values_came_from(
     config_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

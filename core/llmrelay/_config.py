@@ -15,19 +15,22 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -49,6 +52,37 @@ __all__ = [
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
+#: Headers aiohttp sets from the request itself (the body's length and chunking, the URL's
+#: host, the pooled connection; the body is sent uncompressed). One written in the file would
+#: not add to the request but corrupt it: a ``Content-Length`` truncates the body the server
+#: reads, a ``Host`` silently sends it to another virtual host. Lower case.
+FRAMING_HEADERS = frozenset(
+    {"content-length", "transfer-encoding", "host", "connection", "content-encoding"}
+)
+
+#: An RFC 9110 field name: a token (letters, digits and ``!#$%&'*+-.^_`|~``), ASCII only.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+#: Control characters no header value may hold (CR and LF above all: they would end the
+#: header and start another); a horizontal tab is allowed.
+_HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def _not_bool(expected: str) -> BeforeValidator:
+    """Refuse ``true``/``false`` for a number: bool is an int to pydantic's lax mode, so TOML's
+    ``true`` would silently become 1. (Strict mode would also refuse the environment's "3".)"""
+
+    def check(value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError(f"must be {expected}, not true or false (got {str(value).lower()})")
+        return value
+
+    return BeforeValidator(check)
+
+
+_Int = Annotated[int, _not_bool("an integer")]
+_Number = Annotated[float, _not_bool("a number")]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -57,8 +91,8 @@ class _Strict(BaseModel):
 class ProviderSettings(_Strict):
     """Per-provider routing settings: higher ``priority`` is tried first."""
 
-    priority: int = 0
-    disabled: bool = False
+    priority: _Int = 0
+    disabled: StrictBool = False
 
 
 class EndpointConfig(_Strict):
@@ -76,7 +110,7 @@ class EndpointConfig(_Strict):
     default_model: str | None = None
     model_aliases: dict[str, str] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
-    working: bool = True
+    working: StrictBool = True
 
     @field_validator("base_url")
     @classmethod
@@ -94,6 +128,8 @@ class EndpointConfig(_Strict):
             raise ValueError("has no host (e.g. http://127.0.0.1:8000/v1)")
         if port == 0:
             raise ValueError("has port 0 (a port is a number from 1 to 65535)")
+        if "#" in value:  # "{base_url}/chat/completions" would be part of the fragment
+            raise ValueError("a base URL has no fragment (remove the #... part)")
         return value.rstrip("/")
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
@@ -105,9 +141,28 @@ class EndpointConfig(_Strict):
 
     @field_validator("headers")
     @classmethod
-    def _no_secrets_in_headers(cls, value: dict[str, str]) -> dict[str, str]:
-        from ._redact import SECRET_HEADERS
+    def _checked_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        from ._redact import SECRET_HEADERS, redact
 
+        for name in value:
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(
+                    f"header name {redact(repr(name))} is not a valid HTTP field name "
+                    "(letters, digits and !#$%&'*+-.^_`|~ only: no spaces, no colon)"
+                )
+        framing = sorted(k for k in value if k.lower() in FRAMING_HEADERS)
+        if framing:
+            raise ValueError(
+                f"header(s) {', '.join(framing)} are set by llmrelay from the request itself: "
+                "remove them from the file"
+            )
+        for name, text in value.items():
+            # Never the value in the message: it may be a secret.
+            if _HEADER_VALUE_CONTROL.search(text):
+                raise ValueError(
+                    f"header {name} has a control character (CR, LF, NUL...) in its value: "
+                    "a header value is one line of text"
+                )
         secret = sorted(k for k in value if k.lower() in SECRET_HEADERS)
         if secret:
             raise ValueError(
@@ -142,13 +197,13 @@ class Config(_Strict):
     """The whole configuration. Every field has a default, so an empty file is valid."""
 
     default_model: str = "gpt-4o-mini"
-    timeout: float | None = Field(default=120.0, gt=0, allow_inf_nan=False)
-    max_retries: int = Field(default=2, ge=0, le=20)
+    timeout: _Number | None = Field(default=120.0, gt=0, allow_inf_nan=False)
+    max_retries: _Int = Field(default=2, ge=0, le=20)
     proxy: str | None = None
     #: Seconds a provider is tried later after a failure; doubles per consecutive failure.
-    cooldown: float = Field(default=5.0, ge=0, allow_inf_nan=False)
+    cooldown: _Number = Field(default=5.0, ge=0, allow_inf_nan=False)
     #: The longest cool-down, however many failures in a row.
-    max_cooldown: float = Field(default=300.0, ge=0, allow_inf_nan=False)
+    max_cooldown: _Number = Field(default=300.0, ge=0, allow_inf_nan=False)
     aliases: dict[str, str] = Field(default_factory=dict)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     endpoints: tuple[EndpointConfig, ...] = ()
