@@ -545,3 +545,22 @@ async def test_the_event_stream_media_type_matches_in_any_case(
     provider = provider_for(EndpointConfig(name="cased", base_url=f"{base}/v1", models=("m",)))
     chunks = [c async for c in provider.create_async_generator("m", HI, stream=True)]
     assert chunks == EXPECTED
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_credentials_in_the_base_url_beside_a_key_are_the_callers_to_fix(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    """aiohttp refuses a URL's user:password@ with an Authorization header before sending; that
+    was the provider's InvalidResponse ("the provider raised ValueError")."""
+    monkeypatch.setenv("LOCAL_KEY", "sk-test-0123456789")
+    provider, app = await _provider(serve, key_env="LOCAL_KEY")
+    base = provider.url.replace("http://", "http://bob:pw-9-secret@")
+    stream_of = provider.create_async_generator("llama3", HI, base_url=base, stream=stream)
+    with pytest.raises(errors.InvalidRequest) as info:
+        await stream_of.text()
+    assert str(info.value) == (
+        "local: the base URL's user:password@ cannot be sent with the provider's own "
+        "Authorization header (its API key): remove the credentials from the URL"
+    )
+    assert app[STATE].hits == 0

@@ -187,3 +187,29 @@ def test_the_library_accepts_exactly_what_the_server_accepts(name: str, value: A
     except ValidationError:
         server = False
     assert library == server, (name, value)
+
+
+@pytest.mark.parametrize(
+    ("base_url", "reason"),
+    [
+        ("http://[::1", "is not a valid URL (Invalid IPv6 URL)"),
+        ("http://127.0.0.1:99999/v1", "is not a valid URL (Port out of range 0-65535)"),
+        ("http://127.0.0.1:8000/v1#frag", "a base URL has no fragment (remove the #... part)"),
+        ("http:///v1", "has no host (e.g. http://127.0.0.1:8000/v1)"),
+        ("ftp://127.0.0.1/v1", "must be an absolute http:// or https:// URL"),
+        ("http://bob:s3cret-pw-0@[::1", "is not a valid URL (Invalid IPv6 URL)"),
+    ],
+)
+def test_a_bad_base_url_is_the_callers_to_fix(base_url: str, reason: str, recorder: None) -> None:
+    """Refused before any I/O as an InvalidRequest (it was the provider's InvalidResponse,
+    which the relay falls back on and counts against the provider's health)."""
+    for start in (
+        lambda: llmrelay.relay("rec-1", HI, base_url=base_url),
+        lambda: Recorder.create_async_generator("rec-1", HI, base_url=base_url),
+    ):
+        with pytest.raises(errors.InvalidRequest) as info:
+            start()
+        assert str(info.value).endswith(reason)
+        assert "s3cret-pw-0" not in str(info.value)
+    with pytest.raises(errors.InvalidRequest, match=r"^base_url must be an absolute http"):
+        llmrelay.relay("rec-1", HI, base_url=5)

@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -115,22 +114,9 @@ class EndpointConfig(_Strict):
     @field_validator("base_url")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must be an absolute http:// or https:// URL")
-        if any(c.isspace() for c in value):
-            raise ValueError("must not contain spaces (percent-encode them)")
-        try:
-            parts = urlsplit(value)
-            port = parts.port  # a port out of range or not a number raises here
-        except ValueError as exc:  # a bad port, or an unclosed "[" around an IPv6 host
-            raise ValueError(f"is not a valid URL ({exc})") from None
-        if not parts.hostname:
-            raise ValueError("has no host (e.g. http://127.0.0.1:8000/v1)")
-        if port == 0:
-            raise ValueError("has port 0 (a port is a number from 1 to 65535)")
-        if "#" in value:  # "{base_url}/chat/completions" would be part of the fragment
-            raise ValueError("a base URL has no fragment (remove the #... part)")
-        return value.rstrip("/")
+        from ._urls import check_base_url
+
+        return check_base_url(value)
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # The base URL may carry a key (``?key=...``, ``user:pass@``): never in a repr.

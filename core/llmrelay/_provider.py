@@ -155,9 +155,12 @@ class Provider:
             if proxy:
                 checked_proxy(proxy)  # a bad proxy URL is refused before any I/O
         base_url = kwargs.get("base_url") or cls.url
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            shown = redact(base_url) if isinstance(base_url, str) else base_url
-            raise errors.InvalidRequest(f"base_url must be an absolute http(s) URL, got {shown!r}")
+        if base_url is not cls.url:  # the caller's: checked (a provider's own is trusted)
+            if not isinstance(base_url, str):
+                raise errors.InvalidRequest(
+                    f"base_url must be an absolute http(s) URL, got {type(base_url).__name__}"
+                )
+            _checked_base_url(base_url)
         if config is None:
             config = get_config()  # a broken file or environment variable is reported here
         timeout = config.timeout
@@ -320,6 +323,17 @@ def _check_encodable(provider: str, options: dict[str, Any]) -> None:
             raise errors.InvalidRequest(
                 f"option {key!r} for provider {provider!r} cannot be sent as JSON: {exc}"
             ) from None
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_base_url(base_url: str) -> None:
+    """Refuse a ``base_url=`` that cannot be joined with a path and sent (once per value)."""
+    from ._urls import check_base_url
+
+    try:
+        check_base_url(base_url)
+    except ValueError as exc:
+        raise errors.InvalidRequest(f"base_url {redact(base_url)!r} {exc}") from None
 
 
 def _checked_timeout(timeout: object) -> float | None:

@@ -489,6 +489,13 @@ def network_error(
         )
     if isinstance(exc, aiohttp.InvalidURL):
         return errors.InvalidRequest(f"{provider}: invalid URL {redact(str(exc))!r}")
+    if isinstance(exc, ValueError) and str(exc).startswith("Cannot combine AUTHORIZATION"):
+        # aiohttp refuses, before sending, a URL with user:password@ for a request that
+        # carries an Authorization header (the provider's key) already.
+        return errors.InvalidRequest(
+            f"{provider}: the base URL's user:password@ cannot be sent with the provider's "
+            "own Authorization header (its API key): remove the credentials from the URL"
+        )
     if isinstance(exc, aiohttp.ClientConnectorError):
         if _is_http_proxy(proxy, exc.host, exc.port):
             # aiohttp names only a refused proxy connection as such; a proxy host that does
