@@ -32,8 +32,12 @@ from llmrelay.server import (
     serving,
 )
 from llmrelay_openai_compat import provider_for
+from llmrelay_pizzagpt import Pizzagpt
 from tests.replicas.openai import STATE, ReplicaState
 from tests.replicas.openai import make_app as make_replica
+from tests.replicas.pizzagpt import STATE as PIZZA_STATE
+from tests.replicas.pizzagpt import ReplicaState as PizzaState
+from tests.replicas.pizzagpt import make_app as make_pizza_replica
 from tests.support import Plugin, Serve
 
 HI = [{"role": "user", "content": "Hi there"}]
@@ -355,7 +359,9 @@ async def test_extra_body_on_the_wire_is_refused(
 ) -> None:
     """A body field named ``extra_body`` would be merged into the upstream request over the
     checked fields: another model than the client asked for (and the operator configured),
-    ``n`` above 1. OpenAI's SDKs never send one: it is refused, and nothing goes upstream."""
+    ``n`` above 1. OpenAI's SDKs never send one (they send their ``extra_body=`` argument's
+    fields at the top level): it is refused, saying where its fields go, and nothing goes
+    upstream."""
     server = await relay_server()
     body = {"model": "llama3", "messages": HI, "extra_body": {"model": "gpt-4o-mini", "n": 3}}
     async with http.post(f"{server.url}/v1/chat/completions", json=body) as response:
@@ -363,6 +369,210 @@ async def test_extra_body_on_the_wire_is_refused(
         error = (await response.json())["error"]
     assert error["param"] == "extra_body"
     assert "unknown parameter" in error["message"]
+    assert "top level" in error["message"]
+    assert replica.hits == 0
+
+
+# -- fields the server does not know: forwarded as they are ------------------------------
+
+#: vLLM's sampling options and a structured one: what ``extra_body=`` carries in practice.
+VLLM_FIELDS: dict[str, Any] = {
+    "top_k": 5,
+    "min_p": 0.05,
+    "repetition_penalty": 1.0,
+    "guided_json": {
+        "type": "object",
+        "properties": {"a": {"type": "integer", "enum": [1, 2, None]}},
+        "required": ["a"],
+    },
+    "chat_template_kwargs": {"enable_thinking": False},
+    "bad_words": ["x", "y"],
+}
+
+
+@pytest.fixture
+async def pizza_and_replica(
+    serve: Serve, use_plugins: Callable[..., Registry]
+) -> tuple[PizzaState, ReplicaState]:
+    """Pizzagpt (no ``extra_body``; on its replica, marked working so it is tried first for
+    ``gpt-4o-mini``) and the OpenAI replica's endpoint, which serves that model too."""
+    pizza_app, replica_app = make_pizza_replica(), make_replica()
+    pizza = type("LocalPizzagpt", (Pizzagpt,), {"url": await serve(pizza_app), "working": True})
+    endpoint = EndpointConfig(
+        name="replica",
+        base_url=f"{await serve(replica_app)}/v1",
+        models=("gpt-4o-mini", "llama3"),
+    )
+    use_plugins(("pizzagpt", Plugin(pizza)), ("replica", Plugin(provider_for(endpoint))))
+    return pizza_app[PIZZA_STATE], replica_app[STATE]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_unknown_fields_reach_the_upstream_as_sent(
+    replica: ReplicaState, relay_server: StartServer, client: MakeClient, stream: bool
+) -> None:
+    """What OpenAI's SDK sends for ``extra_body={...}`` (its fields at the top level) arrives
+    upstream field for field: ints stay ints, objects stay nested, nested nulls stay; known
+    fields go beside them, checked; nothing named ``extra_body`` is sent."""
+    server = await relay_server()
+    sent = {**VLLM_FIELDS, "unset": None}
+    response = await client(server).chat.completions.create(
+        model="llama3", messages=HI, temperature=0.2, stream=stream, extra_body=sent
+    )
+    if stream:
+        assert isinstance(response, openai.AsyncStream)
+        text = "".join([c.choices[0].delta.content or "" async for c in response if c.choices])
+    else:
+        assert isinstance(response, openai.types.chat.ChatCompletion)
+        text = response.choices[0].message.content or ""
+    assert text == "Echo: Hi there"
+    body = replica.last_body
+    assert {name: body[name] for name in VLLM_FIELDS} == VLLM_FIELDS
+    assert type(body["top_k"]) is int
+    assert type(body["repetition_penalty"]) is float
+    assert body["temperature"] == 0.2
+    assert (body["model"], body["messages"]) == ("llama3", HI)
+    assert "extra_body" not in body
+    assert "unset" not in body  # null counts as unset, for every field
+    assert ("stream" in body) is stream
+
+
+async def test_known_fields_are_still_checked_beside_forwarded_ones(
+    replica: ReplicaState, relay_server: StartServer, client: MakeClient
+) -> None:
+    server = await relay_server()
+    with pytest.raises(openai.BadRequestError) as info:
+        await client(server).chat.completions.create(
+            model="llama3", messages=HI, temperature=5, extra_body={"top_k": 5}
+        )
+    assert isinstance(info.value.body, dict)
+    assert info.value.body["param"] == "temperature"
+    assert replica.hits == 0
+
+
+async def test_a_field_a_provider_declares_reaches_it_by_name(
+    fakes: Callable[..., Registry], relay_server: StartServer, client: MakeClient
+) -> None:
+    """A plugin that declares ``top_k`` itself gets it as an option, as before: ``extra_body``
+    is only for the fields no candidate knows by name."""
+
+    class Sampler(Echo):
+        name = "sampler"
+        url = "http://sampler.invalid"
+        supported_options = frozenset({"temperature", "top_k"})
+
+    fakes(Sampler)
+    server = await relay_server()
+    completion = await client(server).chat.completions.create(
+        model="echo-1", messages=HI, temperature=0.3, extra_body={"top_k": 5}
+    )
+    assert completion.choices[0].message.content == "Echo: Hi there"
+    assert Echo.seen[-1] == {"temperature": 0.3, "top_k": 5}
+
+
+async def test_unknown_fields_to_a_provider_without_extra_body_are_400_unless_dropped(
+    pizza_and_replica: tuple[PizzaState, ReplicaState],
+    relay_server: StartServer,
+    client: MakeClient,
+) -> None:
+    """Pizzagpt alone (pinned) cannot take ``top_k``: the 400 names it, and nothing goes
+    out; with ``--drop-unsupported`` it answers without it."""
+    pizza, replica = pizza_and_replica
+    strict = client(await relay_server())
+    with pytest.raises(openai.BadRequestError) as info:
+        await strict.chat.completions.create(
+            model="pizzagpt/gpt-4o-mini", messages=HI, extra_body={"top_k": 5, "min_p": 0.1}
+        )
+    assert isinstance(info.value.body, dict)
+    assert info.value.body["param"] == "top_k"
+    assert info.value.body["code"] == "unsupported_parameter"
+    assert "'top_k' is not supported by any provider" in info.value.body["message"]
+    assert (pizza.hits, replica.hits) == (0, 0)
+
+    lenient = client(await relay_server(ServerSettings(drop_unsupported=True, shutdown_grace=2)))
+    raw = await lenient.chat.completions.with_raw_response.create(
+        model="pizzagpt/gpt-4o-mini", messages=HI, extra_body={"top_k": 5}
+    )
+    assert raw.headers[PROVIDER_HEADER] == "pizzagpt"
+    assert raw.parse().choices[0].message.content == "You asked: Hi there"
+    assert json.loads(pizza.last_body) == {"question": "Hi there"}
+
+
+async def test_a_provider_without_extra_body_is_skipped_for_unknown_fields(
+    pizza_and_replica: tuple[PizzaState, ReplicaState],
+    relay_server: StartServer,
+    client: MakeClient,
+) -> None:
+    """Pizzagpt comes first for ``gpt-4o-mini``; a request with ``top_k`` goes to the
+    OpenAI-compatible endpoint behind it instead, as for any option Pizzagpt lacks. With
+    ``--drop-unsupported`` the first provider answers, without what it cannot take."""
+    pizza, replica = pizza_and_replica
+    openai_client = client(await relay_server())
+    plain = await openai_client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=HI
+    )
+    assert plain.headers[PROVIDER_HEADER] == "pizzagpt"
+    tuned = await openai_client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=HI, extra_body={"top_k": 5}
+    )
+    assert tuned.headers[PROVIDER_HEADER] == "replica"
+    assert replica.last_body["top_k"] == 5
+    assert (pizza.hits, replica.hits) == (1, 1)
+
+    lenient = client(await relay_server(ServerSettings(drop_unsupported=True, shutdown_grace=2)))
+    dropped = await lenient.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=HI, extra_body={"top_k": 5}
+    )
+    assert dropped.headers[PROVIDER_HEADER] == "pizzagpt"
+    assert json.loads(pizza.last_body) == {"question": "Hi there"}
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"logprobs": True},
+        {"top_logprobs": 2},
+        {"tools": [{"type": "function", "function": {"name": "f"}}]},
+        {"functions": [{"name": "f", "parameters": {}}]},
+        {"function_call": "auto"},
+        {"parallel_tool_calls": False},
+        {"modalities": ["text", "audio"]},
+        {"audio": {"voice": "alloy", "format": "wav"}},
+    ],
+)
+async def test_fields_whose_answer_cannot_be_relayed_are_not_forwarded(
+    replica: ReplicaState,
+    relay_server: StartServer,
+    http: aiohttp.ClientSession,
+    field: dict[str, Any],
+) -> None:
+    """Tool calls, log probabilities and audio would be lost between the upstream and the
+    client: these OpenAI fields stay unsupported options (400 naming them, or dropped), never
+    forwarded as they are."""
+    (name,) = field
+    body = {"model": "llama3", "messages": HI, **field}
+    server = await relay_server()
+    async with http.post(f"{server.url}/v1/chat/completions", json=body) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert (error["param"], error["code"]) == (name, "unsupported_parameter")
+    assert replica.hits == 0
+    lenient = await relay_server(ServerSettings(drop_unsupported=True, shutdown_grace=2))
+    async with http.post(f"{lenient.url}/v1/chat/completions", json=body) as response:
+        assert response.status == 200
+    assert name not in replica.last_body
+
+
+async def test_a_forwarded_number_json_cannot_carry_is_400(
+    replica: ReplicaState, relay_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    """``1e400`` is valid JSON but parses as infinity: refused rather than sent altered."""
+    server = await relay_server()
+    raw = b'{"model": "llama3", "messages": [{"role": "user", "content": "x"}], "k": [1e400]}'
+    async with http.post(f"{server.url}/v1/chat/completions", data=raw) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert error["param"] == "k"
     assert replica.hits == 0
 
 

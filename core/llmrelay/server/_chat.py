@@ -35,7 +35,13 @@ from ._errors import (
     invalid_request,
     retry_after_headers,
 )
-from ._request import ChatRequest, load_json_object, unsupported_param, validate_chat_request
+from ._request import (
+    ChatRequest,
+    forwarding,
+    load_json_object,
+    unsupported_param,
+    validate_chat_request,
+)
 from ._sse import FrameWriter
 from ._state import (
     LOG,
@@ -164,8 +170,19 @@ def _too_large(limit: int, headers: dict[str, str] | None = None) -> APIError:
 
 
 def _open(chat: ChatRequest, state: ServerState) -> RelayStream:
-    """Start the relay (no I/O yet): resolve the model, check the options."""
+    """Start the relay (no I/O yet): resolve the model, check the options.
+
+    Fields the server does not know go upstream as they are: by name to a provider that
+    declares them, else in ``extra_body`` (see :func:`~._request.forwarding`); the candidates
+    are looked up for that only when there are any.
+    """
     options = chat.options()
+    sent = options
+    moved: list[str] = []
+    forwarded = chat.forwarded
+    if forwarded:
+        supported = _supported(chat.model, state.registry)
+        sent, moved = forwarding(options, forwarded, supported)
     extra: dict[str, Any] = {"drop_unsupported": True} if state.settings.drop_unsupported else {}
     try:
         return relay(
@@ -173,11 +190,11 @@ def _open(chat: ChatRequest, state: ServerState) -> RelayStream:
             chat.messages,
             registry=state.registry,
             stream=bool(chat.stream),
-            **options,
+            **sent,
             **extra,
         )
     except errors.InvalidRequest as exc:
-        param = _unsupported(chat.model, options, state.registry)
+        param = _unsupported(chat.model, options, moved, state.registry)
         if param is None:
             raise invalid_request(str(exc)) from None
         raise invalid_request(
@@ -187,12 +204,23 @@ def _open(chat: ChatRequest, state: ServerState) -> RelayStream:
         ) from None
 
 
-def _unsupported(model: str, options: dict[str, Any], registry: Registry | None) -> str | None:
+def _supported(model: str, registry: Registry | None) -> list[frozenset[str]]:
+    """The ``supported_options`` of each provider serving ``model`` (none when the model is
+    unknown: the relay then says so)."""
     try:
         candidates = route(model, registry or get_registry(), get_config())
     except errors.LLMRelayError:
+        return []
+    return [provider.supported_options for provider, _ in candidates]
+
+
+def _unsupported(
+    model: str, options: dict[str, Any], moved: list[str], registry: Registry | None
+) -> str | None:
+    supported = _supported(model, registry)
+    if not supported:
         return None
-    return unsupported_param(options, [p.supported_options for p, _ in candidates])
+    return unsupported_param(options, supported, moved)
 
 
 async def _complete(chat: ChatRequest, stream: RelayStream, info: RequestLog) -> web.Response:

@@ -3,16 +3,28 @@
 Validated with pydantic before anything else happens, so a bad request costs no upstream call
 and its 400 names the offending field in ``param`` (``messages[1].role``, ``temperature``).
 
-Fields OpenAI defines are type-checked here with OpenAI's ranges. Every other field is passed
-to :func:`llmrelay.relay` as a request option, where providers that do not support it refuse
-it (400 naming it) — except the names that steer llmrelay itself (``base_url``, ``proxy``,
-``timeout``, ...): a client choosing where the server connects would be a server-side request
-forgery, so those are refused outright.
+Fields OpenAI defines are type-checked here with OpenAI's ranges and passed to
+:func:`llmrelay.relay` as request options, where providers that do not support one refuse it
+(400 naming it).
+
+Every other field goes to the upstream as it was sent (see :func:`forwarding`): by name to a
+provider that declares it, else inside ``extra_body`` to the providers that take one (the
+OpenAI-compatible provider merges it into its request body), the others being skipped as for
+any unsupported option. Two kinds are never forwarded as they are:
+
+- the names that steer llmrelay itself (``base_url``, ``proxy``, ``timeout``, ...,
+  :data:`RESERVED`): a client choosing where the server connects would be a server-side
+  request forgery, so those are refused outright;
+- OpenAI's fields whose answer this server cannot carry back (tool calls, log probabilities,
+  audio: :data:`NOT_FORWARDED`): an upstream would act on them and their part of the answer be
+  lost on the way, so they are passed by name only, to a provider that declares them.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from pydantic import (
@@ -31,10 +43,13 @@ from .._types import Message
 from ._errors import APIError, invalid_request
 
 __all__ = [
+    "EXTRA_BODY",
     "MAX_JSON_DEPTH",
     "MAX_MODEL_LENGTH",
+    "NOT_FORWARDED",
     "RESERVED",
     "ChatRequest",
+    "forwarding",
     "load_json_object",
     "parse_chat_request",
     "unsupported_param",
@@ -45,12 +60,17 @@ __all__ = [
 #: the recursion limit of every JSON encoder downstream.
 MAX_JSON_DEPTH = 64
 
+#: The request option that carries fields into the upstream body as they are: providers that
+#: declare it (the OpenAI-compatible one) merge it into their request body.
+EXTRA_BODY = "extra_body"
+
 #: Names that would steer llmrelay's call (where to connect, how long to wait, which
 #: registry) rather than the model's answer. Never taken from a client. ``extra_body`` is
 #: among them: the OpenAI-compatible provider merges it into the upstream body over
 #: everything else, so it would replace the model (any the upstream key can use, not the ones
-#: configured), the messages and ``n`` this module checked; OpenAI's SDKs never send a field
-#: of that name (they merge their ``extra_body`` argument into the body themselves).
+#: configured), the messages and ``n`` this module checked. OpenAI's SDKs never send a field
+#: of that name: they merge their ``extra_body`` argument into the body themselves, and the
+#: server forwards those fields (see :func:`forwarding`).
 RESERVED = frozenset(
     {
         "base_url",
@@ -63,6 +83,24 @@ RESERVED = frozenset(
         "api_key",
         "config",
         "cls",
+    }
+)
+
+#: OpenAI's fields whose answer this server cannot carry back: tool calls (``tools`` and
+#: ``tool_choice`` too, which are checked fields), log probabilities, audio. Passed by name,
+#: to providers that declare them (none of llmrelay's own): an upstream they were forwarded
+#: to as they are would act on them, and its tool calls, log probabilities or audio be lost
+#: on the way back. Without such a provider they get the 400 of any unsupported option (or
+#: are dropped with ``--drop-unsupported``).
+NOT_FORWARDED = frozenset(
+    {
+        "functions",
+        "function_call",
+        "parallel_tool_calls",
+        "logprobs",
+        "top_logprobs",
+        "audio",
+        "modalities",
     }
 )
 
@@ -115,18 +153,40 @@ class ChatRequest(BaseModel):
             raise _FieldError(
                 "stream_options", "stream_options is only allowed when stream is true"
             )
-        for name in self.model_extra or {}:
+        for name, value in (self.model_extra or {}).items():
+            if name == EXTRA_BODY:
+                raise _FieldError(
+                    name,
+                    "unknown parameter 'extra_body': send its fields at the top level of the "
+                    "body, as OpenAI's SDKs do with their extra_body= argument; fields this "
+                    "server does not know are forwarded to the upstream as they are",
+                )
             if name in RESERVED:
                 raise _FieldError(name, f"unknown parameter {name!r}")
+            if not _finite(value):
+                # 1e400 is valid JSON, but parses as infinity, which no JSON can carry on.
+                raise _FieldError(name, "holds a number too large to forward as it was sent")
         return self
 
     @property
     def wants_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
+    @property
+    def forwarded(self) -> list[str]:
+        """The fields this server does not know that go upstream as they are (in
+        ``extra_body`` where no provider declares them): every one the client set but those
+        of :data:`NOT_FORWARDED` (null counts as unset, as for every field)."""
+        extra = self.model_extra
+        if not extra:  # nearly every request
+            return []
+        return [
+            name for name, value in extra.items() if value is not None and name not in NOT_FORWARDED
+        ]
+
     def options(self) -> dict[str, Any]:
-        """What :func:`llmrelay.relay` receives as request options: every field the client set
-        (null counts as unset), except the ones the server itself acts on."""
+        """Every field the client set (null counts as unset), except the ones the server itself
+        acts on, by name: what :func:`forwarding` turns into the relay's request options."""
         own = {"model", "messages", "stream", "stream_options", "n"}
         options = {
             name: getattr(self, name)
@@ -273,9 +333,51 @@ def _json_type(value: object) -> str:
     return "a number"
 
 
-def unsupported_param(options: dict[str, Any], supported: list[frozenset[str]]) -> str | None:
-    """The first option that none of the candidate providers supports (for ``param``)."""
+def forwarding(
+    options: dict[str, Any], forwarded: Sequence[str], supported: Sequence[frozenset[str]]
+) -> tuple[dict[str, Any], list[str]]:
+    """The relay's request options, and the names moved into ``extra_body``.
+
+    ``options`` are :meth:`ChatRequest.options`, ``forwarded`` the names among them that go
+    upstream as they are (:attr:`ChatRequest.forwarded`), ``supported`` the
+    ``supported_options`` of each provider serving the model. A forwarded field that one of
+    them declares stays a request option by that name, as it was (that provider takes it);
+    the others move into ``extra_body``, values untouched, for the providers that take one.
+    A provider taking neither is skipped (or, with ``drop_unsupported``, gets neither).
+    """
+    declared = frozenset().union(*supported)
+    moved = [name for name in forwarded if name not in declared]
+    if not moved:
+        return options, moved
+    sent = {name: value for name, value in options.items() if name not in moved}
+    sent[EXTRA_BODY] = {name: options[name] for name in moved}
+    return sent, moved
+
+
+def unsupported_param(
+    options: dict[str, Any], supported: Sequence[frozenset[str]], moved: Sequence[str] = ()
+) -> str | None:
+    """The first option that none of the candidate providers supports (for ``param``): by
+    name, or, for a field in ``moved`` (sent inside ``extra_body``), through ``extra_body``."""
     for name in options:
-        if not any(name in accepted for accepted in supported):
+        through = name in moved
+        if not any(
+            name in accepted or (through and EXTRA_BODY in accepted) for accepted in supported
+        ):
             return name
     return None
+
+
+def _finite(value: object) -> bool:
+    """Whether ``value`` (parsed JSON) holds no infinite number, without recursion."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
