@@ -21,7 +21,18 @@ from pydantic import Field, Strict, StrictInt, StrictStr, TypeAdapter, Validatio
 
 from . import errors
 
-__all__ = ["MAX_STOP_SEQUENCES", "OPTION_TYPES", "check_options"]
+__all__ = [
+    "MAX_STOP_SEQUENCES",
+    "OPTION_TYPES",
+    "LogitBias",
+    "Number",
+    "Penalty",
+    "Stop",
+    "Temperature",
+    "TokenCount",
+    "TopP",
+    "check_options",
+]
 
 #: A JSON number that is a real number: not a bool, not NaN or infinity.
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
@@ -29,17 +40,27 @@ Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 #: OpenAI allows at most this many stop sequences.
 MAX_STOP_SEQUENCES = 4
 
+Temperature = Annotated[Number, Field(ge=0, le=2)]
+TopP = Annotated[Number, Field(ge=0, le=1)]
+TokenCount = Annotated[StrictInt, Field(ge=1)]
+#: Their number (at most ``MAX_STOP_SEQUENCES``) is checked apart, to say so in plain words.
+Stop = StrictStr | list[StrictStr]
+Penalty = Annotated[Number, Field(ge=-2, le=2)]
+LogitBias = dict[str, StrictInt]
+
 #: Each option OpenAI defines with the type and range its API accepts (None: leave it out).
+#: The server's request model (``llmrelay.server._request.ChatRequest``) declares its fields
+#: with these same types.
 OPTION_TYPES: Mapping[str, Any] = {
-    "temperature": Annotated[Number, Field(ge=0, le=2)],
-    "top_p": Annotated[Number, Field(ge=0, le=1)],
-    "max_tokens": Annotated[StrictInt, Field(ge=1)],
-    "max_completion_tokens": Annotated[StrictInt, Field(ge=1)],
-    "stop": StrictStr | Annotated[list[StrictStr], Field(max_length=MAX_STOP_SEQUENCES)],
+    "temperature": Temperature,
+    "top_p": TopP,
+    "max_tokens": TokenCount,
+    "max_completion_tokens": TokenCount,
+    "stop": Stop,
     "seed": StrictInt,
-    "presence_penalty": Annotated[Number, Field(ge=-2, le=2)],
-    "frequency_penalty": Annotated[Number, Field(ge=-2, le=2)],
-    "logit_bias": dict[str, StrictInt],
+    "presence_penalty": Penalty,
+    "frequency_penalty": Penalty,
+    "logit_bias": LogitBias,
     "response_format": dict[str, Any],
     "user": StrictStr,
 }

@@ -25,13 +25,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    Strict,
     StrictBool,
     StrictInt,
     StrictStr,
@@ -39,6 +38,15 @@ from pydantic import (
     model_validator,
 )
 
+from .._options import (
+    MAX_STOP_SEQUENCES,
+    LogitBias,
+    Penalty,
+    Stop,
+    Temperature,
+    TokenCount,
+    TopP,
+)
 from .._types import Message
 from ._errors import APIError, invalid_request
 
@@ -104,7 +112,6 @@ NOT_FORWARDED = frozenset(
     }
 )
 
-Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 
 #: Longer model names are refused: real ones (``ft:gpt-4o-mini-2024-07-18:org::id``, a
 #: Hugging Face ``org/repo:tag``) are far shorter, and an unknown name is compared with every
@@ -129,15 +136,16 @@ class ChatRequest(BaseModel):
     stream: StrictBool | None = None
     stream_options: StreamOptions | None = None
     n: StrictInt | None = None
-    temperature: Number | None = Field(default=None, ge=0, le=2)
-    top_p: Number | None = Field(default=None, ge=0, le=1)
-    max_tokens: StrictInt | None = Field(default=None, ge=1)
-    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
-    stop: StrictStr | list[StrictStr] | None = Field(default=None)
+    # OpenAI's options, with the types the library checks them with (llmrelay._options).
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    max_tokens: TokenCount | None = None
+    max_completion_tokens: TokenCount | None = None
+    stop: Stop | None = None
     seed: StrictInt | None = None
-    presence_penalty: Number | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: Number | None = Field(default=None, ge=-2, le=2)
-    logit_bias: dict[str, StrictInt] | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: LogitBias | None = None
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: StrictStr | dict[str, Any] | None = None
@@ -147,8 +155,10 @@ class ChatRequest(BaseModel):
     def _openai_rules(self) -> ChatRequest:
         if self.n is not None and self.n != 1:
             raise _FieldError("n", f"only n=1 is supported, got n={self.n}")
-        if isinstance(self.stop, list) and len(self.stop) > 4:
-            raise _FieldError("stop", f"at most 4 stop sequences, got {len(self.stop)}")
+        if isinstance(self.stop, list) and len(self.stop) > MAX_STOP_SEQUENCES:
+            raise _FieldError(
+                "stop", f"at most {MAX_STOP_SEQUENCES} stop sequences, got {len(self.stop)}"
+            )
         if self.stream_options is not None and not self.stream:
             raise _FieldError(
                 "stream_options", "stream_options is only allowed when stream is true"
