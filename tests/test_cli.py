@@ -101,10 +101,29 @@ def test_debug_shows_the_traceback() -> None:
     assert "ModelNotFound" in result.stderr
 
 
-def test_usage_errors_exit_2() -> None:
-    result = run("chat", "--timeout", "soon", "Hello")
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "inf"])
+def test_usage_errors_exit_2(value: str) -> None:
+    result = run("chat", "--timeout", value, "Hello")
     assert result.returncode == 2
-    assert "Invalid value for '--timeout'" in result.stderr
+    assert (
+        f"Invalid value for '--timeout': {value!r} is not a positive number of seconds "
+        "(or 'none' for no deadline)"
+    ) in result.stderr
+
+
+@pytest.mark.parametrize("value", ["none", "None", "2.5"])
+def test_chat_timeout_takes_none_for_no_deadline(value: str) -> None:
+    result = run("chat", "--timeout", value, "--replay", str(HELLO.path), "Привет, как дела?")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ANSWERS["Привет, как дела?"] + "\n"
+
+
+def test_timeout_none_means_no_deadline() -> None:
+    from llmrelay._cli_types import timeout_options
+
+    assert timeout_options(None) == {}  # not given: the configured default
+    assert timeout_options("none") == {"timeout": None}
+    assert timeout_options(2.5) == {"timeout": 2.5}
 
 
 def test_providers_and_models_list_pizzagpt() -> None:

@@ -434,6 +434,16 @@ def test_llmrelay_models_refresh(tmp_path: Path, cache_dir: Path) -> None:
             "gpt-4o-mini": ["local", "pizzagpt"],
             "llama3": ["local"],
         }
+        blocked = tmp_path / "a-file"
+        blocked.write_text("")
+        unwritable = run_cli(
+            "models", "--refresh", "local", env={**env, "LLMRELAY_CACHE_DIR": str(blocked)}
+        )
+        assert unwritable.returncode == 1
+        assert unwritable.stderr == (
+            f"error: cannot write the model cache in {blocked / 'models'}: Not a directory "
+            "(set LLMRELAY_CACHE_DIR to a writable directory)\n"
+        )
         unknown = runner.invoke(cli, ["models", "--refresh", "nope"], env=env)
         assert unknown.exit_code == 2
         assert "no [[endpoints]] entry is named 'nope'" in unknown.stderr

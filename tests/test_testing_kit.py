@@ -548,9 +548,9 @@ async def test_use_cassette_records_only_in_a_record_mode(serve: Serve, tmp_path
 # -- llmrelay record ---------------------------------------------------------------------------
 
 
-async def _llmrelay(*args: str) -> tuple[int, str, str]:
+async def _llmrelay(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Run the installed ``llmrelay`` command without blocking the loop (servers run on it)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMRELAY_")}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LLMRELAY_")}, **(env or {})}
     process = await asyncio.create_subprocess_exec(
         LLMRELAY,
         *args,
@@ -587,6 +587,39 @@ async def test_record_writes_a_scrubbed_cassette_that_chat_replays(
     code, out, err = await _llmrelay("chat", "-m", "pizzagpt/", "--replay", str(path), "Ciao!")
     assert (code, out, err) == (0, "You asked: Ciao!\n", "")
     assert replica[pizzagpt_replica.STATE].hits == 1
+
+
+@pytest.mark.slow
+async def test_record_says_how_to_replay_an_endpoint_that_wants_a_key(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """The provider asks for its key before a cassette can answer, so the printed command sets
+    the variable (to anything: the cassette holds no key); it used to fail as printed."""
+    key = "sk-test-0123456789"
+    replica = openai_replica.make_app(key=key)
+    base = await serve(replica)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[[endpoints]]\nname = "local"\nbase_url = "{base}/v1"\nmodels = ["llama3"]\n'
+        'api_key_env = "LOCAL_KEY"\n'
+    )
+    path = tmp_path / "hi.yaml"
+    code, answer, err = await _llmrelay(
+        "record", "--provider", "local", "--cassette", str(path), "Hi there",
+        env={"LLMRELAY_CONFIG": str(config), "LOCAL_KEY": key},
+    )  # fmt: skip
+    assert code == 0, err
+    assert err.splitlines()[-1] == (
+        f"replay it with: LOCAL_KEY=replay llmrelay chat -m local/ --replay {path} 'Hi there'"
+        "  (the cassette holds no key: any value of LOCAL_KEY does)"
+    )
+    assert key not in path.read_text(encoding="utf-8")
+    replay = ("chat", "-m", "local/", "--replay", str(path), "Hi there")
+    as_printed = {"LLMRELAY_CONFIG": str(config), "LOCAL_KEY": "replay"}
+    assert await _llmrelay(*replay, env=as_printed) == (0, answer, "")
+    code, _, err = await _llmrelay(*replay, env={"LLMRELAY_CONFIG": str(config)})
+    assert (code, err) == (1, "error: local: no API key: set the environment variable LOCAL_KEY\n")
+    assert replica[openai_replica.STATE].hits == 1
 
 
 @contextmanager

@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from ._cli_types import timeout_option, timeout_options
+
 __all__ = ["record"]
 
 
@@ -51,7 +53,7 @@ __all__ = ["record"]
     is_flag=True,
     help="Replace the cassette if it exists (only once a new recording has succeeded).",
 )
-@click.option("--timeout", type=float, help="Total seconds for the call.")
+@timeout_option("Total seconds for the call;")
 def record(
     prompt: tuple[str, ...],
     provider_name: str,
@@ -61,7 +63,7 @@ def record(
     proxy: str | None,
     base_url: str | None,
     overwrite: bool,
-    timeout: float | None,
+    timeout: float | str | None,
 ) -> None:
     """Call a provider for real with PROMPT and record the exchange into a new cassette.
 
@@ -93,11 +95,9 @@ def record(
     if system:
         messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": text})
-    options: dict[str, Any] = {"max_retries": 0}
+    options: dict[str, Any] = {"max_retries": 0, **timeout_options(timeout)}
     if base_url:
         options["base_url"] = base_url
-    if timeout is not None:
-        options["timeout"] = timeout
     # Bad messages, model, proxy or options are refused here, before anything is written.
     stream = provider.create_async_generator(model, messages, proxy=proxy, **options)
     rewrite = (base_url.rstrip("/"), provider.url.rstrip("/")) if base_url else None
@@ -138,6 +138,18 @@ def record(
         replay = ["llmrelay", "chat", "-m", f"{provider.name}/{model}", "--replay", str(path)]
         if system:
             replay += ["-s", system]
-        click.echo(f"replay it with: {shlex.join([*replay, text])}", err=True)
+        command = shlex.join([*replay, text])
+        key_env = getattr(provider, "api_key_env", None)  # an endpoint that wants a key
+        if isinstance(key_env, str) and key_env:
+            # The provider asks for its key before the cassette can answer; the cassette
+            # holds none, so any value does.
+            command = f"{key_env}=replay {command}"
+            click.echo(
+                f"replay it with: {command}  (the cassette holds no key: any value of "
+                f"{key_env} does)",
+                err=True,
+            )
+        else:
+            click.echo(f"replay it with: {command}", err=True)
     if failure is not None:
         raise failure

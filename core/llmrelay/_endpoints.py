@@ -11,6 +11,7 @@ for another ``base_url`` than the endpoint's current one is ignored.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -98,9 +99,13 @@ def cached_models(endpoint: EndpointConfig) -> tuple[str, ...]:
 
 
 def save_models(endpoint: EndpointConfig, models: list[str]) -> Path:
-    """Write ``models`` as ``endpoint``'s cached list (atomically); returns the file."""
+    """Write ``models`` as ``endpoint``'s cached list (atomically); returns the file.
+
+    Raises:
+        ConfigError: the cache directory cannot be written (it names the directory and
+            ``LLMRELAY_CACHE_DIR``, the variable that moves it).
+    """
     path = models_cache_path(endpoint.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {
         "endpoint": endpoint.name,
         "base_url": endpoint.base_url,
@@ -108,8 +113,17 @@ def save_models(endpoint: EndpointConfig, models: list[str]) -> Path:
         "models": models,
     }
     scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    scratch.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    scratch.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        scratch.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # a half-written scratch file, if any
+            scratch.unlink(missing_ok=True)
+        raise errors.ConfigError(
+            f"cannot write the model cache in {path.parent}: {exc.strerror or exc} "
+            "(set LLMRELAY_CACHE_DIR to a writable directory)"
+        ) from None
     return path
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from ._cli_types import timeout_option, timeout_options
 from .errors import ConfigError, LLMRelayError
 
 __all__ = ["main"]
@@ -111,14 +112,14 @@ def _show_warning(
     type=click.Path(dir_okay=False),
     help="Answer from a recorded cassette instead of the network.",
 )
-@click.option("--timeout", type=float, help="Total seconds for the call, retries included.")
+@timeout_option("Total seconds for the call, retries included;")
 def chat(
     words: tuple[str, ...],
     model: str,
     system: str | None,
     proxy: str | None,
     replay: str | None,
-    timeout: float | None,
+    timeout: float | str | None,
 ) -> None:
     """Send PROMPT and stream the answer to stdout.
 
@@ -138,9 +139,7 @@ def chat(
     if system:
         messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": prompt})
-    options: dict[str, Any] = {}
-    if timeout is not None:
-        options["timeout"] = timeout
+    options = timeout_options(timeout)
 
     async def run() -> None:
         from . import _transport
