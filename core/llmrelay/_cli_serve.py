@@ -65,7 +65,8 @@ __all__ = ["main", "serve"]
 @click.option(
     "--drop-unsupported",
     is_flag=True,
-    help="Ignore request options no provider supports instead of answering 400.",
+    help="Send each provider the request without the options it does not support, instead "
+    "of skipping it (or answering 400 when none supports them).",
 )
 @click.option("--no-access-log", is_flag=True, help="Do not log one line per request.")
 @click.option(
