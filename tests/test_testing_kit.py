@@ -735,7 +735,7 @@ def test_record_is_an_llmrelay_command() -> None:
 
 # -- the example plugin, installed as a user installs it, and the tutorial's commands -------------
 
-#: The tutorial's commands, in order, as docs/tutorial-plugin.md prints them ({port}: 8080 there).
+#: The tutorial's commands, in order, as docs/tutorial-plugin.md prints them ({port}: 8765 there).
 TUTORIAL_STEPS = [
     "mkdir llmrelay-echo && cd llmrelay-echo",
     "uv venv",
@@ -784,7 +784,7 @@ def _shown(expected: list[str], printed: str) -> bool:
 def test_the_tutorial_prints_the_commands_the_suite_runs() -> None:
     tutorial = TUTORIAL.read_text(encoding="utf-8")
     commands = [command for command, _ in _console(tutorial)]
-    assert commands == [step.format(port=8080) for step in TUTORIAL_STEPS]
+    assert commands == [step.format(port=8765) for step in TUTORIAL_STEPS]
     snippets = re.findall(r'--8<-- "([^"]+)"', tutorial)
     assert snippets
     for snippet in snippets:
@@ -864,7 +864,7 @@ def test_the_example_plugin_installs_and_passes_its_tests_as_the_tutorial_says(
     venv = project / ".venv"
     port = free_port()
     tutorial = _console(TUTORIAL.read_text(encoding="utf-8"))
-    assert [command for command, _ in tutorial] == [s.format(port=8080) for s in TUTORIAL_STEPS]
+    assert [command for command, _ in tutorial] == [s.format(port=8765) for s in TUTORIAL_STEPS]
     steps = iter(
         (step.format(port=port), shown)
         for step, (_, shown) in zip(TUTORIAL_STEPS, tutorial, strict=True)

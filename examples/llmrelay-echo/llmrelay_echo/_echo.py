@@ -9,7 +9,7 @@ class Echo(Provider):
 
     name = "echo"
     label = "Echo"
-    url = "http://127.0.0.1:8080"
+    url = "http://127.0.0.1:8765"
     api_endpoint = "/v1/reply"
     default_model = "echo-1"
     models = ("echo-1",)

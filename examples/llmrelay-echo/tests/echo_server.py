@@ -1,4 +1,4 @@
-"""A stand-in for the Echo service, on 127.0.0.1: ``python tests/echo_server.py --port 8080``."""
+"""A stand-in for the Echo service, on 127.0.0.1: ``python tests/echo_server.py --port 8765``."""
 
 import argparse
 
@@ -20,5 +20,5 @@ def make_app() -> web.Application:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=int, default=8765)
     web.run_app(make_app(), host="127.0.0.1", port=parser.parse_args().port)
