@@ -206,14 +206,12 @@ _ENDPOINT = "[[endpoints]]\nname = 'a'\nbase_url = 'http://h/v1'\n"
         "Content-Length",
         "content-length",
         "Transfer-Encoding",
-        "HOST",
-        "Connection",
         "Content-Encoding",
     ],
 )
 def test_framing_headers_are_refused(config_file: Path, header: str) -> None:
-    """aiohttp sets these from the request: one in the file would corrupt it (a truncated body,
-    another host) instead of adding to it."""
+    """aiohttp sets these from the body: one in the file would corrupt the request (a
+    truncated body) instead of adding to it."""
     config_file.write_text(
         _ENDPOINT + f"headers = {{ X-Team = 'core', {json.dumps(header)} = '3' }}"
     )
@@ -223,6 +221,15 @@ def test_framing_headers_are_refused(config_file: Path, header: str) -> None:
     assert type(info.value) is ConfigError
     assert message.startswith(f"invalid configuration in {config_file}: endpoints.0.headers: ")
     assert f"header(s) {header} are set by llmrelay from the request" in message
+
+
+def test_a_host_header_is_allowed(config_file: Path) -> None:
+    """A virtual host behind an address or a tunnel: aiohttp sends the Host given."""
+    config_file.write_text(
+        _ENDPOINT + "headers = { Host = 'api.internal.example', Connection = 'close' }"
+    )
+    (endpoint,) = load_config().endpoints
+    assert endpoint.headers == {"Host": "api.internal.example", "Connection": "close"}
 
 
 @pytest.mark.parametrize(

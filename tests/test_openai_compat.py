@@ -574,3 +574,18 @@ async def test_credentials_in_the_base_url_beside_a_key_are_the_callers_to_fix(
         "Authorization header (its API key): remove the credentials from the URL"
     )
     assert app[STATE].hits == 0
+
+
+async def test_a_host_header_from_the_configuration_is_sent(serve: Serve) -> None:
+    """A virtual host behind an address: the endpoint's Host reaches the server."""
+    app = make_app()
+    base = await serve(app)
+    endpoint = EndpointConfig(
+        name="internal",
+        base_url=f"{base}/v1",
+        models=("llama3",),
+        headers={"Host": "api.internal.example"},
+    )
+    answer = await provider_for(endpoint).create_async_generator("llama3", HI).text()
+    assert answer
+    assert app[STATE].last_headers["Host"] == "api.internal.example"

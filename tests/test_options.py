@@ -48,22 +48,21 @@ def recorder(use_plugins: Callable[..., Registry]) -> None:
 
 
 BAD = [
-    ({"temperature": "hot"}, "option 'temperature': input should be a valid number, got 'hot'"),
-    ({"temperature": 2.5}, "option 'temperature': input should be less than or equal to 2"),
-    ({"temperature": True}, "option 'temperature': input should be a valid number, got True"),
-    ({"top_p": -0.1}, "option 'top_p': input should be greater than or equal to 0"),
-    ({"max_tokens": -1}, "option 'max_tokens': input should be greater than or equal to 1"),
-    ({"max_tokens": 1.5}, "option 'max_tokens': input should be a valid integer, got 1.5"),
-    ({"max_completion_tokens": 0}, "option 'max_completion_tokens': input should be greater"),
-    ({"stop": 5}, "option 'stop': a string or a list of at most 4 strings is expected, got 5"),
-    ({"stop": ["a", 2]}, "option 'stop': a string or a list of at most 4 strings"),
-    ({"stop": list("abcde")}, "option 'stop': a string or a list of at most 4 strings"),
-    ({"seed": 1.5}, "option 'seed': input should be a valid integer, got 1.5"),
-    ({"presence_penalty": 3}, "option 'presence_penalty': input should be less than or equal"),
-    ({"frequency_penalty": math.nan}, "option 'frequency_penalty': input should be a finite"),
-    ({"logit_bias": {"50256": "x"}}, "option 'logit_bias': ['50256'] input should be a valid"),
-    ({"response_format": "json"}, "option 'response_format': input should be a valid dict"),
-    ({"user": 7}, "option 'user': input should be a valid string, got 7"),
+    ({"temperature": "hot"}, "option 'temperature' must be a finite number, got 'hot'"),
+    ({"temperature": True}, "option 'temperature' must be a finite number, got True"),
+    ({"top_p": math.nan}, "option 'top_p' must be a finite number, got nan"),
+    ({"max_tokens": 1.5}, "option 'max_tokens' must be an integer, got 1.5"),
+    ({"max_tokens": "256"}, "option 'max_tokens' must be an integer, got '256'"),
+    ({"max_completion_tokens": True}, "option 'max_completion_tokens' must be an integer"),
+    ({"stop": 5}, "option 'stop' must be a string or a list of strings, got 5"),
+    ({"stop": ["a", 2]}, "option 'stop' must be a string or a list of strings, got ['a', 2]"),
+    ({"seed": 1.5}, "option 'seed' must be an integer, got 1.5"),
+    ({"presence_penalty": "0"}, "option 'presence_penalty' must be a finite number, got '0'"),
+    ({"frequency_penalty": math.inf}, "option 'frequency_penalty' must be a finite number"),
+    ({"logit_bias": {"50256": "x"}}, "option 'logit_bias' must be an object of token ids to"),
+    ({"logit_bias": "50256"}, "option 'logit_bias' must be an object of token ids to numbers"),
+    ({"response_format": "json"}, "option 'response_format' must be an object, got 'json'"),
+    ({"user": 7}, "option 'user' must be a string, got 7"),
 ]
 
 
@@ -83,18 +82,32 @@ async def test_bad_option_values_are_refused_by_every_way_in(
     assert str(info.value).startswith(message)
 
 
-async def test_good_values_go_through_unchanged(recorder: None) -> None:
-    options: dict[str, Any] = {
-        "temperature": 0,
-        "top_p": 1,
-        "max_tokens": 1,
-        "stop": ("a", "b", "c", "d"),  # a tuple: the client's hint says Sequence[str]
-        "seed": -5,
-        "presence_penalty": -2.0,
-        "logit_bias": {"50256": -100},
-        "response_format": {"type": "json_object"},
-        "user": "u-1",
-    }
+@pytest.mark.parametrize(
+    "options",
+    [
+        {
+            "temperature": 0,
+            "top_p": 1,
+            "max_tokens": 1,
+            "stop": ("a", "b", "c", "d"),  # a tuple: the client's hint says Sequence[str]
+            "seed": -5,
+            "presence_penalty": -2.0,
+            "logit_bias": {"50256": -100},
+            "response_format": {"type": "json_object"},
+            "user": "u-1",
+        },
+        # Beyond OpenAI's ranges, as vLLM, llama.cpp and Ollama take them: the upstream judges.
+        {
+            "temperature": 2.5,
+            "max_tokens": 0,
+            "stop": ["a", "b", "c", "d", "e"],
+            "presence_penalty": 3,
+            "logit_bias": {50256: 1.5},  # an int key, as Python code writes it; a float bias
+        },
+        {"logit_bias": [[15043, 1.0]]},  # llama.cpp's list form
+    ],
+)
+async def test_good_values_go_through_unchanged(options: dict[str, Any], recorder: None) -> None:
     async with llmrelay.AsyncClient() as client:
         answer = await client.chat.completions.create(model="rec-1", messages=HI, **options)
     assert answer.choices[0].message.content == repr(sorted(options.items()))
@@ -111,19 +124,25 @@ def test_a_bad_value_of_an_option_a_provider_does_not_support_is_still_refused(
         supported_options = frozenset()
 
     use_plugins(("plain", Plugin(Plain)), ("recorder", Plugin(Recorder)))
-    with pytest.raises(errors.InvalidRequest, match="option 'temperature': input should be"):
+    with pytest.raises(errors.InvalidRequest, match="option 'temperature' must be a finite"):
         llmrelay.relay("rec-1", HI, temperature="hot")
 
 
 @pytest.mark.parametrize("value", ["false", "true", 0, 1, None, "x"])
 async def test_flags_must_be_booleans(value: object, recorder: None) -> None:
-    """``bool("false")`` is True: a flag given as anything but a bool is refused."""
+    """``bool("false")`` is True: a flag given as anything but a bool is refused (the
+    client's ``stream`` also takes None, as OpenAI's SDK does)."""
     stream = f"stream must be True or False, got {value!r}"
-    async with llmrelay.AsyncClient() as client:
-        with pytest.raises(errors.InvalidRequest, match=f"^{stream}$"):
-            await client.chat.completions.create(model="rec-1", messages=HI, stream=value)
-    with llmrelay.Client() as sync, pytest.raises(errors.InvalidRequest, match=f"^{stream}$"):
-        sync.chat.completions.create(model="rec-1", messages=HI, stream=value)  # type: ignore[call-overload]
+    if value is not None:
+        client_stream = f"stream must be True, False or None, got {value!r}"
+        async with llmrelay.AsyncClient() as client:
+            with pytest.raises(errors.InvalidRequest, match=f"^{client_stream}$"):
+                await client.chat.completions.create(model="rec-1", messages=HI, stream=value)
+        with (
+            llmrelay.Client() as sync,
+            pytest.raises(errors.InvalidRequest, match=f"^{client_stream}$"),
+        ):
+            sync.chat.completions.create(model="rec-1", messages=HI, stream=value)  # type: ignore[call-overload]
     with pytest.raises(errors.InvalidRequest, match=f"^{stream}$"):
         llmrelay.relay("rec-1", HI, stream=value)
     drop = f"drop_unsupported must be True or False, got {value!r}"
@@ -131,6 +150,16 @@ async def test_flags_must_be_booleans(value: object, recorder: None) -> None:
         Recorder.create_async_generator("rec-1", HI, drop_unsupported=value)
     with pytest.raises(errors.InvalidRequest, match=f"^{drop}$"):
         llmrelay.relay("rec-1", HI, drop_unsupported=value)
+
+
+async def test_the_clients_stream_takes_none_for_false(recorder: None) -> None:
+    """OpenAI's SDK takes ``stream=None`` (wrappers pass ``kwargs.get("stream")``)."""
+    async with llmrelay.AsyncClient() as client:
+        answer = await client.chat.completions.create(model="rec-1", messages=HI, stream=None)
+    assert isinstance(answer, llmrelay.ChatCompletion)
+    with llmrelay.Client() as sync:
+        whole = sync.chat.completions.create(model="rec-1", messages=HI, stream=None)  # type: ignore[call-overload]
+    assert isinstance(whole, llmrelay.ChatCompletion)
 
 
 @pytest.mark.parametrize("model", [5, 1.5, ["rec-1"], b"rec-1"])
@@ -172,9 +201,10 @@ _VALUES = st.one_of(
 @example(name="stop", value=["a", "b", "c", "d"])
 @example(name="stop", value=["a", "b", "c", "d", "e"])
 @example(name="logit_bias", value={"1": True})
-def test_the_library_accepts_exactly_what_the_server_accepts(name: str, value: Any) -> None:
+def test_the_library_accepts_whatever_the_server_accepts(name: str, value: Any) -> None:
     """One option at a time, through ``check_options`` and through the server's request
-    model (which speaks JSON: a tuple arrives as a list)."""
+    model (which speaks JSON: a tuple arrives as a list). The server adds OpenAI's ranges to
+    the library's types, so it may refuse what the library takes, never the reverse."""
     try:
         check_options({name: value})
         library = True
@@ -186,7 +216,7 @@ def test_the_library_accepts_exactly_what_the_server_accepts(name: str, value: A
         server = True
     except ValidationError:
         server = False
-    assert library == server, (name, value)
+    assert library or not server, (name, value)
 
 
 @pytest.mark.parametrize(

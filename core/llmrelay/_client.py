@@ -67,11 +67,15 @@ _STREAM_OPTIONS = frozenset({"include_usage"})
 _HONOURED = frozenset({"stream_options"})
 
 
-def _check_stream_flag(stream: object) -> None:
-    """``stream`` must be a bool: ``bool("false")`` is True, and a stream nobody asked for is
-    an iterator where an answer was expected."""
+def _stream_flag(stream: object) -> bool:
+    """``stream`` as a bool: True, False, or None (OpenAI's SDK takes None for False).
+    Anything else is refused: ``bool("false")`` is True, and a stream nobody asked for is an
+    iterator where an answer was expected."""
+    if stream is None:
+        return False
     if stream.__class__ is not bool:
-        raise InvalidRequest(f"stream must be True or False, got {stream!r}")
+        raise InvalidRequest(f"stream must be True, False or None, got {stream!r}")
+    return stream is True
 
 
 def _include_usage(stream_options: object, stream: bool, given_here: bool) -> bool:
@@ -450,7 +454,7 @@ class AsyncCompletions:
         if not isinstance(model, str):
             raise InvalidRequest(f"model must be a string, got {type(model).__name__}")
         if stream.__class__ is not bool:
-            _check_stream_flag(stream)
+            stream = _stream_flag(stream)
         # ``options`` is this call's own dict (from **options): no copy without defaults.
         merged = {**client.defaults, **options} if client.defaults else options
         if merged:  # (no loop at all for a call without options)
@@ -776,7 +780,7 @@ class Completions:
         """As :meth:`AsyncCompletions.create`, blocking; a stream is a plain iterator."""
         client = self._client
         completions = client._async.chat.completions
-        _check_stream_flag(stream)
+        stream = _stream_flag(stream)
         if stream:
             chunks = client._runner.run(
                 completions.create(model=model, messages=messages, stream=True, **options)

@@ -51,13 +51,12 @@ __all__ = [
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
-#: Headers aiohttp sets from the request itself (the body's length and chunking, the URL's
-#: host, the pooled connection; the body is sent uncompressed). One written in the file would
-#: not add to the request but corrupt it: a ``Content-Length`` truncates the body the server
-#: reads, a ``Host`` silently sends it to another virtual host. Lower case.
-FRAMING_HEADERS = frozenset(
-    {"content-length", "transfer-encoding", "host", "connection", "content-encoding"}
-)
+#: Headers aiohttp sets from the body itself (its length and chunking; it is sent
+#: uncompressed). One written in the file would not add to the request but corrupt it: a
+#: ``Content-Length`` truncates the body the server reads. Lower case. (``Host`` and
+#: ``Connection`` are not among them: a ``Host`` reaches a virtual host behind an address or
+#: a tunnel, and aiohttp honours both.)
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "content-encoding"})
 
 #: An RFC 9110 field name: a token (letters, digits and ``!#$%&'*+-.^_`|~``), ASCII only.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")

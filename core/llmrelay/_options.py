@@ -1,11 +1,15 @@
-"""OpenAI's request options, with OpenAI's types and ranges: one definition for the client
-(``chat.completions.create``, :func:`llmrelay.relay`) and the HTTP server.
+"""The types of OpenAI's request options, checked before any I/O by the client
+(``chat.completions.create``), :func:`llmrelay.relay` and a provider called directly.
 
 Why check them here and not leave it to the upstream: a ``temperature="hot"`` would otherwise
-be sent to every provider in turn, each refusing it with its own words (or worse, one
-accepting it), and the caller would learn of it only after the network round trips. The
-server refuses the same values with a 400 naming the field; the library refuses them with an
-``InvalidRequest`` naming the option, before any I/O.
+be sent to every provider in turn, each refusing it in its own words (or one taking it), and
+the caller would learn of it only after the network round trips.
+
+Types only, not OpenAI's ranges: the same options go to vLLM, llama.cpp or Ollama through the
+OpenAI-compatible provider, and those accept more (a ``temperature`` above 2, more than four
+``stop`` strings, float ``logit_bias`` values, llama.cpp's list form of it). The upstream
+judges the values. ``llmrelay serve``, which presents OpenAI's API to its clients, adds
+OpenAI's ranges on top of these types (``llmrelay.server._request``).
 
 Only the options OpenAI defines are checked; anything else a provider declares passes as it
 is, for that provider to judge.
@@ -21,99 +25,69 @@ from pydantic import Field, Strict, StrictInt, StrictStr, TypeAdapter, Validatio
 
 from . import errors
 
-__all__ = [
-    "MAX_STOP_SEQUENCES",
-    "OPTION_TYPES",
-    "LogitBias",
-    "Number",
-    "Penalty",
-    "Stop",
-    "Temperature",
-    "TokenCount",
-    "TopP",
-    "check_options",
-]
+__all__ = ["OPTION_TYPES", "Number", "check_options"]
 
-#: A JSON number that is a real number: not a bool, not NaN or infinity.
+#: A JSON number that is a real number: an int or a float, not a bool, not NaN or infinity.
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 
-#: OpenAI allows at most this many stop sequences.
-MAX_STOP_SEQUENCES = 4
-
-Temperature = Annotated[Number, Field(ge=0, le=2)]
-TopP = Annotated[Number, Field(ge=0, le=1)]
-TokenCount = Annotated[StrictInt, Field(ge=1)]
-#: Their number (at most ``MAX_STOP_SEQUENCES``) is checked apart, to say so in plain words.
-Stop = StrictStr | list[StrictStr]
-Penalty = Annotated[Number, Field(ge=-2, le=2)]
-LogitBias = dict[str, StrictInt]
-
-#: Each option OpenAI defines with the type and range its API accepts (None: leave it out).
-#: The server's request model (``llmrelay.server._request.ChatRequest``) declares its fields
-#: with these same types.
+#: What each option OpenAI defines must be (None: leave it out).
 OPTION_TYPES: Mapping[str, Any] = {
-    "temperature": Temperature,
-    "top_p": TopP,
-    "max_tokens": TokenCount,
-    "max_completion_tokens": TokenCount,
-    "stop": Stop,
+    "temperature": Number,
+    "top_p": Number,
+    "max_tokens": StrictInt,
+    "max_completion_tokens": StrictInt,
+    "stop": StrictStr | list[StrictStr] | tuple[StrictStr, ...],
     "seed": StrictInt,
-    "presence_penalty": Penalty,
-    "frequency_penalty": Penalty,
-    "logit_bias": LogitBias,
+    "presence_penalty": Number,
+    "frequency_penalty": Number,
+    # Token ids (as JSON keys: strings; Python code often writes ints) to biases, or
+    # llama.cpp's list of [token, bias] pairs.
+    "logit_bias": dict[StrictStr | StrictInt, Number] | list[Any],
     "response_format": dict[str, Any],
     "user": StrictStr,
+}
+
+#: How each type is said in an error message.
+_EXPECTED = {
+    "temperature": "a finite number",
+    "top_p": "a finite number",
+    "max_tokens": "an integer",
+    "max_completion_tokens": "an integer",
+    "stop": "a string or a list of strings",
+    "seed": "an integer",
+    "presence_penalty": "a finite number",
+    "frequency_penalty": "a finite number",
+    "logit_bias": "an object of token ids to numbers",
+    "response_format": "an object",
+    "user": "a string",
 }
 
 _NAMES = frozenset(OPTION_TYPES)
 
 
 def check_options(options: Mapping[str, Any]) -> None:
-    """Refuse a value of an OpenAI option that OpenAI's API would refuse.
+    """Refuse a value of an OpenAI option that is not of the type OpenAI's API gives it.
 
     Raises:
         InvalidRequest: naming the option, what it must be, and the value given.
     """
-    for name in _NAMES.intersection(options):  # nearly always empty: one C call
+    if _NAMES.isdisjoint(options):  # nearly every call: no allocation, no loop
+        return
+    for name in _NAMES.intersection(options):
         value = options[name]
         if value is None:
             continue
-        if name == "stop":  # a union: pydantic's message would speak of one branch only
-            _check_stop(value)
-            continue
         try:
             _adapter(name).validate_python(value)
-        except ValidationError as exc:
+        except ValidationError:
             raise errors.InvalidRequest(
-                f"option {name!r}: {_reason(exc)}, got {_shown(value)}"
+                f"option {name!r} must be {_EXPECTED[name]}, got {_shown(value)}"
             ) from None
-
-
-def _check_stop(value: object) -> None:
-    if isinstance(value, str) or (
-        isinstance(value, list | tuple)  # a tuple is sent as the same JSON array
-        and len(value) <= MAX_STOP_SEQUENCES
-        and all(isinstance(item, str) for item in value)
-    ):
-        return
-    raise errors.InvalidRequest(
-        f"option 'stop': a string or a list of at most {MAX_STOP_SEQUENCES} strings is "
-        f"expected, got {_shown(value)}"
-    )
 
 
 @functools.cache
 def _adapter(name: str) -> TypeAdapter[Any]:
     return TypeAdapter(OPTION_TYPES[name])
-
-
-def _reason(exc: ValidationError) -> str:
-    """pydantic's words for the first problem, and where it lies inside a dict."""
-    first = exc.errors(include_url=False)[0]
-    where = "".join(f"[{part!r}]" for part in first["loc"])  # inside a dict: its key
-    message = str(first["msg"])
-    message = message[0].lower() + message[1:]
-    return f"{where} {message}" if where else message
 
 
 def _shown(value: object) -> str:

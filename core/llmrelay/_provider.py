@@ -114,6 +114,7 @@ class Provider:
             raise errors.InvalidRequest(f"model must be a string, got {type(model).__name__}")
         checked = validate_messages(messages)
         resolved = cls.get_model(model)
+        check_options(kwargs)  # (the relay checks them once for all its candidates)
         call = cls.make_call(proxy=proxy, **kwargs)
         return cls.start(resolved, checked, call)
 
@@ -201,7 +202,6 @@ class Provider:
         for key in unsupported:
             options.pop(key)
         if options:
-            check_options(options)
             _check_encodable(cls.name, options)
         return options
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -38,15 +38,7 @@ from pydantic import (
     model_validator,
 )
 
-from .._options import (
-    MAX_STOP_SEQUENCES,
-    LogitBias,
-    Penalty,
-    Stop,
-    Temperature,
-    TokenCount,
-    TopP,
-)
+from .._options import Number
 from .._types import Message
 from ._errors import APIError, invalid_request
 
@@ -113,6 +105,16 @@ NOT_FORWARDED = frozenset(
 )
 
 
+#: OpenAI's ranges, which this server presents to its clients as OpenAI's API does. The
+#: library checks only the types (``llmrelay._options``): its providers include servers that
+#: accept more, but a client of this server expects OpenAI's answers to OpenAI's requests.
+Temperature = Annotated[Number, Field(ge=0, le=2)]
+TopP = Annotated[Number, Field(ge=0, le=1)]
+TokenCount = Annotated[StrictInt, Field(ge=1)]
+Penalty = Annotated[Number, Field(ge=-2, le=2)]
+#: OpenAI allows at most this many stop sequences.
+MAX_STOP_SEQUENCES = 4
+
 #: Longer model names are refused: real ones (``ft:gpt-4o-mini-2024-07-18:org::id``, a
 #: Hugging Face ``org/repo:tag``) are far shorter, and an unknown name is compared with every
 #: known one to suggest close names, which for a name of megabytes blocks the worker's event
@@ -136,16 +138,15 @@ class ChatRequest(BaseModel):
     stream: StrictBool | None = None
     stream_options: StreamOptions | None = None
     n: StrictInt | None = None
-    # OpenAI's options, with the types the library checks them with (llmrelay._options).
     temperature: Temperature | None = None
     top_p: TopP | None = None
     max_tokens: TokenCount | None = None
     max_completion_tokens: TokenCount | None = None
-    stop: Stop | None = None
+    stop: StrictStr | list[StrictStr] | None = None
     seed: StrictInt | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    logit_bias: LogitBias | None = None
+    logit_bias: dict[str, StrictInt] | None = None
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: StrictStr | dict[str, Any] | None = None
