@@ -243,6 +243,28 @@ def test_endpoints_that_no_plugin_serves_are_named(
     llmrelay.reset_registry()
 
 
+def test_providers_says_which_variable_holds_a_key_and_whether_it_is_set(
+    configured: Callable[..., tuple[Path, Callable[..., Result]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    llmrelay.reset_registry()
+    _, invoke = configured(
+        '[[endpoints]]\nname = "local"\nbase_url = "http://127.0.0.1:9/v1"\n'
+        'models = ["llama3"]\napi_key_env = "LOCAL_KEY"\n'
+    )
+    assert "  key: $LOCAL_KEY (not set)\n" in invoke("providers").stdout
+    monkeypatch.setenv("LOCAL_KEY", "sk-local-0123456789")
+    shown = invoke("providers")
+    assert "  key: $LOCAL_KEY (set)\n" in shown.stdout
+    assert "sk-local-0123456789" not in shown.output
+    rows = json.loads(invoke("providers", "--json").stdout)["providers"]
+    assert {row["name"]: row["api_key_env"] for row in rows} == {
+        "local": "LOCAL_KEY",
+        "pizzagpt": None,
+    }
+    llmrelay.reset_registry()
+
+
 def test_served_endpoints_raise_no_warning(
     configured: Callable[..., tuple[Path, Callable[..., Result]]],
 ) -> None:

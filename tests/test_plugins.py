@@ -439,6 +439,8 @@ def _provider(name: str, **attrs: Any) -> type[Provider]:
         (_provider("a/b"), "must not contain '/'"),
         (_provider("x", url=None), "url must be a non-empty string"),
         (_provider("x", working="yes"), "working must be a bool"),
+        (_provider("x", api_key_env=""), "api_key_env must be None or the name of an env"),
+        (_provider("x", api_key_env=["KEY"]), "api_key_env must be None or the name of an env"),
         (_provider("x", models="m1"), "models must be a sequence of strings"),
         (_provider("x", model_aliases={"fast": "m9"}), "point at models it does not list: 'm9'"),
         (_provider("x", model_aliases={"fast": 1}), "model_aliases must map str to str"),

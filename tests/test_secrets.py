@@ -174,3 +174,53 @@ def test_remembered_secrets_are_generated_looking_values_only() -> None:
     assert redact(text) == text
     remember_secret("plainsecretvalue42")
     assert redact("key plainsecretvalue42.") == "key ***."
+
+
+DRIP_KEY = "drk-LeakMe-98765abc"  # no vendor shape: only remembering it can hide it
+
+
+class Drip(Provider):
+    """Sends its key in a header of its own, as a plugin would, without declaring it."""
+
+    name = "drip"
+    url = "http://127.0.0.1:9"
+    default_model = "m"
+    models = ("m",)
+    supports_stream = True
+
+    @classmethod
+    async def generate(
+        cls, model: str, messages: list[Message], call: Call
+    ) -> AsyncGenerator[Chunk, None]:
+        headers = {"X-Drip-Key": DRIP_KEY}
+        if call.stream:
+            async with call.open_stream("POST", call.url("/v1/drip"), headers=headers) as resp:
+                yield (await resp.read()).decode()
+        else:
+            yield str((await call.post_json(call.url("/v1/drip"), {}, headers=headers))["text"])
+        yield FinishReason("stop")
+
+
+async def _refuse_quoting_the_key(request: web.Request) -> web.Response:
+    key = request.headers["X-Drip-Key"]
+    return web.json_response({"error": {"message": f"unknown key {key}"}}, status=401)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_key_a_server_quotes_back_in_an_error_is_scrubbed(
+    serve: Serve, caplog: pytest.LogCaptureFixture, stream: bool
+) -> None:
+    """Whatever header a provider sends its key in: an error quoting it back shows ***."""
+    caplog.set_level(logging.DEBUG, logger="llmrelay")
+    app = web.Application()
+    app.router.add_post("/v1/drip", _refuse_quoting_the_key)
+    base = await serve(app)
+    stream_of = Drip.create_async_generator(
+        "m", [{"role": "user", "content": "hi"}], base_url=base, stream=stream
+    )
+    with pytest.raises(errors.AuthenticationFailed) as info:
+        await stream_of.text()
+    exc = info.value
+    assert "unknown key ***" in str(exc)
+    for text in (str(exc), repr(exc), exc.body or "", caplog.text):
+        assert DRIP_KEY not in text

@@ -139,7 +139,7 @@ def record(
         if system:
             replay += ["-s", system]
         command = shlex.join([*replay, text])
-        key_env = getattr(provider, "api_key_env", None)  # an endpoint that wants a key
+        key_env = provider.api_key_env
         if isinstance(key_env, str) and key_env:
             # The provider asks for its key before the cassette can answer; the cassette
             # holds none, so any value does.

@@ -61,6 +61,10 @@ class Provider:
     supports_system_message: ClassVar[bool] = True
     supports_message_history: ClassVar[bool] = True
     needs_auth: ClassVar[bool] = False
+    #: The environment variable the provider reads its key from, if it reads one: shown by
+    #: ``llmrelay providers``, and set in the replay command ``llmrelay record`` prints (the
+    #: provider asks for its key before a cassette can answer).
+    api_key_env: ClassVar[str | None] = None
     #: Request options (``temperature``, ...) this provider understands; others are refused.
     supported_options: ClassVar[frozenset[str]] = frozenset()
     #: Whether the class (or a parent below Provider) implements :meth:`complete`, and

@@ -241,6 +241,12 @@ def check_provider(provider: object) -> None:
     for attr in _REQUIRED_BOOL:
         if not isinstance(getattr(provider, attr, None), bool):
             raise TypeError(f"provider {provider.__name__}.{attr} must be a bool")
+    key_env = getattr(provider, "api_key_env", None)
+    if key_env is not None and (not isinstance(key_env, str) or not key_env):
+        raise TypeError(
+            f"provider {provider.__name__}.api_key_env must be None or the name of an "
+            "environment variable"
+        )
     if not isinstance(provider.models, tuple | list) or not all(
         isinstance(m, str) for m in provider.models
     ):

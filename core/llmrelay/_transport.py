@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from . import errors
 from ._json import loads
 from ._proxy import ProxyURL
-from ._redact import redact
+from ._redact import looks_secret, redact, remember_secret
 
 if TYPE_CHECKING:
     import aiohttp
@@ -202,6 +202,7 @@ class Transport:
             ) as response:
                 if response.status >= 400:
                     body = await response.text(errors="replace")
+                    _remember_sent_secrets(headers)
                     raise error_for_status(provider, response.status, response.headers, body, proxy)
                 yield response
 
@@ -243,6 +244,7 @@ class Transport:
             try:
                 if response.status >= 400:
                     text = await response.text(errors="replace")
+                    _remember_sent_secrets(headers)
                     raise error_for_status(provider, response.status, response.headers, text, proxy)
                 body = await response.read()
             finally:
@@ -513,6 +515,19 @@ def network_error(
         detail = redact(str(exc)) or type(exc).__name__
         return errors.ConnectError(f"connection failed: {detail}", provider=provider)
     return None
+
+
+def _remember_sent_secrets(headers: Mapping[str, str] | None) -> None:
+    """Scrub, from the error about to be made and from everything after, the credentials this
+    request sent in headers (``X-Drip-Key``, ``Authorization: Bearer ...``): a server that
+    refuses a key often quotes it back. Done when an answer is an error, never on the way
+    out: a provider need not declare its key for it to stay out of messages and logs."""
+    if not headers:
+        return
+    for name, value in headers.items():
+        if looks_secret(name):
+            remember_secret(value)
+            remember_secret(value.partition(" ")[2])  # "Bearer <token>": the token
 
 
 def _is_http_proxy(proxy: ProxyURL | None, host: str, port: int | None) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -191,6 +192,7 @@ def providers(as_json: bool) -> None:
             "disabled": disabled(info.provider.name),
             "supports_stream": info.provider.supports_stream,
             "needs_auth": info.provider.needs_auth,
+            "api_key_env": info.provider.api_key_env,
             "url": redact(info.provider.url),  # an endpoint's base_url may carry a key
             "plugin": info.plugin,
             "distribution": info.distribution,
@@ -214,6 +216,9 @@ def providers(as_json: bool) -> None:
             f"{row['name']}  ({state}; from {row['distribution'] or row['plugin']})\n"
             f"  url: {row['url']}\n  models: {', '.join(row['models']) or '-'}"
         )
+        if row["api_key_env"]:  # whether it is set, never its value
+            is_set = "set" if os.environ.get(row["api_key_env"]) else "not set"
+            click.echo(f"  key: ${row['api_key_env']} ({is_set})")
     for failure in registry.failures:
         if config_broken and isinstance(failure.exception, ConfigError):
             # Not the plugin's fault: it read the configuration the warning names.
