@@ -418,6 +418,65 @@ async def test_closing_the_client_ends_a_read_waiting_in_another_task(
     assert got == ["Echo: "]
 
 
+async def test_a_second_reader_is_refused_and_the_first_reads_on(
+    serve: Serve,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    use_plugins: Callable[..., Registry],
+) -> None:
+    """Python's "asynchronous generator is already running", raised in the provider's
+    generator, read as the provider failing: the relay fell back to the next provider and
+    spliced its answer into the first reader's."""
+    replicas = await _two(serve, tmp_path, monkeypatch, use_plugins, bad_mode="ok")
+    replicas.bad.delay = 0.05  # the first provider answers, slowly
+    async with AsyncClient(timeout=None) as client:
+        stream = await client.chat.completions.create(model="llama3", messages=HI, stream=True)
+        first = await stream.__anext__()
+        reader = asyncio.create_task(_texts(stream))
+        await asyncio.sleep(0.01)  # the reader now waits for the next chunk
+        with pytest.raises(RuntimeError, match=r"^this stream is already being read"):
+            await stream.__anext__()
+        rest = await asyncio.wait_for(reader, timeout=5)
+    assert "".join([first.choices[0].delta.content or "", *rest]) == "Echo: Hi there"
+    assert {first.provider, stream.provider} == {"bad"}
+    assert (replicas.bad.hits, replicas.good.hits) == (1, 0)
+    assert health.failures("bad") == 0
+
+
+async def _texts(stream: llmrelay._client.AsyncCompletionStream) -> list[str]:
+    return [c.choices[0].delta.content async for c in stream if c.choices[0].delta.content]
+
+
+async def test_closing_one_of_two_clients_ends_its_stream_read_in_another_task(
+    local: ReplicaState,
+) -> None:
+    """With another client open on the loop the shared sessions stay open, so the close must
+    end the read itself: it waited for the upstream (or the read timeout) after the close."""
+    async with AsyncClient() as other:
+        await other.chat.completions.create(model="llama3", messages=HI)  # a user of the loop
+        local.delay = 0.5  # the next chunk is not there yet when the client closes
+        client = AsyncClient(timeout=None)
+        stream = await client.chat.completions.create(model="llama3", messages=HI, stream=True)
+        got: list[str | None] = []
+        first = asyncio.Event()
+
+        async def read() -> None:
+            async for chunk in stream:
+                got.append(chunk.choices[0].delta.content)
+                first.set()
+
+        reader = asyncio.create_task(read())
+        await first.wait()  # the reader then waits for the second chunk
+        started = asyncio.get_running_loop().time()
+        await client.aclose()
+        await asyncio.wait_for(reader, timeout=1)
+        assert asyncio.get_running_loop().time() - started < 0.4
+        assert got == ["Echo: "]
+        connector = (await get_transport().session()).connector
+        assert connector is not None
+        assert len(connector._acquired) == 0  # the connection is not held
+
+
 async def test_a_close_that_failed_midway_is_finished_by_the_next(local: ReplicaState) -> None:
     """``aclose()`` marked the client closed before its work, so after one that failed (or was
     cancelled) midway, the next returned at once: streams and sessions stayed open."""

@@ -7,6 +7,7 @@ a chunk has reached the caller no other provider is tried (``StreamInterrupted``
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
@@ -330,6 +331,29 @@ async def test_one_deadline_bounds_the_whole_relay(
     assert isinstance(info.value.__cause__, errors.AllProvidersFailed)
     assert 0.4 <= took < 0.85  # one deadline, not one per provider
     assert state.hits["/slow"] == 1
+
+
+async def test_a_relay_its_deadline_stopped_short_is_a_timeout(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    """Each provider stops retrying when its next wait would pass the deadline, just before
+    it: the relay ended by the deadline all the same, and raised AllProvidersFailed (no
+    TimeoutError) because the clock had not yet reached it."""
+    base, state = server
+    path = "/status/503?retry_after=0.3"
+    install(use_plugins, fake("first", base, path), fake("second", base, path))
+    started = time.monotonic()
+    with pytest.raises(TimeoutError) as info:
+        await llmrelay.relay("shared", MESSAGES, timeout=1.0, max_retries=5).text()
+    took = time.monotonic() - started
+    assert isinstance(info.value, errors.ProviderTimeout)
+    assert isinstance(info.value.__cause__, errors.AllProvidersFailed)
+    assert str(info.value) == "second: deadline of 1s exceeded after trying first, second"
+    # Per provider, the deadline left: three significant digits, not 0.0913801s.
+    second = info.value.__cause__.errors[1]
+    assert re.search(r"deadline of 0\.0*[1-9]\d{0,2}s leaves no time to retry", str(second))
+    assert 0.6 <= took < 1.05
+    assert state.hits["/status/503"] >= 3
 
 
 async def test_a_relay_deadline_is_quoted_as_given(

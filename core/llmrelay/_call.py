@@ -97,6 +97,10 @@ class Call:
     #: Set once a stream is open with the deadline as aiohttp's total timeout: its reads need
     #: no timer of their own.
     _transport_bounds_reads: bool = field(default=False, init=False, repr=False)
+    #: The responses of this call's streams open now (see ``end_reads``).
+    _open_responses: list[aiohttp.ClientResponse] | None = field(
+        default=None, init=False, repr=False
+    )
 
     def __repr__(self) -> str:
         # Not the dataclass's: the base URL may carry a key (``?key=...``, ``user:pass@``).
@@ -141,10 +145,10 @@ class Call:
 
     def _deadline_error(self, last: errors.ProviderError | None = None) -> errors.ProviderTimeout:
         if last is None:
-            what = f"deadline of {self.timeout:g}s exceeded after {self.attempts} attempt(s)"
+            what = f"deadline of {self.timeout:.3g}s exceeded after {self.attempts} attempt(s)"
         else:
             what = (
-                f"deadline of {self.timeout:g}s leaves no time to retry after "
+                f"deadline of {self.timeout:.3g}s leaves no time to retry after "
                 f"{self.attempts} attempt(s); last error: {last.reason}"
             )
         return errors.ProviderTimeout(
@@ -434,7 +438,22 @@ class Call:
             # aiohttp now enforces the deadline on every read of this response (its total
             # timeout covers the body): one timer per call instead of one per read.
             self._transport_bounds_reads = True
-            yield response
+            if self._open_responses is None:
+                self._open_responses = []
+            self._open_responses.append(response)
+            try:
+                yield response
+            finally:
+                self._open_responses.remove(response)
+
+    def end_reads(self) -> None:
+        """End every read of this call's open streams by aborting their connections: a task
+        reading one (while another closes its stream) sees its read fail at once, instead of
+        waiting for bytes that no one will read after it."""
+        for response in list(self._open_responses or ()):
+            connection = response.connection
+            if connection is not None and connection.transport is not None:
+                connection.transport.abort()
 
     async def read(self, awaitable: Awaitable[T]) -> T:
         """Await one read of an open stream within the deadline (for providers that stream).

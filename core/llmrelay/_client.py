@@ -28,7 +28,7 @@ from typing import Any, Literal, Self, TypeVar, cast, overload
 from pydantic import BaseModel, ConfigDict
 
 from ._built import built
-from ._provider import Completion
+from ._provider import READ_BY_ANOTHER_TASK, Completion
 from ._registry import Registry
 from ._relay import RelayStream, relay_options
 from ._types import FinishReasonName, Messages, Usage
@@ -299,6 +299,7 @@ class AsyncCompletionStream(AsyncIterator[ChatCompletionChunk]):
         self._first = True
         self._usage: Usage | None = None
         self._done = False
+        self._reading = False  # a read is under way (in this task or another)
 
     @property
     def provider(self) -> str:
@@ -311,6 +312,9 @@ class AsyncCompletionStream(AsyncIterator[ChatCompletionChunk]):
     async def __anext__(self) -> ChatCompletionChunk:
         if self._done:
             raise StopAsyncIteration
+        if self._reading:  # refused before anything changes: the other read goes on
+            raise RuntimeError(READ_BY_ANOTHER_TASK)
+        self._reading = True
         try:
             while True:
                 item = await self._stream.__anext__()
@@ -325,6 +329,8 @@ class AsyncCompletionStream(AsyncIterator[ChatCompletionChunk]):
         except BaseException:
             self._release()
             raise
+        finally:
+            self._reading = False
         self._release()
         # Closed at the FinishReason, not read on: the last chunk goes out now, whatever the
         # provider still does (reading on to [DONE], say).

@@ -21,9 +21,17 @@ from ._proxy import checked_proxy
 from ._redact import redact
 from ._types import Chunk, FinishReason, Message, Messages, Usage, validate_messages
 
-__all__ = ["ChunkStream", "Completion", "Provider"]
+__all__ = ["READ_BY_ANOTHER_TASK", "ChunkStream", "Completion", "Provider"]
 
 log = logging.getLogger("llmrelay")
+
+#: What a second task reading a stream already being read is told. Refused before anything
+#: changes, so the first read goes on; Python's own refusal, raised by the provider's
+#: generator, would read as the provider failing (and the relay would fall back on it).
+READ_BY_ANOTHER_TASK = (
+    "this stream is already being read (by another task or thread): read a stream from one "
+    "place at a time"
+)
 
 #: Keyword arguments every provider accepts; they shape the call, not the provider's request.
 CALL_OPTIONS = frozenset({"base_url", "timeout", "max_retries", "drop_unsupported", "stream"})
@@ -471,8 +479,11 @@ class ChunkStream(AsyncIterator[Chunk]):
             raise StopAsyncIteration
         if not self._sent_text and self.call is not None:
             self.call.start()  # the deadline starts with the first read (idempotent)
+        chunks = self._chunks or self._generator()
+        if getattr(chunks, "ag_running", False):
+            raise RuntimeError(READ_BY_ANOTHER_TASK)
         try:
-            chunk = await (self._chunks or self._generator()).__anext__()
+            chunk = await chunks.__anext__()
         except StopAsyncIteration:
             if self._finish_seen:  # the end, after the FinishReason: as it should be
                 self._finished = True
@@ -554,8 +565,14 @@ class ChunkStream(AsyncIterator[Chunk]):
         cancellation, or the end of its read) releases the connection.
         """
         self._finished = True
-        if self._chunks is None or getattr(self._chunks, "ag_running", False):
-            return  # never started (nothing to release), or read by another task right now
+        if self._chunks is None:
+            return  # never started: nothing to release
+        if getattr(self._chunks, "ag_running", False):
+            # Read by another task right now: its generator cannot be closed from here. Its
+            # connection is ended instead, so the read fails, and ends (see __anext__).
+            if self.call is not None:
+                self.call.end_reads()
+            return
         await self._chunks.aclose()
 
     async def __aenter__(self) -> Self:

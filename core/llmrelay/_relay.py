@@ -15,7 +15,14 @@ from . import errors
 from ._call import Call
 from ._config import get_config
 from ._options import check_options
-from ._provider import ChunkStream, Completion, Provider, checked_completion, typed_error
+from ._provider import (
+    READ_BY_ANOTHER_TASK,
+    ChunkStream,
+    Completion,
+    Provider,
+    checked_completion,
+    typed_error,
+)
 from ._registry import Registry, get_registry
 from ._routing import Health, health, route
 from ._transport import SessionClosed
@@ -63,24 +70,31 @@ class RelayStream(ChunkStream):
         self._deadline: float | None = None
         self._current: ChunkStream | None = None
         self._finished = False
+        self._reading = False  # a read is under way (in this task or another)
 
     async def __anext__(self) -> Chunk:
         if self._finished and self._current is None:
             raise StopAsyncIteration
-        while True:
-            stream = self._current or self._open_next()
-            try:
-                chunk = await stream.__anext__()
-            except errors.ProviderError as exc:
-                await self._failed(stream, exc)
-                continue
-            except BaseException:
-                self._finished = True
-                await stream.aclose()
-                raise
-            if isinstance(chunk, FinishReason):
-                self._health.succeeded(stream.provider)
-            return chunk
+        if self._reading:  # refused before anything changes: the other read goes on
+            raise RuntimeError(READ_BY_ANOTHER_TASK)
+        self._reading = True
+        try:
+            while True:
+                stream = self._current or self._open_next()
+                try:
+                    chunk = await stream.__anext__()
+                except errors.ProviderError as exc:
+                    await self._failed(stream, exc)
+                    continue
+                except BaseException:
+                    self._finished = True
+                    await stream.aclose()
+                    raise
+                if isinstance(chunk, FinishReason):
+                    self._health.succeeded(stream.provider)
+                return chunk
+        finally:
+            self._reading = False
 
     async def collect(self) -> Completion:
         """Read the whole answer, falling back while no provider has produced text.
@@ -202,7 +216,13 @@ class RelayStream(ChunkStream):
                 provider=self.provider,
                 retryable=False,
             )
-        expired = self._deadline is not None and time.monotonic() >= self._deadline
+        last = self.errors[-1]
+        expired = self._deadline is not None and (
+            time.monotonic() >= self._deadline
+            # The last call stopped short of the deadline because it left no time to retry:
+            # the deadline ended the relay all the same (a socket timeout is retryable).
+            or (isinstance(last, errors.ProviderTimeout) and last.retryable is False)
+        )
         if expired and len(self.errors) > 1:
             # The deadline, not the providers, ended the relay: say so, as a TimeoutError.
             timeout = errors.ProviderTimeout(
