@@ -40,6 +40,7 @@ from llmrelay._cassettes import cassette
 from llmrelay._config import EndpointConfig
 from llmrelay.errors import (
     AuthenticationFailed,
+    CassetteMismatch,
     CloudflareChallenge,
     InvalidResponse,
     MisuseDetected,
@@ -314,6 +315,21 @@ def test_the_suite_catches_secrets_in_a_cassette(tmp_path: Path) -> None:
     secret = format_prompt(llmrelay.validate_messages(SYSTEM_USER.messages))
     with pytest.raises(AssertionError, match=r"value of secrets\[0\]"):
         _suite(Pizzagpt, secrets=(secret,)).test_secrets_never_reach_a_cassette(tmp_path / "b")
+
+
+def test_a_missing_cassette_says_how_to_record_it(tmp_path: Path) -> None:
+    """It said only "does not exist"; the kit replays it and never records it itself."""
+    missing = tmp_path / "hello.yaml"
+    plain = _suite(Pizzagpt, messages=({"role": "user", "content": "Ciao, come va?"},))
+    with pytest.raises(CassetteMismatch) as info:
+        plain.test_stream_is_awaitable_and_async_iterable(missing)
+    assert str(info.value) == (
+        f"cassette '{missing}' (the class's `cassette`) does not exist; record one normal "
+        "answer to the class's `messages`: llmrelay record --provider pizzagpt --cassette "
+        f"{missing} 'Ciao, come va?' (against the real service, or --base-url)"
+    )
+    with pytest.raises(CassetteMismatch, match="run once with `pytest --llmrelay-record="):
+        _suite(Pizzagpt).test_stream_is_awaitable_and_async_iterable(missing)  # two messages
 
 
 def test_the_suite_skips_http_checks_for_an_offline_provider() -> None:

@@ -393,8 +393,33 @@ class ProviderConformance:
         if path is None:
             yield None
             return
+        if not path.is_file():
+            raise errors.CassetteMismatch(self._missing(path))
         with _cassette(path) as recorded:
             yield recorded
+
+    def _missing(self, path: Path) -> str:
+        """What to do about a missing ``cassette``: the command that records it, when one can."""
+        import shlex
+
+        said = f"cassette {str(path)!r} (the class's `cassette`) does not exist; record one "
+        said += "normal answer to the class's `messages`"
+        messages = list(self.messages)
+        first = messages[0] if len(messages) == 1 else None
+        prompt = first.get("content") if isinstance(first, Mapping) else None
+        if (
+            isinstance(first, Mapping)
+            and first.get("role") == "user"
+            and isinstance(prompt, str)
+            and not self.options
+        ):
+            command = ["llmrelay", "record", "--provider", self.provider.name, "--cassette"]
+            command += [str(path), *(["-m", self.model] if self.model else []), prompt]
+            return f"{said}: {shlex.join(command)} (against the real service, or --base-url)"
+        return (
+            f"{said}, with its `options`: from a test marked `llmrelay_cassette` that makes the "
+            "same call, run once with `pytest --llmrelay-record=missing` (see docs/testing.md)"
+        )
 
     def _need_http(self) -> None:
         if not self.uses_http:
