@@ -330,6 +330,12 @@ def test_a_missing_cassette_says_how_to_record_it(tmp_path: Path) -> None:
     )
     with pytest.raises(CassetteMismatch, match="run once with `pytest --llmrelay-record="):
         _suite(Pizzagpt).test_stream_is_awaitable_and_async_iterable(missing)  # two messages
+    with_options = _suite(
+        Pizzagpt, messages=({"role": "user", "content": "Ciao"},), options={"stream": False}
+    )
+    with pytest.raises(CassetteMismatch) as info:
+        with_options.test_stream_is_awaitable_and_async_iterable(missing)
+    assert f"--cassette {missing} --option stream=false Ciao (against" in str(info.value)
 
 
 def test_the_suite_skips_http_checks_for_an_offline_provider() -> None:
@@ -636,6 +642,55 @@ async def test_record_says_how_to_replay_an_endpoint_that_wants_a_key(
     code, _, err = await _llmrelay(*replay, env={"LLMRELAY_CONFIG": str(config)})
     assert (code, err) == (1, "error: local: no API key: set the environment variable LOCAL_KEY\n")
     assert replica[openai_replica.STATE].hits == 1
+
+
+@pytest.mark.slow
+async def test_record_and_chat_take_request_options(serve: Serve, tmp_path: Path) -> None:
+    """``--option NAME=VALUE`` (VALUE read as JSON when it is): sent, recorded, and given
+    again in the replay command, whose body must match the recorded one."""
+    replica = openai_replica.make_app()
+    base = await serve(replica)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[[endpoints]]\nname = "local"\nbase_url = "{base}/v1"\nmodels = ["llama3"]\n'
+    )
+    env = {"LLMRELAY_CONFIG": str(config)}
+    path = tmp_path / "opts.yaml"
+    options = ("--option", "temperature=0.2", "--option", 'stop=["END"]', "--option", "user=u 1")
+    code, answer, err = await _llmrelay(
+        "record", "--provider", "local", "--cassette", str(path), *options, "Hi there", env=env
+    )
+    assert code == 0, err
+    sent = replica[openai_replica.STATE].last_body
+    assert (sent["temperature"], sent["stop"], sent["user"]) == (0.2, ["END"], "u 1")
+    hint = err.splitlines()[-1]
+    assert hint == (
+        f"replay it with: llmrelay chat -m local/ --replay {path} --option temperature=0.2 "
+        "--option 'stop=[\"END\"]' --option 'user=u 1' 'Hi there'"
+    )
+    replay = ("chat", "-m", "local/", "--replay", str(path))
+    assert await _llmrelay(*replay, *options, "Hi there", env=env) == (0, answer, "")
+    code, _, err = await _llmrelay(*replay, "Hi there", env=env)  # without them: another body
+    assert code == 1
+    assert "has no recorded answer for this request" in err
+    assert replica[openai_replica.STATE].hits == 1
+
+
+@pytest.mark.parametrize(
+    ("flag", "said"),
+    [
+        ("temperature", "'temperature' is not NAME=VALUE"),
+        ("=0.2", "'=0.2' is not NAME=VALUE"),
+        ("timeout=3", "'timeout' is not a request option here: use its own flag"),
+        ("max_retries=1", "'max_retries' is not a request option here"),
+    ],
+)
+def test_a_bad_request_option_is_a_usage_error(flag: str, said: str) -> None:
+    from llmrelay.cli import cli
+
+    result = CliRunner().invoke(cli, ["chat", "--option", flag, "hi"])
+    assert result.exit_code == 2
+    assert said in result.stderr
 
 
 @contextmanager

@@ -14,7 +14,13 @@ from typing import Any
 
 import click
 
-from ._cli_types import timeout_option, timeout_options
+from ._cli_types import (
+    option_flags,
+    request_option,
+    request_options,
+    timeout_option,
+    timeout_options,
+)
 
 __all__ = ["record"]
 
@@ -54,6 +60,7 @@ __all__ = ["record"]
     help="Replace the cassette if it exists (only once a new recording has succeeded).",
 )
 @timeout_option("Total seconds for the call;")
+@request_option()
 def record(
     prompt: tuple[str, ...],
     provider_name: str,
@@ -64,6 +71,7 @@ def record(
     base_url: str | None,
     overwrite: bool,
     timeout: float | str | None,
+    request_options_given: tuple[tuple[str, Any], ...],
 ) -> None:
     """Call a provider for real with PROMPT and record the exchange into a new cassette.
 
@@ -95,7 +103,8 @@ def record(
     if system:
         messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": text})
-    options: dict[str, Any] = {"max_retries": 0, **timeout_options(timeout)}
+    asked = request_options(request_options_given)
+    options: dict[str, Any] = {**asked, "max_retries": 0, **timeout_options(timeout)}
     if base_url:
         options["base_url"] = base_url
     # Bad messages, model, proxy or options are refused here, before anything is written.
@@ -138,6 +147,7 @@ def record(
         replay = ["llmrelay", "chat", "-m", f"{provider.name}/{model}", "--replay", str(path)]
         if system:
             replay += ["-s", system]
+        replay += option_flags(asked)  # the body recorded holds them: the replay must send them
         command = shlex.join([*replay, text])
         key_env = provider.api_key_env
         if isinstance(key_env, str) and key_env:

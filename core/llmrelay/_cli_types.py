@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -11,7 +12,15 @@ import click
 if TYPE_CHECKING:
     from click.decorators import FC
 
-__all__ = ["NO_DEADLINE", "SECONDS", "timeout_option", "timeout_options"]
+__all__ = [
+    "NO_DEADLINE",
+    "SECONDS",
+    "option_flags",
+    "request_option",
+    "request_options",
+    "timeout_option",
+    "timeout_options",
+]
 
 #: What ``--timeout none`` gives: the call has no deadline (``timeout=None``).
 NO_DEADLINE = "none"
@@ -56,3 +65,64 @@ def timeout_options(timeout: float | str | None) -> dict[str, Any]:
     if timeout is None:
         return {}
     return {"timeout": None if timeout == NO_DEADLINE else timeout}
+
+
+#: Names a request option may not take: each command sets these itself, or has a flag for them.
+_OWN = frozenset({"timeout", "max_retries", "proxy", "base_url", "model", "messages"})
+
+
+class _RequestOption(click.ParamType):  # type: ignore[type-arg]
+    """``NAME=VALUE``, a request option: VALUE read as JSON when it is JSON (``0.2``,
+    ``true``, ``["a", "b"]``, ``{"type": "json_object"}``), else taken as a string."""
+
+    name = "name=value"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        name, eq, text = str(value).partition("=")
+        name = name.strip()
+        if not eq or not name:
+            self.fail(f"{value!r} is not NAME=VALUE (temperature=0.2, say)", param, ctx)
+        if name in _OWN:
+            self.fail(f"{name!r} is not a request option here: use its own flag", param, ctx)
+        try:
+            parsed: Any = json.loads(text)
+        except ValueError:
+            parsed = text
+        return (name, parsed)
+
+
+def request_option() -> Callable[[FC], FC]:
+    """``--option NAME=VALUE``, repeatable: request options passed to the provider."""
+    return click.option(
+        "--option",
+        "request_options_given",
+        type=_RequestOption(),
+        multiple=True,
+        help="A request option for the provider, NAME=VALUE (VALUE read as JSON when it is: "
+        "temperature=0.2, stop='[\"END\"]'). Repeatable.",
+    )
+
+
+def request_options(given: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """The ``--option`` pairs as keyword arguments (a name given twice: the last wins)."""
+    return dict(given)
+
+
+def option_flags(options: dict[str, Any]) -> list[str]:
+    """``--option NAME=VALUE`` flags that give ``options`` again (for a printed command)."""
+    flags = []
+    for name, value in options.items():
+        text = value if isinstance(value, str) and _stays_text(value) else json.dumps(value)
+        flags += ["--option", f"{name}={text}"]
+    return flags
+
+
+def _stays_text(value: str) -> bool:
+    """Whether ``value`` given as VALUE comes back as this string (not read as JSON)."""
+    try:
+        json.loads(value)
+    except ValueError:
+        return True
+    return False

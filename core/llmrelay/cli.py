@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from ._cli_types import timeout_option, timeout_options
+from ._cli_types import request_option, request_options, timeout_option, timeout_options
 from .errors import ConfigError, LLMRelayError
 
 __all__ = ["main"]
@@ -114,6 +114,7 @@ def _show_warning(
     help="Answer from a recorded cassette instead of the network.",
 )
 @timeout_option("Total seconds for the call, retries included;")
+@request_option()
 def chat(
     words: tuple[str, ...],
     model: str,
@@ -121,6 +122,7 @@ def chat(
     proxy: str | None,
     replay: str | None,
     timeout: float | str | None,
+    request_options_given: tuple[tuple[str, Any], ...],
 ) -> None:
     """Send PROMPT and stream the answer to stdout.
 
@@ -140,7 +142,7 @@ def chat(
     if system:
         messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": prompt})
-    options = timeout_options(timeout)
+    options = {**request_options(request_options_given), **timeout_options(timeout)}
 
     async def run() -> None:
         from . import _transport

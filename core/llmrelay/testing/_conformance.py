@@ -407,18 +407,16 @@ class ProviderConformance:
         messages = list(self.messages)
         first = messages[0] if len(messages) == 1 else None
         prompt = first.get("content") if isinstance(first, Mapping) else None
-        if (
-            isinstance(first, Mapping)
-            and first.get("role") == "user"
-            and isinstance(prompt, str)
-            and not self.options
-        ):
+        if isinstance(first, Mapping) and first.get("role") == "user" and isinstance(prompt, str):
+            from .._cli_types import option_flags
+
             command = ["llmrelay", "record", "--provider", self.provider.name, "--cassette"]
-            command += [str(path), *(["-m", self.model] if self.model else []), prompt]
+            command += [str(path), *(["-m", self.model] if self.model else [])]
+            command += [*option_flags(dict(self.options)), prompt]
             return f"{said}: {shlex.join(command)} (against the real service, or --base-url)"
         return (
-            f"{said}, with its `options`: from a test marked `llmrelay_cassette` that makes the "
-            "same call, run once with `pytest --llmrelay-record=missing` (see docs/testing.md)"
+            f"{said}: from a test marked `llmrelay_cassette` that makes the same call, run "
+            "once with `pytest --llmrelay-record=missing` (see docs/testing.md)"
         )
 
     def _need_http(self) -> None:
