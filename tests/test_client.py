@@ -394,28 +394,40 @@ async def test_closing_the_client_closes_an_unfinished_stream(local: ReplicaStat
     assert local.streams_cancelled == 1
 
 
+@pytest.mark.parametrize("others", [0, 1], ids=["the only client", "beside another"])
 async def test_closing_the_client_ends_a_read_waiting_in_another_task(
-    local: ReplicaState,
+    local: ReplicaState, others: int
 ) -> None:
     """A task reading a stream when the client closes sees the stream end, as the sync
-    client's reader does: aiohttp closed the connection under it without a word, and the
-    read then waited for ever (``timeout=None``), or until the deadline."""
-    local.delay = 0.2  # the next chunk is not there yet when the client closes
-    client = AsyncClient(timeout=None)
-    stream = await client.chat.completions.create(model="llama3", messages=HI, stream=True)
-    got: list[str | None] = []
-    first = asyncio.Event()
+    client's reader does. Alone, the client closes the loop's sessions: aiohttp closed the
+    connection under the read without a word, and the read waited for ever
+    (``timeout=None``), or until the deadline. Beside another client the sessions stay open,
+    so the close must end the read itself: it waited for the upstream after the close."""
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(others):
+            other = await stack.enter_async_context(AsyncClient())
+            await other.chat.completions.create(model="llama3", messages=HI)  # a loop user
+        local.delay = 0.5  # the next chunk is not there yet when the client closes
+        client = AsyncClient(timeout=None)
+        stream = await client.chat.completions.create(model="llama3", messages=HI, stream=True)
+        got: list[str | None] = []
+        first = asyncio.Event()
 
-    async def read() -> None:
-        async for chunk in stream:
-            got.append(chunk.choices[0].delta.content)
-            first.set()
+        async def read() -> None:
+            async for chunk in stream:
+                got.append(chunk.choices[0].delta.content)
+                first.set()
 
-    reader = asyncio.create_task(read())
-    await first.wait()  # the reader then waits for the second chunk
-    await client.aclose()
-    await asyncio.wait_for(reader, timeout=1)
-    assert got == ["Echo: "]
+        reader = asyncio.create_task(read())
+        await first.wait()  # the reader then waits for the second chunk
+        started = asyncio.get_running_loop().time()
+        await client.aclose()
+        await asyncio.wait_for(reader, timeout=1)
+        assert asyncio.get_running_loop().time() - started < 0.4
+        assert got == ["Echo: "]
+        connector = (await get_transport().session()).connector
+        assert connector is not None
+        assert len(connector._acquired) == 0  # the connection is not held
 
 
 async def test_a_second_reader_is_refused_and_the_first_reads_on(
@@ -445,36 +457,6 @@ async def test_a_second_reader_is_refused_and_the_first_reads_on(
 
 async def _texts(stream: llmrelay._client.AsyncCompletionStream) -> list[str]:
     return [c.choices[0].delta.content async for c in stream if c.choices[0].delta.content]
-
-
-async def test_closing_one_of_two_clients_ends_its_stream_read_in_another_task(
-    local: ReplicaState,
-) -> None:
-    """With another client open on the loop the shared sessions stay open, so the close must
-    end the read itself: it waited for the upstream (or the read timeout) after the close."""
-    async with AsyncClient() as other:
-        await other.chat.completions.create(model="llama3", messages=HI)  # a user of the loop
-        local.delay = 0.5  # the next chunk is not there yet when the client closes
-        client = AsyncClient(timeout=None)
-        stream = await client.chat.completions.create(model="llama3", messages=HI, stream=True)
-        got: list[str | None] = []
-        first = asyncio.Event()
-
-        async def read() -> None:
-            async for chunk in stream:
-                got.append(chunk.choices[0].delta.content)
-                first.set()
-
-        reader = asyncio.create_task(read())
-        await first.wait()  # the reader then waits for the second chunk
-        started = asyncio.get_running_loop().time()
-        await client.aclose()
-        await asyncio.wait_for(reader, timeout=1)
-        assert asyncio.get_running_loop().time() - started < 0.4
-        assert got == ["Echo: "]
-        connector = (await get_transport().session()).connector
-        assert connector is not None
-        assert len(connector._acquired) == 0  # the connection is not held
 
 
 async def test_a_close_that_failed_midway_is_finished_by_the_next(local: ReplicaState) -> None:
