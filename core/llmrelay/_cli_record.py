@@ -149,17 +149,12 @@ def record(
             replay += ["-s", system]
         replay += option_flags(asked)  # the body recorded holds them: the replay must send them
         command = shlex.join([*replay, text])
-        key_env = provider.api_key_env
-        if isinstance(key_env, str) and key_env:
+        key_env = provider.api_key_env  # (None, or a name: the registry checked it)
+        if key_env:
             # The provider asks for its key before the cassette can answer; the cassette
             # holds none, so any value does.
-            command = f"{key_env}=replay {command}"
-            click.echo(
-                f"replay it with: {command}  (the cassette holds no key: any value of "
-                f"{key_env} does)",
-                err=True,
-            )
-        else:
-            click.echo(f"replay it with: {command}", err=True)
+            command = f"{key_env}=replay {command}  (the cassette holds no key: any value of "
+            command += f"{key_env} does)"
+        click.echo(f"replay it with: {command}", err=True)
     if failure is not None:
         raise failure

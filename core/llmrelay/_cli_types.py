@@ -86,11 +86,15 @@ class _RequestOption(click.ParamType):  # type: ignore[type-arg]
             self.fail(f"{value!r} is not NAME=VALUE (temperature=0.2, say)", param, ctx)
         if name in _OWN:
             self.fail(f"{name!r} is not a request option here: use its own flag", param, ctx)
-        try:
-            parsed: Any = json.loads(text)
-        except ValueError:
-            parsed = text
-        return (name, parsed)
+        return (name, _read_value(text))
+
+
+def _read_value(text: str) -> Any:
+    """VALUE of ``--option NAME=VALUE``: JSON when it is JSON, else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def request_option() -> Callable[[FC], FC]:
@@ -114,15 +118,8 @@ def option_flags(options: dict[str, Any]) -> list[str]:
     """``--option NAME=VALUE`` flags that give ``options`` again (for a printed command)."""
     flags = []
     for name, value in options.items():
-        text = value if isinstance(value, str) and _stays_text(value) else json.dumps(value)
+        # A string given as it is, when reading it back gives the same string (not JSON).
+        as_is = isinstance(value, str) and _read_value(value) == value
+        text = value if as_is else json.dumps(value)
         flags += ["--option", f"{name}={text}"]
     return flags
-
-
-def _stays_text(value: str) -> bool:
-    """Whether ``value`` given as VALUE comes back as this string (not read as JSON)."""
-    try:
-        json.loads(value)
-    except ValueError:
-        return True
-    return False

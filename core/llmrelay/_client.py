@@ -457,8 +457,6 @@ class AsyncCompletions:
         """
         client = self._client
         client._attach()
-        if not isinstance(model, str):
-            raise InvalidRequest(f"model must be a string, got {type(model).__name__}")
         if stream.__class__ is not bool:
             stream = _stream_flag(stream)
         # ``options`` is this call's own dict (from **options): no copy without defaults.

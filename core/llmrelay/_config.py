@@ -66,6 +66,11 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
+def _among(headers: dict[str, str], names: frozenset[str]) -> list[str]:
+    """The names of ``headers`` that are in ``names`` (lower case), whatever their case."""
+    return sorted(name for name in headers if name.lower() in names)
+
+
 def _not_bool(expected: str) -> BeforeValidator:
     """Refuse ``true``/``false`` for a number: bool is an int to pydantic's lax mode, so TOML's
     ``true`` would silently become 1. (Strict mode would also refuse the environment's "3".)"""
@@ -135,7 +140,7 @@ class EndpointConfig(_Strict):
                     f"header name {redact(repr(name))} is not a valid HTTP field name "
                     "(letters, digits and !#$%&'*+-.^_`|~ only: no spaces, no colon)"
                 )
-        framing = sorted(k for k in value if k.lower() in FRAMING_HEADERS)
+        framing = _among(value, FRAMING_HEADERS)
         if framing:
             raise ValueError(
                 f"header(s) {', '.join(framing)} are set by llmrelay from the request itself: "
@@ -148,7 +153,7 @@ class EndpointConfig(_Strict):
                     f"header {name} has a control character (CR, LF, NUL...) in its value: "
                     "a header value is one line of text"
                 )
-        secret = sorted(k for k in value if k.lower() in SECRET_HEADERS)
+        secret = _among(value, SECRET_HEADERS)
         if secret:
             raise ValueError(
                 f"header(s) {', '.join(secret)} hold secrets: name the variable holding the key "

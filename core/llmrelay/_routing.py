@@ -20,7 +20,14 @@ from ._provider import Provider
 from ._registry import Registry
 from .errors import ModelNotFound
 
-__all__ = ["Health", "config_problems", "health", "route", "unserved_endpoints"]
+__all__ = [
+    "Health",
+    "config_problems",
+    "health",
+    "route",
+    "unserved_endpoints",
+    "unserved_endpoints_problem",
+]
 
 #: Cool-down defaults, for a ``Health`` used without a configuration.
 DEFAULT_COOLDOWN = 5.0
@@ -105,9 +112,9 @@ def route(
         candidates = registry.resolve(target)
     except ModelNotFound as exc:
         found = _naming_failures(_not_found(model, target, exc, registry, config), registry)
-        unserved = unserved_endpoints(config, registry)
+        unserved = unserved_endpoints_problem(config, registry)
         if unserved:  # the model may be one of theirs
-            found = _with_message(found, f"{found} ({_unserved_hint(unserved)})")
+            found = _with_message(found, f"{found} ({unserved})")
         raise found from None
     # Without [providers.*] settings nothing is disabled: no filtering per request then.
     usable = (
@@ -201,7 +208,11 @@ def unserved_endpoints(config: Config, registry: Registry) -> list[str]:
     return [e.name for e in config.endpoints if e.name not in registry.providers]
 
 
-def _unserved_hint(names: list[str]) -> str:
+def unserved_endpoints_problem(config: Config, registry: Registry) -> str | None:
+    """What to say of the ``[[endpoints]]`` no provider stands for; None when there are none."""
+    names = unserved_endpoints(config, registry)
+    if not names:
+        return None
     listed = ", ".join(map(repr, names))
     return (
         f"[[endpoints]] {listed}: no provider is registered for "
@@ -215,9 +226,9 @@ def config_problems(config: Config, registry: Registry) -> list[str]:
     """What in ``config`` names providers or models this registry does not know (typos), and
     endpoints nothing serves."""
     problems = []
-    unserved = unserved_endpoints(config, registry)
+    unserved = unserved_endpoints_problem(config, registry)
     if unserved:
-        problems.append(_unserved_hint(unserved))
+        problems.append(unserved)
     for name in config.providers:
         if name not in registry.providers:
             close = difflib.get_close_matches(name, list(registry.providers), n=1)

@@ -279,11 +279,11 @@ def _warn_unserved_endpoints() -> None:
     """Say on stderr which configured endpoints nothing serves (their models are missing)."""
     from ._config import get_config
     from ._registry import get_registry
-    from ._routing import config_problems, unserved_endpoints
+    from ._routing import unserved_endpoints_problem
 
-    config, registry = get_config(), get_registry()
-    if unserved_endpoints(config, registry):
-        click.echo(f"warning: {config_problems(config, registry)[0]}", err=True)
+    problem = unserved_endpoints_problem(get_config(), get_registry())
+    if problem:
+        click.echo(f"warning: {problem}", err=True)
 
 
 def _unknown(name: str) -> None:
