@@ -67,6 +67,18 @@ CASES = [
         mode="error_event",
         about="200 SSE: two chunks, then an error event and [DONE]",
     ),
+    Case(
+        "stream_reasoning",
+        mode="reasoning",
+        about="200 SSE from a reasoning model: `delta.reasoning` chunks (vLLM, Ollama, "
+        "OpenRouter), then the answer",
+    ),
+    Case(
+        "non_stream_reasoning_content",
+        mode="reasoning_content",
+        options={"stream": False},
+        about="200 JSON from a reasoning model: `message.reasoning_content` (DeepSeek, llama.cpp)",
+    ),
 ]
 BY_NAME = {case.name: case for case in CASES}
 

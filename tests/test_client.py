@@ -152,20 +152,30 @@ def check_completion(completion: ChatCompletion, provider: str = "local") -> Non
     assert completion.usage == Usage(9, 3, 12)
     assert completion.provider == provider
     data = completion.model_dump(mode="json")
-    assert data["choices"][0]["message"] == {"role": "assistant", "content": ANSWER}
+    assert data["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": ANSWER,
+        "reasoning": None,
+    }
     assert data["usage"] == {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
 
 
+@pytest.mark.parametrize("reasoning", [None, "Perché?"])
 @pytest.mark.parametrize("usage", [USAGE, None])
 @pytest.mark.parametrize("reason", ["stop", "length", "error"])
 def test_a_whole_answer_is_built_as_validation_would_build_it(
-    usage: Usage | None, reason: llmrelay.FinishReasonName
+    usage: Usage | None, reason: llmrelay.FinishReasonName, reasoning: str | None
 ) -> None:
     """``_completion`` puts checked values in without validating them again: the result must
     be exactly the validated model, to the fields set, extras and nested models."""
     from llmrelay._client import _completion
 
-    completion = llmrelay.Completion("Ciao, come stai? 🍕", llmrelay.FinishReason(reason), usage)
+    completion = llmrelay.Completion(
+        "Ciao, come stai? 🍕", llmrelay.FinishReason(reason), usage, reasoning
+    )
+    message = {"role": "assistant", "content": completion.text}
+    if reasoning is not None:  # (the provider sent some: the field is set)
+        message["reasoning"] = reasoning
     built = _completion(completion, "bench/llama3", "bench")
     validated = ChatCompletion.model_validate(
         {
@@ -176,7 +186,7 @@ def test_a_whole_answer_is_built_as_validation_would_build_it(
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": completion.text},
+                    "message": message,
                     "finish_reason": reason,
                 }
             ],

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from llmrelay import FinishReason, Usage, errors
+from llmrelay import FinishReason, Reasoning, Usage, errors
 from llmrelay._config import EndpointConfig
 from llmrelay._endpoints import cached_models, fetch_models, models_cache_path, save_models
 from llmrelay.cli import cli
@@ -195,7 +195,10 @@ async def test_cut_stream_after_text_is_stream_interrupted(serve: Serve) -> None
 _EVENTS: list[dict[str, Any] | str] = [
     ": keep-alive",
     {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
-    {"choices": [{"index": 0, "delta": {"content": "Héllo, 世界"}, "finish_reason": None}]},
+    {"choices": [{"index": 0, "delta": {"reasoning_content": "Thínking"}}]},
+    {"choices": [{"index": 0, "delta": {"content": None, "reasoning": " on"}}]},
+    {"choices": [{"index": 0, "delta": {"reasoning_content": " both", "reasoning": " both"}}]},
+    {"choices": [{"index": 0, "delta": {"reasoning": "", "content": "Héllo, 世界"}}]},
     {"choices": None},
     {"choices": [{"index": 1, "delta": {"content": "another choice"}}]},
     "MULTILINE",
@@ -238,7 +241,16 @@ def _parse(pieces: list[bytes]) -> list[object]:
     return out
 
 
-EXPECTED = ["Héllo, 世界", " wörld", Usage(4, 3, 7), FinishReason("length")]
+EXPECTED = [
+    # Either name of the reasoning field, one of them when a server sends both (vLLM does).
+    Reasoning("Thínking"),
+    Reasoning(" on"),
+    Reasoning(" both"),
+    "Héllo, 世界",
+    " wörld",
+    Usage(4, 3, 7),
+    FinishReason("length"),
+]
 
 
 @settings(max_examples=150, deadline=None)

@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmrelay import AsyncClient, Chunk, Client, FinishReason, Registry, Usage, errors
+from llmrelay import (
+    AsyncClient,
+    Chunk,
+    Client,
+    FinishReason,
+    Reasoning,
+    Registry,
+    Usage,
+    errors,
+)
 from llmrelay._cassettes import cassette
 from llmrelay._config import EndpointConfig
 from llmrelay._endpoints import fetch_models
@@ -90,6 +99,27 @@ async def _items(name: str) -> list[Chunk | str]:
                 "Echo: ",
                 "Hi ",
                 "StreamInterrupted: failed after text was sent: The model is overloaded.",
+            ],
+        ),
+        (
+            "stream_reasoning",
+            [
+                *map(Reasoning, ["The ", "user ", "wrote ", "'Hi ", "there', ", "so ", "I "]),
+                *map(Reasoning, ["echo ", "it."]),
+                "Echo: ",
+                "Hi ",
+                "there",
+                Usage(9, 12, 21),
+                FinishReason("stop"),
+            ],
+        ),
+        (
+            "non_stream_reasoning_content",
+            [
+                Reasoning("The user wrote 'Hi there', so I echo it."),
+                "Echo: Hi there",
+                Usage(9, 12, 21),
+                FinishReason("stop"),
             ],
         ),
     ],

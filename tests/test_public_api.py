@@ -26,6 +26,7 @@ PUBLIC = {
     "PluginFailure",
     "Provider",
     "ProviderInfo",
+    "Reasoning",
     "Registry",
     "RelayStream",
     "RetryPolicy",

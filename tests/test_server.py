@@ -19,7 +19,17 @@ import aiohttp.web
 import openai
 import pytest
 
-from llmrelay import Call, Chunk, FinishReason, Message, Provider, Registry, Usage, errors
+from llmrelay import (
+    Call,
+    Chunk,
+    FinishReason,
+    Message,
+    Provider,
+    Reasoning,
+    Registry,
+    Usage,
+    errors,
+)
 from llmrelay._config import EndpointConfig
 from llmrelay.server import (
     PROVIDER_HEADER,
@@ -288,6 +298,65 @@ async def test_stream_frames_on_the_wire(
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, None, "stop"]
     assert all("usage" not in c for c in chunks)  # not asked for: not sent
     assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+
+
+class Thinker(Provider):
+    """A reasoning model: its thinking (one empty piece among it), then the answer."""
+
+    name = "thinker"
+    url = "http://thinker.invalid"
+    default_model = "thinker-1"
+    models = ("thinker-1",)
+
+    @classmethod
+    async def generate(
+        cls, model: str, messages: list[Message], call: Call
+    ) -> AsyncGenerator[Chunk, None]:
+        yield Reasoning("Let me ")
+        yield Reasoning("")
+        yield Reasoning("thínk.")
+        yield "Hi"
+        yield FinishReason("stop")
+
+
+async def test_reasoning_frames_on_the_wire(
+    fakes: Callable[..., Registry], relay_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    """Reasoning goes in ``delta.reasoning`` (vLLM's, Ollama's and OpenRouter's name), apart
+    from the content; whole, in ``message.reasoning``."""
+    fakes(Thinker)
+    server = await relay_server()
+    url = f"{server.url}/v1/chat/completions"
+    body = {"model": "thinker-1", "messages": HI, "stream": True}
+    async with http.post(url, json=body) as response:
+        frames = await _frames(response)
+    assert [json.loads(f)["choices"][0]["delta"] for f in frames[:-1]] == [
+        {"role": "assistant", "content": ""},
+        {"reasoning": "Let me "},
+        {"reasoning": "thínk."},
+        {"content": "Hi"},
+        {},
+    ]
+    async with http.post(url, json={**body, "stream": False}) as response:
+        message = (await response.json())["choices"][0]["message"]
+    assert (message["content"], message["reasoning"]) == ("Hi", "Let me thínk.")
+
+
+async def test_the_openai_sdk_reads_reasoning_from_the_server(
+    replica: ReplicaState, relay_server: StartServer, client: MakeClient
+) -> None:
+    replica.mode = "reasoning_content"  # DeepSeek's field upstream; vLLM's name downstream
+    server = await relay_server()
+    openai_client = client(server)
+    completion = await openai_client.chat.completions.create(model="llama3", messages=HI)
+    message = completion.choices[0].message
+    assert message.content == "Echo: Hi there"
+    assert message.model_extra == {"reasoning": "The user wrote 'Hi there', so I echo it."}
+    stream = await openai_client.chat.completions.create(model="llama3", messages=HI, stream=True)
+    deltas = [chunk.choices[0].delta async for chunk in stream if chunk.choices]
+    thinking = "".join((d.model_extra or {}).get("reasoning", "") for d in deltas)
+    assert thinking == "The user wrote 'Hi there', so I echo it."
+    assert "".join(d.content or "" for d in deltas) == "Echo: Hi there"
 
 
 async def test_models_list_and_retrieve(

@@ -24,19 +24,33 @@ _new_instance = object.__new__
 _set_slot = object.__setattr__
 
 
-def fill(model: M, values: dict[str, Any], extra: dict[str, Any] | None) -> M:
-    """Give ``model`` (allocated, not initialised) ``values`` as its fields, all of them set.
+def fill(
+    model: M,
+    values: dict[str, Any],
+    extra: dict[str, Any] | None,
+    defaulted: frozenset[str] | None = None,
+) -> M:
+    """Give ``model`` (allocated, not initialised) ``values`` as its fields, all of them set
+    but those named in ``defaulted`` (fields validation would fill with their default).
 
     ``extra`` is what validation gives a model without extra fields: ``{}`` for one with
     ``extra="allow"``, else None.
     """
     _set_slot(model, "__dict__", values)
-    _set_slot(model, "__pydantic_fields_set__", set(values))
+    fields_set = set(values)
+    if defaulted:
+        fields_set -= defaulted
+    _set_slot(model, "__pydantic_fields_set__", fields_set)
     _set_slot(model, "__pydantic_extra__", extra)
     _set_slot(model, "__pydantic_private__", None)
     return model
 
 
-def built(cls: type[M], values: dict[str, Any], extra: dict[str, Any] | None) -> M:
+def built(
+    cls: type[M],
+    values: dict[str, Any],
+    extra: dict[str, Any] | None,
+    defaulted: frozenset[str] | None = None,
+) -> M:
     """A new ``cls`` holding ``values``: see :func:`fill`."""
-    return fill(_new_instance(cls), values, extra)
+    return fill(_new_instance(cls), values, extra, defaulted)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import click
 
 from ._cli_types import (
     option_flags,
+    reasoning_option,
     request_option,
     request_options,
     timeout_option,
@@ -61,6 +61,7 @@ __all__ = ["record"]
 )
 @timeout_option("Total seconds for the call;")
 @request_option()
+@reasoning_option()
 def record(
     prompt: tuple[str, ...],
     provider_name: str,
@@ -72,6 +73,7 @@ def record(
     overwrite: bool,
     timeout: float | str | None,
     request_options_given: tuple[tuple[str, Any], ...],
+    show_reasoning: bool,
 ) -> None:
     """Call a provider for real with PROMPT and record the exchange into a new cassette.
 
@@ -112,14 +114,11 @@ def record(
     rewrite = (base_url.rstrip("/"), provider.url.rstrip("/")) if base_url else None
 
     async def run() -> errors.LLMRelayError | None:
+        from ._cli_output import write_answer
         from ._transport import aclose
 
         try:
-            async for chunk in stream:
-                if isinstance(chunk, str):
-                    sys.stdout.write(chunk)
-                    sys.stdout.flush()
-            sys.stdout.write("\n")
+            await write_answer(stream, show_reasoning=show_reasoning)
         except errors.LLMRelayError as exc:
             return exc
         finally:

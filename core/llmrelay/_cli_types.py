@@ -16,6 +16,7 @@ __all__ = [
     "NO_DEADLINE",
     "SECONDS",
     "option_flags",
+    "reasoning_option",
     "request_option",
     "request_options",
     "timeout_option",
@@ -106,6 +107,17 @@ def request_option() -> Callable[[FC], FC]:
         multiple=True,
         help="A request option for the provider, NAME=VALUE (VALUE read as JSON when it is: "
         "temperature=0.2, stop='[\"END\"]'). Repeatable.",
+    )
+
+
+def reasoning_option() -> Callable[[FC], FC]:
+    """``--reasoning/--no-reasoning``: whether a model's reasoning is shown (on stderr)."""
+    return click.option(
+        "--reasoning/--no-reasoning",
+        "show_reasoning",
+        default=True,
+        show_default=True,
+        help="Show the reasoning a model sends apart from its answer, on stderr.",
     )
 
 

@@ -31,7 +31,7 @@ from ._built import built
 from ._provider import READ_BY_ANOTHER_TASK, Completion
 from ._registry import Registry
 from ._relay import RelayStream, relay_options
-from ._types import FinishReasonName, Messages, Usage
+from ._types import FinishReasonName, Messages, Reasoning, Usage
 from .errors import InvalidRequest
 
 __all__ = [
@@ -118,8 +118,13 @@ class _Shape(BaseModel):
 
 
 class ChatCompletionMessage(_Shape):
+    """The answer. ``reasoning`` is the reasoning the model sent apart from it (vLLM's,
+    Ollama's and OpenRouter's ``reasoning``, DeepSeek's and llama.cpp's ``reasoning_content``),
+    or None when it sent none."""
+
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    reasoning: str | None = None
 
 
 class Choice(_Shape):
@@ -144,8 +149,11 @@ class ChatCompletion(_Shape):
 
 
 class ChoiceDelta(_Shape):
+    """A piece of the answer (``content``) or of the model's reasoning (``reasoning``)."""
+
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning: str | None = None
 
 
 class ChunkChoice(_Shape):
@@ -237,6 +245,10 @@ def completion_id() -> str:
     return f"chatcmpl-{_ids.getrandbits(96):024x}"
 
 
+#: What validation leaves unset in a message without reasoning (its default, None, is set).
+_UNSET_REASONING = frozenset({"reasoning"})
+
+
 def _completion(completion: Completion, model: str, provider: str) -> ChatCompletion:
     """The ``ChatCompletion`` for a whole answer, built from values already checked.
 
@@ -248,7 +260,12 @@ def _completion(completion: Completion, model: str, provider: str) -> ChatComple
     CPU's instruction cache by the time the next answer comes. ``tests/test_client.py`` pins
     the result to what validation gives.
     """
-    message = built(ChatCompletionMessage, {"role": "assistant", "content": completion.text}, {})
+    message = built(
+        ChatCompletionMessage,
+        {"role": "assistant", "content": completion.text, "reasoning": completion.reasoning},
+        {},
+        _UNSET_REASONING if completion.reasoning is None else None,
+    )
     choice = built(
         Choice,
         {"index": 0, "message": message, "finish_reason": completion.finish_reason.reason},
@@ -320,6 +337,10 @@ class AsyncCompletionStream(AsyncIterator[ChatCompletionChunk]):
                 item = await self._stream.__anext__()
                 if isinstance(item, str):
                     return self._chunk(item, None)
+                if isinstance(item, Reasoning):
+                    if item.text:
+                        return self._chunk(None, None, item.text)
+                    continue
                 if isinstance(item, Usage):
                     if self._include_usage:  # sent with the finish_reason, on the last chunk
                         self._usage = item
@@ -337,10 +358,15 @@ class AsyncCompletionStream(AsyncIterator[ChatCompletionChunk]):
         await self._stream.aclose()
         return self._chunk(None, reason)
 
-    def _chunk(self, content: str | None, finish: FinishReasonName | None) -> ChatCompletionChunk:
+    def _chunk(
+        self, content: str | None, finish: FinishReasonName | None, reasoning: str | None = None
+    ) -> ChatCompletionChunk:
         role: Literal["assistant"] | None = None
         if self._first:
             self._first, role = False, "assistant"
+        delta: dict[str, Any] = {"role": role, "content": content}
+        if reasoning is not None:
+            delta["reasoning"] = reasoning
         # Validating plain data runs in pydantic-core: twice as fast as model_construct.
         return _new_chunk(
             {
@@ -351,7 +377,7 @@ class AsyncCompletionStream(AsyncIterator[ChatCompletionChunk]):
                 "choices": [
                     {
                         "index": 0,
-                        "delta": {"role": role, "content": content},
+                        "delta": delta,
                         "finish_reason": finish,
                     }
                 ],

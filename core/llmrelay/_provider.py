@@ -19,7 +19,7 @@ from ._config import Config, get_config
 from ._options import check_options
 from ._proxy import checked_proxy
 from ._redact import redact
-from ._types import Chunk, FinishReason, Message, Messages, Usage, validate_messages
+from ._types import Chunk, FinishReason, Message, Messages, Reasoning, Usage, validate_messages
 
 __all__ = ["READ_BY_ANOTHER_TASK", "ChunkStream", "Completion", "Provider"]
 
@@ -221,7 +221,8 @@ class Provider:
     def generate(
         cls, model: str, messages: list[Message], call: Call
     ) -> AsyncGenerator[Chunk, None]:
-        """Yield the answer: ``str`` chunks, optionally a ``Usage``, then one ``FinishReason``.
+        """Yield the answer: ``str`` chunks (and ``Reasoning`` chunks, for a model that sends its
+        reasoning apart from its answer), optionally a ``Usage``, then one ``FinishReason``.
 
         Subclasses implement this as an ``async def`` generator classmethod. A provider that
         implements only :meth:`complete` gets this for free: its answer as one text chunk,
@@ -271,11 +272,13 @@ def checked_completion(provider: str, answer: object) -> Completion:
         isinstance(answer.text, str)
         and isinstance(answer.finish_reason, FinishReason)
         and (answer.usage is None or isinstance(answer.usage, Usage))
+        and (answer.reasoning is None or isinstance(answer.reasoning, str))
     ):
         return answer
     raise errors.InvalidResponse(
         f"complete() returned an invalid {type(answer).__name__} (provider contract broken: "
-        "expected a Completion with str text, a FinishReason and a Usage or None)",
+        "expected a Completion with str text, a FinishReason, a Usage or None and a str "
+        "or None as reasoning)",
         provider=provider,
     )
 
@@ -385,16 +388,20 @@ def _retry_policy(max_retries: int) -> RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """A whole answer: the text, the usage if reported, and why it stopped."""
+    """A whole answer: the text, the usage if reported, why it stopped, and the reasoning the
+    model sent apart from the text (None when it sent none)."""
 
     text: str
     finish_reason: FinishReason
     usage: Usage | None = None
+    reasoning: str | None = None
 
     def chunks(self) -> list[Chunk]:
-        """The answer as a stream carries it: the text (if any), the usage (if reported), the
-        finish reason."""
+        """The answer as a stream carries it: the reasoning (if any), the text (if any), the
+        usage (if reported), the finish reason."""
         chunks: list[Chunk] = [self.text] if self.text else []
+        if self.reasoning:
+            chunks.insert(0, Reasoning(self.reasoning))
         if self.usage is not None:
             chunks.append(self.usage)
         chunks.append(self.finish_reason)
@@ -409,9 +416,10 @@ class ChunkStream(AsyncIterator[Chunk]):
     ``stream = await P.create_async_generator(...); async for x in stream`` work. Also an async
     context manager that closes the underlying request early.
 
-    It enforces the provider contract as chunks pass: text, then at most one ``Usage``, then
-    exactly one ``FinishReason``. A provider error after text has been yielded becomes
-    :class:`~llmrelay.errors.StreamInterrupted`, so no caller ever retries a half-sent answer.
+    It enforces the provider contract as chunks pass: text and ``Reasoning``, in any order,
+    then at most one ``Usage``, then exactly one ``FinishReason``. A provider error after text
+    (or reasoning) has been yielded becomes :class:`~llmrelay.errors.StreamInterrupted`, so no
+    caller ever retries a half-sent answer.
     """
 
     def __init__(
@@ -540,6 +548,12 @@ class ChunkStream(AsyncIterator[Chunk]):
             if chunk:
                 self._sent_text = True
             return chunk
+        if isinstance(chunk, Reasoning):
+            if self._text_over:
+                self._broken("reasoning after Usage")
+            if chunk.text:  # the caller has seen it: no other provider may answer now
+                self._sent_text = True
+            return chunk
         if isinstance(chunk, Usage):
             if self._usage_seen:
                 self._broken("a second Usage")
@@ -549,7 +563,9 @@ class ChunkStream(AsyncIterator[Chunk]):
             # Not finished yet: the next read checks that the provider yields nothing more.
             self._finish_seen = self._text_over = True
             return chunk
-        return self._broken(f"a {type(chunk).__name__} chunk (expected str, Usage or FinishReason)")
+        return self._broken(
+            f"a {type(chunk).__name__} chunk (expected str, Reasoning, Usage or FinishReason)"
+        )
 
     def _broken(self, what: str) -> NoReturn:
         broken = errors.InvalidResponse(
@@ -610,6 +626,7 @@ class ChunkStream(AsyncIterator[Chunk]):
                 return checked_completion(self.provider, answer)
         chunks = self._generator()
         parts: list[str] = []
+        thoughts: list[str] = []
         usage: Usage | None = None
         try:
             async for chunk in chunks:
@@ -620,9 +637,12 @@ class ChunkStream(AsyncIterator[Chunk]):
                     continue
                 checked = self._check(chunk)
                 if isinstance(checked, FinishReason):
-                    return Completion("".join(parts), checked, usage)
+                    reasoning = "".join(thoughts) or None
+                    return Completion("".join(parts), checked, usage, reasoning)
                 if isinstance(checked, Usage):
                     usage = checked
+                elif isinstance(checked, Reasoning):
+                    thoughts.append(checked.text)
                 else:
                     parts.append(checked)  # a str subclass
             self._broken("no FinishReason before the end")

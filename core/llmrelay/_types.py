@@ -28,6 +28,7 @@ __all__ = [
     "FinishReason",
     "Message",
     "Messages",
+    "Reasoning",
     "Role",
     "TextPart",
     "Usage",
@@ -268,5 +269,37 @@ class Usage(BaseModel):
         return ""
 
 
-#: One item of a provider's stream: text, then optionally usage, then exactly one finish reason.
-Chunk: TypeAlias = str | Usage | FinishReason
+class Reasoning(BaseModel):
+    """Reasoning a model sent apart from its answer (its "thinking"), as reasoning models
+    served by vLLM, llama.cpp, Ollama, DeepSeek, Groq or OpenRouter do.
+
+    It is not the answer: ``.text()`` and ``ChatCompletion.choices[0].message.content`` leave
+    it out, and its ``str()`` is empty for the same reason as :class:`FinishReason`'s. It is
+    kept all the same (``message.reasoning``, ``delta.reasoning``), so nothing a provider
+    sent is lost. ``Reasoning("...")`` works positionally.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+
+    def __init__(self, text: str | None = None, /, **data: Any) -> None:
+        if not data and type(text) is str:
+            # A plain str, as every provider yields it: set as validation would set it,
+            # without a run of pydantic-core per chunk of a long stream of thought.
+            fill(self, {"text": text}, None)
+            return
+        if text is not None:  # (None: ``text=`` is a keyword, as validation passes it)
+            data["text"] = text
+        super().__init__(**data)
+
+    def __str__(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return f"Reasoning({self.text!r})"
+
+
+#: One item of a provider's stream: text and reasoning, then optionally usage, then exactly one
+#: finish reason.
+Chunk: TypeAlias = str | Reasoning | Usage | FinishReason

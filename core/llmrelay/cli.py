@@ -16,7 +16,13 @@ from typing import Any
 
 import click
 
-from ._cli_types import request_option, request_options, timeout_option, timeout_options
+from ._cli_types import (
+    reasoning_option,
+    request_option,
+    request_options,
+    timeout_option,
+    timeout_options,
+)
 from .errors import ConfigError, LLMRelayError
 
 __all__ = ["main"]
@@ -115,6 +121,7 @@ def _show_warning(
 )
 @timeout_option("Total seconds for the call, retries included;")
 @request_option()
+@reasoning_option()
 def chat(
     words: tuple[str, ...],
     model: str,
@@ -123,8 +130,9 @@ def chat(
     replay: str | None,
     timeout: float | str | None,
     request_options_given: tuple[tuple[str, Any], ...],
+    show_reasoning: bool,
 ) -> None:
-    """Send PROMPT and stream the answer to stdout.
+    """Send PROMPT and stream the answer to stdout (a model's reasoning to stderr).
 
     Several words are one prompt, joined with spaces (as `llmrelay record` takes them); quote
     it to keep its spacing. PROMPT "-", or no PROMPT with input piped in, reads the prompt
@@ -146,15 +154,12 @@ def chat(
 
     async def run() -> None:
         from . import _transport
+        from ._cli_output import write_answer
         from ._relay import relay
 
         try:
             stream = relay(model, messages, proxy=proxy, **options)
-            async for chunk in stream:
-                if isinstance(chunk, str):
-                    sys.stdout.write(chunk)
-                    sys.stdout.flush()
-            sys.stdout.write("\n")
+            await write_answer(stream, show_reasoning=show_reasoning)
         finally:
             await _transport.aclose()
 

@@ -21,8 +21,21 @@ from typing import Any, Literal
 from aiohttp import web
 
 Mode = Literal[
-    "ok", "unauthorized", "rate_limited", "server_error", "error_event", "cut", "crlf", "cr"
+    "ok",
+    "unauthorized",
+    "rate_limited",
+    "server_error",
+    "error_event",
+    "cut",
+    "crlf",
+    "cr",
+    "reasoning",
+    "reasoning_content",
 ]
+
+#: The modes of a reasoning model, and the field each sends its reasoning in: ``reasoning``
+#: (vLLM since 0.9, Ollama, OpenRouter, Groq) or ``reasoning_content`` (DeepSeek, llama.cpp).
+REASONING_FIELD = {"reasoning": "reasoning", "reasoning_content": "reasoning_content"}
 
 MODELS = ("gpt-4o-mini", "llama3")
 
@@ -61,21 +74,30 @@ def _error(
     return web.json_response(body, status=status, headers=headers)
 
 
-def _answer_words(body: dict[str, Any], chunks: int | None) -> list[str]:
-    if chunks is not None:
-        return ["tok "] * chunks
-    text = ""
+def _last_user_text(body: dict[str, Any]) -> str:
     for message in reversed(body.get("messages") or []):
         if message.get("role") == "user":
             content = message.get("content")
-            text = (
-                content
-                if isinstance(content, str)
-                else " ".join(p.get("text", "") for p in content or [] if isinstance(p, dict))
-            )
-            break
-    words = f"Echo: {text}".split(" ")
+            if isinstance(content, str):
+                return content
+            return " ".join(p.get("text", "") for p in content or [] if isinstance(p, dict))
+    return ""
+
+
+def _word_chunks(text: str) -> list[str]:
+    words = text.split(" ")
     return [w + " " for w in words[:-1]] + [words[-1]]
+
+
+def _answer_words(body: dict[str, Any], chunks: int | None) -> list[str]:
+    if chunks is not None:
+        return ["tok "] * chunks
+    return _word_chunks(f"Echo: {_last_user_text(body)}")
+
+
+def _thoughts(body: dict[str, Any]) -> list[str]:
+    """A reasoning model's thinking before its answer, as word chunks (deterministic)."""
+    return _word_chunks(f"The user wrote {_last_user_text(body)!r}, so I echo it.")
 
 
 async def _models(request: web.Request) -> web.Response:
@@ -134,8 +156,13 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         "model": body["model"],
         "system_fingerprint": "fp_replica",
     }
-    usage = {"prompt_tokens": 9, "completion_tokens": len(words), "total_tokens": 9 + len(words)}
+    thoughts = _thoughts(body) if state.mode in REASONING_FIELD else []
+    tokens = len(words) + len(thoughts)
+    usage = {"prompt_tokens": 9, "completion_tokens": tokens, "total_tokens": 9 + tokens}
     if not body.get("stream"):
+        message = {"role": "assistant", "content": "".join(words)}
+        if thoughts:
+            message[REASONING_FIELD[state.mode]] = "".join(thoughts)
         return web.json_response(
             {
                 **base,
@@ -143,7 +170,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": "".join(words)},
+                        "message": message,
                         "logprobs": None,
                         "finish_reason": "stop",
                     }
@@ -151,7 +178,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
                 "usage": usage,
             }
         )
-    return await _stream(request, state, base, words, usage, body)
+    return await _stream(request, state, base, words, usage, body, thoughts)
 
 
 async def _stream(
@@ -161,6 +188,7 @@ async def _stream(
     words: list[str],
     usage: dict[str, int],
     body: dict[str, Any],
+    thoughts: list[str],
 ) -> web.StreamResponse:
     newline = {"crlf": "\r\n", "cr": "\r"}.get(state.mode, "\n")
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -190,6 +218,9 @@ async def _stream(
     try:
         await response.write(f": keep-alive{newline}{newline}".encode())
         await response.write(chunk({"role": "assistant", "content": ""}))
+        for thought in thoughts:  # a reasoning model thinks first, with no content yet
+            field_name = REASONING_FIELD[state.mode]
+            await response.write(chunk({"content": None, field_name: thought}))
         for i, word in enumerate(words):
             if state.mode == "error_event" and i == 2:
                 await response.write(

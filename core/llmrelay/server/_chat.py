@@ -26,7 +26,7 @@ from .._config import get_config
 from .._registry import Registry, get_registry
 from .._relay import RelayStream, relay
 from .._routing import route
-from .._types import Chunk, Usage
+from .._types import Chunk, Reasoning, Usage
 from ._errors import (
     APIError,
     bug_behind,
@@ -235,6 +235,7 @@ async def _complete(chat: ChatRequest, stream: RelayStream, info: RequestLog) ->
         completion.text,
         completion.finish_reason.reason,
         completion.usage,
+        completion.reasoning,
     )
     return web.Response(body=body, headers={**_JSON_HEADERS, PROVIDER_HEADER: stream.provider})
 
@@ -285,11 +286,15 @@ async def _end_for_shutdown(writer: FrameWriter, info: RequestLog) -> None:
 
 
 async def _first_item(stream: RelayStream) -> Chunk:
-    """The first item worth sending. Empty strings are skipped: until real text has been
-    sent the relay may still fall back, and the provider header must name the one answering."""
+    """The first item worth sending. Empty text and reasoning are skipped: until something has
+    been sent the relay may still fall back, and the provider header must name the one
+    answering."""
     while True:
         item = await anext(stream)
-        if not (isinstance(item, str) and not item):
+        if isinstance(item, str):
+            if item:
+                return item
+        elif not isinstance(item, Reasoning) or item.text:
             return item
 
 
@@ -311,6 +316,9 @@ async def _send_chunks(
             if isinstance(item, str):
                 if item:
                     await writer.send(encoder.content(item))
+            elif isinstance(item, Reasoning):
+                if item.text:
+                    await writer.send(encoder.reasoning(item.text))
             elif isinstance(item, Usage):
                 usage = item
             else:

@@ -75,19 +75,27 @@ def frame(payload: Any) -> bytes:
 
 
 def completion_body(
-    completion: str, created: int, model: str, text: str, finish: str, usage: Usage | None
+    completion: str,
+    created: int,
+    model: str,
+    text: str,
+    finish: str,
+    usage: Usage | None,
+    reasoning: str | None = None,
 ) -> bytes:
-    """A whole ``chat.completion`` (``stream=false``), as OpenAI sends it.
+    """A whole ``chat.completion`` (``stream=false``), as OpenAI sends it; the message carries
+    ``reasoning`` (as vLLM, Ollama and OpenRouter name it) when the model sent any.
 
     Filled into a template, as the stream's frames are, rather than encoded from a dict: only
     the strings need encoding, and on a server's cold path the encoder's set-up for a dict
     costs more than the answer's text does.
     """
     totals = "null" if usage is None else _usage(usage)
+    thought = "" if reasoning is None else f',"reasoning":{_string(reasoning)}'
     return (
         f'{{"id":{_string(completion)},"object":"chat.completion","created":{created},'
         f'"model":{_string(model)},"choices":[{{"index":0,"message":{{"role":"assistant",'
-        f'"content":{_string(text)},"refusal":null}},"logprobs":null,'
+        f'"content":{_string(text)},"refusal":null{thought}}},"logprobs":null,'
         f'"finish_reason":{_string(finish)}}}],"usage":{totals},"system_fingerprint":null}}'
     ).encode()
 
@@ -123,6 +131,10 @@ class ChunkEncoder:
 
     def content(self, text: str) -> bytes:
         return self._content_head + _string(text).encode() + self._content_tail
+
+    def reasoning(self, text: str) -> bytes:
+        """A piece of the model's reasoning, in the delta's ``reasoning`` (vLLM's name)."""
+        return self._chunk(f'{{"reasoning":{_string(text)}}}', None)
 
     def finish(self, reason: str) -> bytes:
         return self._chunk("{}", reason)

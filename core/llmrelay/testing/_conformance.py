@@ -31,7 +31,7 @@ from .._cassettes import cassette as _cassette
 from .._provider import ChunkStream, Completion, Provider
 from .._redact import SECRET_HEADERS, looks_secret
 from .._registry import check_provider
-from .._types import Chunk, FinishReason, Messages, Usage, validate_messages
+from .._types import Chunk, FinishReason, Messages, Reasoning, Usage, validate_messages
 from ._servers import free_port, stand_in
 
 __all__ = ["ErrorCase", "ProviderConformance"]
@@ -208,9 +208,9 @@ class ProviderConformance:
         assert isinstance(whole, Completion), f"collect() gave a {type(whole).__name__}"
         text = "".join(chunk for chunk in streamed if isinstance(chunk, str))
         usage = next((chunk for chunk in streamed if isinstance(chunk, Usage)), None)
-        assert whole == Completion(text, streamed[-1], usage), (  # type: ignore[arg-type]
-            f"the whole answer {whole} differs from the stream's {streamed}"
-        )
+        thoughts = "".join(chunk.text for chunk in streamed if isinstance(chunk, Reasoning))
+        expected = Completion(text, streamed[-1], usage, thoughts or None)  # type: ignore[arg-type]
+        assert whole == expected, f"the whole answer {whole} differs from the stream's {streamed}"
 
     def test_http_goes_through_the_core_transport(
         self, conformance_cassette: Path | None, monkeypatch: pytest.MonkeyPatch
@@ -542,13 +542,17 @@ def _check_order(chunks: Sequence[object]) -> None:
     for index, chunk in enumerate(chunks):
         if isinstance(chunk, str):
             kinds.append("str")
+        elif isinstance(chunk, Reasoning):
+            kinds.append("Reasoning")
         elif isinstance(chunk, Usage):
             kinds.append("Usage")
         elif isinstance(chunk, FinishReason):
             kinds.append("FinishReason")
         else:
             kind = type(chunk).__name__
-            pytest.fail(f"chunk {index} is a {kind}; yield only str, Usage and FinishReason")
+            pytest.fail(
+                f"chunk {index} is a {kind}; yield only str, Reasoning, Usage and FinishReason"
+            )
     shape = " ".join(kinds) or "nothing"
     assert kinds[-1:] == ["FinishReason"], f"the stream must end with a FinishReason: {shape}"
     assert kinds.count("FinishReason") == 1, f"exactly one FinishReason: {shape}"

@@ -17,7 +17,17 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, TypeAdapter
 
-from llmrelay import Call, Chunk, Completion, FinishReason, Message, Provider, Usage, errors
+from llmrelay import (
+    Call,
+    Chunk,
+    Completion,
+    FinishReason,
+    Message,
+    Provider,
+    Reasoning,
+    Usage,
+    errors,
+)
 from llmrelay._config import EndpointConfig
 from llmrelay._endpoints import cached_models, request_headers
 from llmrelay._env import getenv
@@ -288,11 +298,13 @@ def _unfaithful(value: object, depth: int = 0) -> str | None:
 
 
 class StreamParser:
-    """Turns the bytes of an OpenAI SSE stream, cut anywhere, into text chunks.
+    """Turns the bytes of an OpenAI SSE stream, cut anywhere, into text (and ``Reasoning``)
+    chunks.
 
-    :meth:`feed` returns the text of each event it completed (``b""`` means the end of the
-    stream); :meth:`ending` gives the ``Usage`` (if reported) and the ``FinishReason`` once the
-    stream is over, or raises the error the stream reported. It follows the SSE rules of
+    :meth:`feed` returns the text of each event it completed, each event's ``Reasoning``
+    before its text (``b""`` means the end of the stream); :meth:`ending` gives the ``Usage``
+    (if reported) and the ``FinishReason`` once the stream is over, or raises the error the
+    stream reported. It follows the SSE rules of
     :mod:`llmrelay.sse` and OpenAI's: ``[DONE]`` ends the stream, an ``error`` object (or an
     ``error`` event) is a typed error even after a 200, ``choices`` may be null or empty (the
     usage-only last chunk), only choice 0 is read.
@@ -309,17 +321,17 @@ class StreamParser:
         self.error: errors.ProviderError | None = None
         self._decoder = SSEDecoder()
 
-    def feed(self, raw: bytes) -> list[str]:
+    def feed(self, raw: bytes) -> list[str | Reasoning]:
         if self.done:
             return []
         try:
             events = self._decoder.feed(raw) if raw else self._decoder.close()
         except SSETooLarge as exc:
             raise errors.InvalidResponse(str(exc), provider=self.provider) from None
-        texts = []
+        texts: list[str | Reasoning] = []
         for event in events:
             try:
-                text = self._handle(event.event, event.data)
+                text = self._handle(event.event, event.data, texts)
             except errors.ProviderError as exc:
                 self.error, self.done = exc, True
             else:
@@ -346,7 +358,8 @@ class StreamParser:
         ending.append(_FINISH_REASON[self.finish or "stop"])
         return ending
 
-    def _handle(self, event: str, data: str) -> str:
+    def _handle(self, event: str, data: str, out: list[str | Reasoning]) -> str:
+        """The text of one event; its reasoning, if any, is appended to ``out``."""
         if data == "[DONE]":
             self.done = True
             return ""
@@ -372,8 +385,14 @@ class StreamParser:
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
-            delta = choice.get("delta") or {}
-            content = delta.get("content") if isinstance(delta, dict) else None
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                delta = {}
+            if "reasoning_content" in delta or "reasoning" in delta:
+                thought = _reasoning(delta)
+                if thought:
+                    out.append(Reasoning(thought))
+            content = delta.get("content")
             if isinstance(content, str):
                 text += content
             if choice.get("finish_reason"):
@@ -403,13 +422,30 @@ def _completion(provider: str, data: Any) -> Completion:
         raise _invalid(provider, json.dumps(data))
     choice = choices[0]
     message = choice.get("message") or {}
-    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(message, dict):
+        message = {}
+    content = message.get("content")
     usage = data.get("usage")
     return Completion(
         content if isinstance(content, str) else "",
         _FINISH_REASON[_finish(choice.get("finish_reason"))],
         _usage(provider, usage) if usage else None,
+        _reasoning(message) or None,
     )
+
+
+def _reasoning(message: dict[str, Any]) -> str:
+    """The reasoning in a message or a delta, apart from its content: ``reasoning`` (vLLM
+    since 0.9, Ollama, OpenRouter, Groq) or ``reasoning_content`` (DeepSeek, llama.cpp, older
+    vLLM); the first that holds text, so a server that sends both is not read twice."""
+    for name in _REASONING_FIELDS:
+        text = message.get(name)
+        if isinstance(text, str) and text:
+            return text
+    return ""
+
+
+_REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 def _finish(reason: Any) -> str:

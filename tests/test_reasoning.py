@@ -1,0 +1,238 @@
+"""Reasoning a model sends apart from its answer: kept, never mixed into the text.
+
+Reasoning models served by vLLM, llama.cpp, Ollama, DeepSeek, Groq or OpenRouter send their
+thinking in ``reasoning`` or ``reasoning_content``. A provider yields it as ``Reasoning``
+chunks; the contract, the relay, both clients, the server and the CLI carry it to the caller
+beside the text (the wire format's side is in tests/test_openai_compat*.py and test_server.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from llmrelay import (
+    AsyncClient,
+    Call,
+    Chunk,
+    Client,
+    Completion,
+    FinishReason,
+    Message,
+    Provider,
+    Reasoning,
+    Registry,
+    Usage,
+    errors,
+    relay,
+)
+from tests.endpoint_support import endpoint, install_endpoints, run_cli, write_config
+from tests.openai_cases import BASE_URL, BY_NAME, HI, KEY_ENV
+from tests.support import Plugin
+
+THOUGHT = "The user wrote 'Hi there', so I echo it."
+
+
+# -- the chunk type -----------------------------------------------------------------------------
+
+
+def test_a_reasoning_chunk_is_built_as_validation_would_build_it() -> None:
+    ours, theirs = Reasoning("Let me think"), Reasoning.model_validate({"text": "Let me think"})
+    assert ours == theirs
+    assert ours.model_fields_set == theirs.model_fields_set == {"text"}
+    assert ours.__pydantic_extra__ == theirs.__pydantic_extra__
+    assert ours.__pydantic_private__ == theirs.__pydantic_private__
+    assert ours.model_dump() == {"text": "Let me think"}
+    assert Reasoning(text="keyword") == Reasoning("keyword")
+    with pytest.raises(pydantic.ValidationError):
+        Reasoning()  # type: ignore[call-arg]
+
+
+def test_reasoning_is_not_text() -> None:
+    # The common loop `print(item, end="")` prints the answer only, as with FinishReason.
+    assert str(Reasoning("thinking")) == ""
+    assert repr(Reasoning("thinking")) == "Reasoning('thinking')"
+    with pytest.raises(pydantic.ValidationError):
+        Reasoning.model_validate({"text": 5})
+    with pytest.raises(pydantic.ValidationError):
+        Reasoning("frozen").text = "changed"  # type: ignore[misc]
+
+
+def test_a_whole_answer_streams_its_reasoning_first() -> None:
+    answer = Completion("Hi", FinishReason("stop"), Usage(1, 2), "Because")
+    assert answer.chunks() == [Reasoning("Because"), "Hi", Usage(1, 2), FinishReason("stop")]
+    assert Completion("Hi", FinishReason("stop")).chunks() == ["Hi", FinishReason("stop")]
+
+
+# -- the provider contract ----------------------------------------------------------------------
+
+
+def _provider(name: str, *chunks: Chunk | Exception) -> type[Provider]:
+    """A provider yielding ``chunks`` in order (raising the exceptions among them)."""
+
+    class Scripted(Provider):
+        @classmethod
+        async def generate(
+            cls, model: str, messages: list[Message], call: Call
+        ) -> AsyncGenerator[Chunk, None]:
+            for chunk in chunks:
+                if isinstance(chunk, Exception):
+                    raise chunk
+                yield chunk
+
+    Scripted.name = name
+    Scripted.url = f"http://{name}.invalid"
+    Scripted.default_model = "thinker-1"
+    Scripted.models = ("thinker-1",)
+    Scripted.__name__ = Scripted.__qualname__ = f"Scripted_{name}"
+    return Scripted
+
+
+THINKER = (Reasoning("Let me "), Reasoning(""), Reasoning("think."), "Hi ", "there")
+
+
+async def test_the_stream_carries_reasoning_and_collect_keeps_it_apart() -> None:
+    thinker = _provider("thinker", *THINKER, Usage(4, 5), FinishReason("stop"))
+    streamed = [chunk async for chunk in thinker.create_async_generator("", HI)]
+    assert streamed == [*THINKER, Usage(4, 5), FinishReason("stop")]
+    whole = await thinker.create_async_generator("", HI).collect()
+    assert whole == Completion("Hi there", FinishReason("stop"), Usage(4, 5), "Let me think.")
+    assert await thinker.create_async_generator("", HI).text() == "Hi there"
+
+
+async def test_an_answer_without_reasoning_has_none() -> None:
+    plain = _provider("plain", "Hi", Reasoning(""), FinishReason("stop"))
+    assert (await plain.create_async_generator("", HI).collect()).reasoning is None
+
+
+async def test_reasoning_may_come_between_pieces_of_text() -> None:
+    # Interleaved thinking (a model that thinks again mid-answer) keeps its order in a stream.
+    chunks = ("A", Reasoning("hm"), "B", FinishReason("stop"))
+    interleaved = _provider("interleaved", *chunks)
+    assert [c async for c in interleaved.create_async_generator("", HI)] == list(chunks)
+
+
+async def test_reasoning_after_the_usage_breaks_the_contract() -> None:
+    late = _provider("late", "Hi", Usage(1, 1), Reasoning("late"), FinishReason("stop"))
+    # Text reached the caller first: the breach ends the stream as an interruption.
+    with pytest.raises(errors.StreamInterrupted, match="reasoning after Usage"):
+        await late.create_async_generator("", HI).text()
+
+
+async def test_a_failure_after_reasoning_is_an_interruption_and_never_falls_back(
+    use_plugins: Callable[..., Registry],
+) -> None:
+    """Reasoning reached the caller: another provider's answer would be spliced onto it."""
+    boom = errors.ServerError("HTTP 500: boom", provider="first", status=500)
+    first = _provider("first", Reasoning("Let me think"), boom)
+    second = _provider("second", "other answer", FinishReason("stop"))
+    use_plugins(("first", Plugin(first)), ("second", Plugin(second)))
+    stream = relay("thinker-1", HI, max_retries=0)
+    assert await anext(stream) == Reasoning("Let me think")
+    with pytest.raises(errors.StreamInterrupted, match="boom"):
+        await anext(stream)
+    assert stream.provider == "first"
+
+
+async def test_empty_reasoning_does_not_stop_a_fall_back(
+    use_plugins: Callable[..., Registry],
+) -> None:
+    boom = errors.ServerError("HTTP 500: boom", provider="first", status=500)
+    first = _provider("first", Reasoning(""), boom)
+    second = _provider("second", "other answer", FinishReason("stop"))
+    use_plugins(("first", Plugin(first)), ("second", Plugin(second)))
+    assert (await relay("thinker-1", HI, max_retries=0).collect()).text == "other answer"
+
+
+# -- the clients, over the recorded reasoning model ----------------------------------------------
+
+
+@pytest.fixture
+def configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_plugins: Callable[..., Registry]
+) -> Registry:
+    """The endpoint the cassettes were recorded for, configured as a user would."""
+    monkeypatch.setenv(KEY_ENV, "sk-any-key-for-replay")
+    monkeypatch.setenv("LLMRELAY_CACHE_DIR", str(tmp_path / "cache"))
+    write_config(
+        tmp_path / "config.toml", monkeypatch, endpoint("local", BASE_URL, api_key_env=KEY_ENV)
+    )
+    return install_endpoints(use_plugins)
+
+
+async def test_the_async_client_gives_reasoning_beside_the_answer(configured: Registry) -> None:
+    from llmrelay import cassette
+
+    async with AsyncClient() as client:
+        with cassette(BY_NAME["non_stream_reasoning_content"].path):
+            completion = await client.chat.completions.create(model="local/llama3", messages=HI)
+        message = completion.choices[0].message
+        assert (message.content, message.reasoning) == ("Echo: Hi there", THOUGHT)
+        assert message.model_fields_set == {"role", "content", "reasoning"}
+
+        with cassette(BY_NAME["stream_reasoning"].path):
+            stream = await client.chat.completions.create(
+                model="local/llama3", messages=HI, stream=True
+            )
+            chunks = [chunk async for chunk in stream]
+    deltas = [chunk.choices[0].delta for chunk in chunks]
+    assert "".join(d.reasoning or "" for d in deltas) == THOUGHT
+    assert "".join(d.content or "" for d in deltas) == "Echo: Hi there"
+    # Reasoning pieces carry no content, and come before the answer's first piece.
+    thinking = [d for d in deltas if d.reasoning]
+    assert all(d.content is None for d in thinking)
+    assert deltas.index(thinking[-1]) < next(i for i, d in enumerate(deltas) if d.content)
+    assert deltas[0].role == "assistant"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_the_sync_client_gives_reasoning_too(configured: Registry) -> None:
+    from llmrelay import cassette
+
+    with Client() as client, cassette(BY_NAME["stream_reasoning"].path):
+        stream = client.chat.completions.create(model="local/llama3", messages=HI, stream=True)
+        thinking = "".join(chunk.choices[0].delta.reasoning or "" for chunk in stream)
+    assert thinking == THOUGHT
+
+
+async def test_an_answer_without_reasoning_leaves_the_field_unset(configured: Registry) -> None:
+    from llmrelay import cassette
+
+    async with AsyncClient() as client:
+        with cassette(BY_NAME["non_stream"].path):
+            completion = await client.chat.completions.create(
+                model="local/llama3", messages=HI, stream=False
+            )
+    message = completion.choices[0].message
+    assert message.reasoning is None
+    assert message.model_fields_set == {"role", "content"}  # as validation leaves it
+
+
+# -- the terminal -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", [None, "--reasoning", "--no-reasoning"])
+def test_chat_writes_reasoning_to_stderr_and_the_answer_to_stdout(
+    tmp_path: Path, flag: str | None
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(endpoint("local", BASE_URL, api_key_env=KEY_ENV), encoding="utf-8")
+    result = run_cli(
+        "chat",
+        *([flag] if flag else []),
+        "--replay",
+        str(BY_NAME["stream_reasoning"].path),
+        "-m",
+        "local/llama3",
+        "Hi there",
+        env={"LLMRELAY_CONFIG": str(config), KEY_ENV: "replay"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Echo: Hi there\n"
+    if flag == "--no-reasoning":
+        assert result.stderr == ""
+    else:  # no terminal: no styling either
+        assert result.stderr == THOUGHT + "\n"
