@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import runpy
+import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,7 @@ from llmrelay.errors import (
     ConfigError,
     InvalidRequest,
     ModelNotFound,
+    ProviderTimeout,
     ServerError,
     StreamInterrupted,
 )
@@ -440,6 +444,43 @@ async def test_closing_the_client_ends_a_read_waiting_in_another_task(
         assert len(connector._acquired) == 0  # the connection is not held
 
 
+async def test_closing_a_stream_that_has_not_started_ends_its_read(
+    local: ReplicaState,
+) -> None:
+    """Closed (by another task) while its first read waits for the response to start: the
+    read ends with nothing, and the response, when it comes, is dropped unread."""
+    local.head_delay = 0.3
+    local.delay = 0.2  # still streaming when the connection is dropped
+    async with AsyncClient(timeout=None) as client:
+        stream = await client.chat.completions.create(model="llama3", messages=HI, stream=True)
+        reader = asyncio.create_task(_texts(stream))
+        await _until(lambda: local.hits == 1)
+        await stream.aclose()
+        assert await asyncio.wait_for(reader, timeout=2) == []
+        await _until(lambda: local.streams_cancelled == 1)
+        assert local.streams_finished == 0
+
+
+async def test_closing_a_stream_waiting_to_retry_sends_no_more_requests(
+    local: ReplicaState,
+) -> None:
+    local.mode = "server_error"
+    async with AsyncClient(max_retries=5, timeout=None) as client:
+        stream = await client.chat.completions.create(model="llama3", messages=HI, stream=True)
+        reader = asyncio.create_task(_texts(stream))
+        await _until(lambda: local.hits == 1)  # the first attempt failed; a backoff follows
+        await stream.aclose()
+        assert await asyncio.wait_for(reader, timeout=10) == []
+    assert local.hits == 1
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Poll state a replica owns, bounded."""
+    async with asyncio.timeout(seconds):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
 async def test_a_second_reader_is_refused_and_the_first_reads_on(
     serve: Serve,
     tmp_path: Path,
@@ -553,19 +594,123 @@ def test_sync_client_stops_its_thread(threaded: ReplicaState) -> None:
     client.close()  # twice is fine
 
 
-def test_sync_client_never_closed_is_closed_when_collected(
+def test_sync_client_never_closed_is_closed_with_its_last_reference(
     threaded: ReplicaState,
 ) -> None:
+    """No reference cycle holds a client: its thread stops as soon as nothing refers to it,
+    not at some later run of the garbage collector (a one-liner, a notebook cell re-run)."""
     import gc
 
     before = set(threading.enumerate())
+    gc.disable()
+    try:
+        check_completion(Client().chat.completions.create(model="llama3", messages=HI))
+        # Closed by then (its thread joined): a client in a cycle would still be running.
+        assert set(threading.enumerate()) == before
+    finally:
+        gc.enable()
+
+
+def test_a_closed_client_lists_no_models(threaded: ReplicaState) -> None:
     client = Client()
-    client.chat.completions.create(model="llama3", messages=HI)
-    (thread,) = set(threading.enumerate()) - before
-    del client
-    gc.collect()
-    thread.join(timeout=5)
-    assert not thread.is_alive()
+    client.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        client.models.list()
+
+
+async def test_a_closed_async_client_lists_no_models(local: ReplicaState) -> None:
+    client = AsyncClient()
+    await client.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.models.list()
+
+
+def test_closing_a_client_under_a_waiting_call_is_a_runtime_error(
+    threaded: ReplicaState,
+) -> None:
+    threaded.head_delay = 5  # the answer is far off when the client closes
+    client = Client()
+    failures: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            client.chat.completions.create(model="llama3", messages=HI)
+        except BaseException as exc:
+            failures.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    deadline = time.monotonic() + 5
+    while threaded.hits == 0 and time.monotonic() < deadline:  # bounded
+        time.sleep(0.01)
+    client.close()
+    caller.join(timeout=5)
+    (failure,) = failures
+    assert type(failure) is RuntimeError
+    assert str(failure) == "this Client was closed while the request was in flight"
+
+
+def test_a_sync_call_gives_way_to_a_pending_interrupt(threaded: ReplicaState) -> None:
+    """A KeyboardInterrupt raised while a call waits (``_thread.interrupt_main()``; Ctrl-C on
+    Windows) stops the call at once, not when the answer comes."""
+    import _thread
+
+    threaded.head_delay = 3
+    with Client() as client:
+        timer = threading.Timer(0.2, _thread.interrupt_main)
+        started = time.monotonic()
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            client.chat.completions.create(model="llama3", messages=HI)
+        assert time.monotonic() - started < 1.5
+        timer.join()
+
+
+def test_a_sync_call_whose_deadline_passes_raises_it(threaded: ReplicaState) -> None:
+    """The coroutine's own TimeoutError (ProviderTimeout) is the call's answer, not a reason
+    to go on waiting for one."""
+    threaded.head_delay = 2
+    with Client() as client, pytest.raises(ProviderTimeout):
+        client.chat.completions.create(model="llama3", messages=HI, timeout=0.3)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_sync_client_used_before_a_fork_works_in_the_child(threaded: ReplicaState) -> None:
+    """Only the forking thread survives a fork: the child gets a loop of its own, instead of
+    waiting for ever on the parent's, which no thread runs there."""
+    import warnings
+
+    client = Client()
+    check_completion(client.chat.completions.create(model="llama3", messages=HI))
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():  # (Python 3.12+ warns about forking with threads)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: answer through the pipe, then leave at once
+        code = 1
+        try:
+            answer = client.chat.completions.create(model="llama3", messages=HI, timeout=10)
+            os.write(write_end, (answer.choices[0].message.content or "").encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # bounded
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the child's call hung")
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert os.read(read_end, 1000).decode() == ANSWER
+    finally:
+        os.close(read_end)
+        client.close()
 
 
 # -- routing through the client -----------------------------------------------------------------

@@ -32,7 +32,7 @@ from tenacity.stop import stop_base
 from . import errors
 from ._proxy import ProxyURL, proxy_for
 from ._redact import redact
-from ._transport import HTTPResponse, Timeouts, get_transport
+from ._transport import HTTPResponse, Timeouts, closed_under, get_transport
 
 if TYPE_CHECKING:
     import aiohttp
@@ -101,6 +101,8 @@ class Call:
     _open_responses: list[aiohttp.ClientResponse] | None = field(
         default=None, init=False, repr=False
     )
+    #: Set by ``end_reads``: no stream of this call may open, or try again, from then on.
+    _reads_ended: bool = field(default=False, init=False, repr=False)
 
     def __repr__(self) -> str:
         # Not the dataclass's: the base URL may carry a key (``?key=...``, ``user:pass@``).
@@ -419,6 +421,8 @@ class Call:
         stack = contextlib.AsyncExitStack()
 
         async def attempt() -> aiohttp.ClientResponse:
+            if self._reads_ended:  # closed while connecting or waiting to retry: stop
+                raise closed_under(self.provider)
             self._log_request(method, url, proxy)
             return await stack.enter_async_context(
                 transport.open(
@@ -435,6 +439,8 @@ class Call:
 
         async with stack:
             response = await self.with_retries(attempt)
+            if self._reads_ended:  # closed while the response was on its way: not read
+                raise closed_under(self.provider)
             # aiohttp now enforces the deadline on every read of this response (its total
             # timeout covers the body): one timer per call instead of one per read.
             self._transport_bounds_reads = True
@@ -447,9 +453,11 @@ class Call:
                 self._open_responses.remove(response)
 
     def end_reads(self) -> None:
-        """End every read of this call's open streams by aborting their connections: a task
+        """End every read of this call's streams by aborting their connections: a task
         reading one (while another closes its stream) sees its read fail at once, instead of
-        waiting for bytes that no one will read after it."""
+        waiting for bytes that no one will read after it. A stream still opening (connecting,
+        or waiting to retry) stops as soon as it can, and sends no request after this."""
+        self._reads_ended = True
         for response in list(self._open_responses or ()):
             connection = response.connection
             if connection is not None and connection.transport is not None:

@@ -335,6 +335,9 @@ class AsyncCompletionStream(AsyncIterator[ChatCompletionChunk]):
         try:
             while True:
                 item = await self._stream.__anext__()
+                if self._done:  # closed (by another task or thread) while this read waited
+                    await self._stream.aclose()
+                    raise StopAsyncIteration
                 if isinstance(item, str):
                     return self._chunk(item, None)
                 if isinstance(item, Reasoning):
@@ -518,8 +521,13 @@ class AsyncChat:
 
 
 class AsyncModels:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
     async def list(self) -> ModelList:
         """Every model, with the providers serving it in the order they would be tried."""
+        if self._client.closed:
+            raise RuntimeError("this AsyncClient is closed; create a new one")
         return list_models()
 
 
@@ -551,7 +559,7 @@ class AsyncClient:
             )
         self.defaults = defaults
         self.chat = AsyncChat(self)
-        self.models = AsyncModels()
+        self.models = AsyncModels(self)
         self._streams: weakref.WeakSet[AsyncCompletionStream] = weakref.WeakSet()
         self._closed = False
         self._closes_sessions = False  # the last user of its loop: aclose() closes the sessions
@@ -622,6 +630,17 @@ class _LoopThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        _runners.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's loop has no thread here (only the forking thread
+        survives a fork), so the next call starts a loop of its own instead of waiting for
+        ever on one nobody runs. The parent's loop is kept, unclosed: its file descriptors are
+        shared with the parent, and closing it here would touch what the parent still uses."""
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        if self._loop is not None:
+            _left_by_fork.append(self._loop)
+        self._loop = self._thread = None
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -655,7 +674,14 @@ class _LoopThread:
             raise
         future = asyncio.run_coroutine_threadsafe(coro, loop)
         try:
-            return future.result()
+            while True:
+                # In slices, not one wait: Python runs a pending KeyboardInterrupt (Ctrl-C on
+                # Windows, ``_thread.interrupt_main()``) only between two waits.
+                try:
+                    return future.result(timeout=_WAIT_SLICE)
+                except TimeoutError:
+                    if future.done():  # the coroutine's own TimeoutError (ProviderTimeout)
+                        return future.result()
         except BaseException:
             future.cancel()  # interrupted (Ctrl-C): stop the work too
             raise
@@ -676,6 +702,23 @@ class _LoopThread:
             return
         asyncio.run_coroutine_threadsafe(_shutdown(aclose), loop)
         thread.join()
+
+
+#: Every sync client's loop thread, to reset in a forked child (see ``_after_fork``).
+_runners: weakref.WeakSet[_LoopThread] = weakref.WeakSet()
+#: Loops that belonged to a parent process: kept, never used or closed (see ``_after_fork``).
+_left_by_fork: list[asyncio.AbstractEventLoop] = []
+#: Seconds a sync call waits at a time, between two chances to run a pending interrupt.
+_WAIT_SLICE = 0.25
+
+
+def _reset_runners_after_fork() -> None:
+    for runner in list(_runners):
+        runner._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_reset_runners_after_fork)
 
 
 async def _shutdown(aclose: Callable[[], Awaitable[None]]) -> None:
@@ -811,14 +854,21 @@ class Completions:
         client = self._client
         completions = client._async.chat.completions
         stream = _stream_flag(stream)
-        if stream:
-            chunks = client._runner.run(
-                completions.create(model=model, messages=messages, stream=True, **options)
+        try:
+            if stream:
+                chunks = client._runner.run(
+                    completions.create(model=model, messages=messages, stream=True, **options)
+                )
+                return CompletionStream(chunks, client)
+            answer: ChatCompletion = client._runner.run(
+                completions.create(model=model, messages=messages, stream=False, **options)
             )
-            return CompletionStream(chunks, client)
-        answer: ChatCompletion = client._runner.run(
-            completions.create(model=model, messages=messages, stream=False, **options)
-        )
+        except concurrent.futures.CancelledError:
+            if client.closed:  # closed by another thread while this call waited
+                raise RuntimeError(
+                    "this Client was closed while the request was in flight"
+                ) from None
+            raise
         return answer
 
 
@@ -828,8 +878,13 @@ class Chat:
 
 
 class Models:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
     def list(self) -> ModelList:
         """Every model, with the providers serving it in the order they would be tried."""
+        if self._client.closed:
+            raise RuntimeError("this Client is closed; create a new one")
         return list_models()
 
 
@@ -844,9 +899,19 @@ class Client:
     def __init__(self, **defaults: Any) -> None:
         self._async = AsyncClient(**defaults)
         self._runner = _LoopThread()
-        self.chat = Chat(self)
-        self.models = Models()
         self._finalizer = weakref.finalize(self, self._runner.close, self._async.aclose)
+
+    # ``chat`` and ``models`` are made on each use rather than held: they refer back to the
+    # client, and a client in a reference cycle is not freed (its thread stopped) when its
+    # last reference goes, but only when the garbage collector next looks for cycles.
+
+    @property
+    def chat(self) -> Chat:
+        return Chat(self)
+
+    @property
+    def models(self) -> Models:
+        return Models(self)
 
     @property
     def defaults(self) -> dict[str, Any]:

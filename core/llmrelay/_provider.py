@@ -496,6 +496,8 @@ class ChunkStream(AsyncIterator[Chunk]):
             if self._finish_seen:  # the end, after the FinishReason: as it should be
                 self._finished = True
                 raise
+            if self._finished:  # closed by another task while this read waited
+                raise
             self._broken("no FinishReason before the end")
         except Exception as exc:
             if self._finish_seen:  # the answer is whole: a failure in the provider's clean-up
@@ -506,6 +508,9 @@ class ChunkStream(AsyncIterator[Chunk]):
                 log.debug("%s: closed during a read that then failed: %r", self.provider, exc)
                 raise StopAsyncIteration from None
             self._raise_typed(exc)
+        if self._finished:  # closed by another task while this read waited: the chunk is
+            await self.aclose()  # not the caller's any more, and the generator is free to end
+            raise StopAsyncIteration
         if type(chunk) is str and not self._text_over:  # text: nearly every chunk
             if chunk:
                 self._sent_text = True

@@ -54,6 +54,9 @@ class ReplicaState:
     streams_cancelled: int = 0
     #: Seconds between streamed chunks (0: as fast as possible).
     delay: float = 0.0
+    #: Seconds before the response starts (its status and headers), as a model that is slow
+    #: to begin.
+    head_delay: float = 0.0
 
 
 STATE = web.AppKey("state", ReplicaState)
@@ -126,6 +129,8 @@ async def _chat(request: web.Request) -> web.StreamResponse:
             400, "We could not parse the JSON body of your request.", "invalid_request_error"
         )
     state.last_body = body
+    if state.head_delay:
+        await asyncio.sleep(state.head_delay)
     if body.get("model") not in MODELS:
         return _error(
             404,
