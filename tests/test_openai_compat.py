@@ -299,6 +299,21 @@ def test_stream_endings_and_errors(raw: bytes, expected: str) -> None:
     assert any(isinstance(item, str) and item.startswith(expected) for item in out), out
 
 
+@pytest.mark.parametrize(
+    ("reason", "expected"),
+    [("length", "length"), ("error", "error"), ("function_call", "tool_calls"), ("eos", "stop")],
+)
+def test_finish_reasons_pass_through(reason: str, expected: str) -> None:
+    """OpenRouter's "error" (a generation that failed after some text) is not taken for a
+    normal stop: the answer is cut, and says so."""
+    from llmrelay_openai_compat._provider import _completion
+
+    event = {"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": reason}]}
+    assert _parse([_sse([event, "[DONE]"], "\n")]) == ["x", FinishReason(expected)]  # type: ignore[arg-type]
+    whole = {"choices": [{"index": 0, "message": {"content": "x"}, "finish_reason": reason}]}
+    assert _completion("p", whole).finish_reason == FinishReason(expected)  # type: ignore[arg-type]
+
+
 # -- errors keep the upstream message -----------------------------------------------------------
 
 

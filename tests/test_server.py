@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import aiohttp
@@ -781,6 +782,19 @@ async def test_unknown_routes_and_methods_are_openai_shaped(
 # -- auth ----------------------------------------------------------------------------------
 
 
+async def test_a_key_read_with_its_trailing_newline_still_matches(
+    fakes: Callable[..., Registry], relay_server: StartServer, client: MakeClient
+) -> None:
+    """A key from a secret file (Kubernetes' --from-file) ends in a newline that no client
+    can send: it is not part of the key."""
+    fakes(Echo)
+    server = await relay_server(ServerSettings(api_key=f"  {KEY}\n", shutdown_grace=2.0))
+    answer = await client(server, KEY).chat.completions.create(model="echo-1", messages=HI)
+    assert answer.choices[0].message.content == "Echo: Hi there"
+    with pytest.raises(ValueError, match="control character"):
+        ServerSettings(api_key="sk-one\nsk-two")
+
+
 async def test_auth(
     fakes: Callable[..., Registry],
     relay_server: StartServer,
@@ -847,6 +861,10 @@ async def test_upstream_429_is_passed_on_with_retry_after(
         (lambda p: errors.ServerError("HTTP 503", provider=p, status=503), 503, None),
         (lambda p: errors.BadRequest("HTTP 400: bad", provider=p, status=400), 400, None),
         (lambda p: errors.MisuseDetected("Misuse detected", provider=p), 400, "content_filter"),
+        # The deadline left no time for the wait an upstream asked: its status, not a 504.
+        (lambda p: _cut_short(p, 429), 429, "rate_limit_exceeded"),
+        (lambda p: _cut_short(p, 503), 503, "upstream_unavailable"),
+        (lambda p: _cut_short(p, 500), 502, "upstream_error"),
     ],
 )
 async def test_one_failing_provider_maps_to_a_status(
@@ -866,10 +884,28 @@ async def test_one_failing_provider_maps_to_a_status(
     assert info.value.body["message"].startswith("only: ")
     if code:
         assert info.value.body["code"] == code
+    headers = info.value.response.headers
+    # llmrelay has retried already: a client's retries would only multiply the requests.
+    assert headers.get("x-should-retry") == ("false" if status in (500, 502, 504) else None)
+    if status in (429, 503) and "cut short" in info.value.body["message"]:
+        assert headers["retry-after"] == "45"
     if status == 400:
         assert isinstance(info.value, openai.BadRequestError)
+    elif status == 429:
+        assert isinstance(info.value, openai.RateLimitError)
     else:
         assert isinstance(info.value, openai.InternalServerError)
+
+
+def _cut_short(provider: str, status: int) -> errors.ProviderTimeout:
+    """What ``Call`` raises when the deadline leaves no time to wait out an upstream answer."""
+    return errors.ProviderTimeout(
+        f"deadline of 10s leaves no time to retry (cut short) after HTTP {status}",
+        provider=provider,
+        status=status,
+        retryable=False,
+        retry_after=45.0,
+    )
 
 
 async def test_all_providers_failing_is_502_listing_each(
@@ -1201,6 +1237,64 @@ async def test_ready_is_503_without_providers(
     async with http.get(f"{server.url}/ready") as response:
         assert response.status == 503
         assert (await response.json())["error"]["code"] == "no_providers"
+
+
+@pytest.mark.parametrize(
+    ("config", "code"),
+    [
+        ("[providers.echo]\ndisabled = true\n", "no_providers"),  # installed, not routable
+        ('timeout = "soon"\n', None),  # every request would fail on it
+    ],
+    ids=["every provider disabled", "a broken configuration"],
+)
+async def test_ready_is_503_when_no_request_could_be_answered(
+    fakes: Callable[..., Registry],
+    relay_server: StartServer,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    config: str,
+    code: str | None,
+) -> None:
+    fakes(Echo)
+    server = await relay_server()
+    async with http.get(f"{server.url}/ready") as response:
+        assert response.status == 200
+    path = tmp_path / "config.toml"
+    path.write_text(config, encoding="utf-8")
+    monkeypatch.setenv("LLMRELAY_CONFIG", str(path))  # read again: the variable changed
+    async with http.get(f"{server.url}/ready") as response:
+        assert response.status == 503
+        assert (await response.json())["error"]["code"] == code
+
+
+def test_the_start_warns_of_what_will_fail(
+    use_plugins: Callable[..., Registry], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An endpoint no plugin serves, a key variable not set: said once, at the start, rather
+    than found out from the first requests' 404s and 502s."""
+    from llmrelay._config import get_config
+    from llmrelay.server._run import _setup_problems
+
+    class Keyed(Echo):
+        name = "keyed"
+        api_key_env = "KEYED_TEST_KEY"
+
+    monkeypatch.delenv("KEYED_TEST_KEY", raising=False)
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[[endpoints]]\nname = "orphan"\nbase_url = "http://127.0.0.1:9/v1"\n', encoding="utf-8"
+    )
+    monkeypatch.setenv("LLMRELAY_CONFIG", str(path))
+    registry = use_plugins(("keyed", Plugin(Keyed)))
+    problems = _setup_problems(get_config(), registry)
+    assert len(problems) == 2
+    assert problems[0].startswith("[[endpoints]] 'orphan': no provider is registered for it")
+    assert problems[1] == (
+        "keyed reads its API key from $KEYED_TEST_KEY, which is not set: its requests will fail"
+    )
+    monkeypatch.setenv("KEYED_TEST_KEY", "sk-set")
+    assert len(_setup_problems(get_config(), registry)) == 1
 
 
 # -- the access log ------------------------------------------------------------------------

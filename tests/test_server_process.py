@@ -200,7 +200,10 @@ def test_refuses_public_binding_without_a_key() -> None:
     assert "refusing to listen on '0.0.0.0' without an API key" in result.output
     result = runner.invoke(serve_command, ["--api-key", " "])
     assert result.exit_code == 2
-    assert "the API key is empty" in result.output
+    assert "the API key must not be empty or blank" in result.output
+    result = runner.invoke(serve_command, ["--api-key", "abc\ndef"])
+    assert result.exit_code == 2
+    assert "control character" in result.output
 
 
 def test_help_lists_the_options() -> None:

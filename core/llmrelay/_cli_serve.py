@@ -100,10 +100,13 @@ def serve(
         DEFAULT_MAX_BODY_BYTES,
         DEFAULT_MAX_CONCURRENCY,
         DEFAULT_SHUTDOWN_GRACE,
+        api_key_problem,
     )
 
-    if api_key is not None and not api_key.strip():
-        raise click.BadParameter("the API key is empty", param_hint="--api-key")
+    if api_key is not None:
+        problem = api_key_problem(api_key.strip())
+        if problem:
+            raise click.BadParameter(problem, param_hint="--api-key / LLMRELAY_API_KEY")
     settings = ServerSettings(
         api_key=api_key,
         max_body_bytes=max_body or DEFAULT_MAX_BODY_BYTES,

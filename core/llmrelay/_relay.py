@@ -207,7 +207,8 @@ class RelayStream(ChunkStream):
             self._finished = True  # (closed under it: the next provider's session, too)
             raise exc
         self.errors.append(exc)
-        log.info("%s failed before any text (%s); trying the next provider", provider, exc.reason)
+        then = "trying the next provider" if self._tried < len(self._candidates) else "none left"
+        log.info("%s failed before any text (%s); %s", provider, exc.reason, then)
 
     def _final_error(self) -> Exception:
         if not self.errors:  # the deadline passed before any provider was tried

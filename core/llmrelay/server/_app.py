@@ -262,14 +262,23 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _ready(request: web.Request) -> web.Response:
-    """Readiness: not shutting down, and at least one provider to answer with."""
+    """Readiness: not shutting down, a configuration that reads, and at least one provider
+    that a request can be routed to (installed, not disabled, serving a model)."""
+    from .._client import list_models
+
     state = request.app[STATE]
     if state.draining:
         raise APIError(503, "shutting down", type="server_error", code="shutting_down")
     try:
-        count = len(_registry(request).providers)
+        models = list_models(_registry(request))  # reads the configuration as a request does
     except errors.ConfigError:
         raise APIError(503, "the configuration is invalid", type="server_error") from None
+    count = len({provider for model in models for provider in model.providers})
     if not count:
-        raise APIError(503, "no providers installed", type="server_error", code="no_providers")
+        raise APIError(
+            503,
+            "no provider can answer: none is installed, or every one is disabled",
+            type="server_error",
+            code="no_providers",
+        )
     return web.json_response({"status": "ready", "providers": count})

@@ -15,8 +15,10 @@ MisuseDetected                         400     the provider refused the prompt i
 BadRequest (upstream 400/422)          400     upstream rejected what the client asked for
 ModelNotFound                          404     as OpenAI answers an unknown model
 RateLimited (upstream 429)             429     passed on with ``Retry-After``, so clients wait
-ProviderTimeout                        504     the upstream did not answer in time
 ServerError with upstream 503          503     upstream is overloaded: retry later
+ProviderTimeout after an upstream      429     the deadline left no time to wait as long as
+429 / 503 (its Retry-After too long)   / 503   the upstream asked: its status and Retry-After
+ProviderTimeout                        504     the upstream did not answer in time
 any other ProviderError                502     upstream failed or misbehaved (bad gateway)
 AllProvidersFailed                     502     429 / 504 when every provider failed that way
 ConfigError, anything unexpected       500     the server's fault; details go to the log only
@@ -24,6 +26,11 @@ ConfigError, anything unexpected       500     the server's fault; details go to
 
 An upstream 401/403 becomes 502, never 401: it is the server's credentials that failed, and a
 client told "401" would wrongly blame its own key.
+
+500, 502 and 504 carry ``x-should-retry: false``, which OpenAI's SDKs obey: llmrelay has
+already retried (and fallen back) within the request's deadline, so a client's retries would
+only multiply the upstream requests and the wait. 429 and 503 stay retryable, after their
+``Retry-After``.
 """
 
 from __future__ import annotations
@@ -62,6 +69,8 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.headers = dict(headers or {})
+        if status in _FINAL_STATUSES:
+            self.headers.setdefault("x-should-retry", "false")
 
     def body(self) -> dict[str, Any]:
         return {
@@ -75,6 +84,10 @@ class APIError(Exception):
 
     def response(self) -> web.Response:
         return web.json_response(self.body(), status=self.status, headers=self.headers)
+
+
+#: Statuses after which a client's retry cannot help (see the module's docstring).
+_FINAL_STATUSES = frozenset({500, 502, 504})
 
 
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
@@ -111,7 +124,7 @@ def _provider_error(exc: errors.ProviderError) -> APIError:
     message = str(exc)
     if isinstance(exc, errors.StreamInterrupted):
         return APIError(502, message, type="upstream_error", code="stream_interrupted")
-    if isinstance(exc, errors.RateLimited):
+    if _rate_limited(exc):
         return APIError(
             429,
             message,
@@ -119,13 +132,15 @@ def _provider_error(exc: errors.ProviderError) -> APIError:
             code="rate_limit_exceeded",
             headers=retry_after_headers(exc.retry_after),
         )
-    if isinstance(exc, errors.ProviderTimeout):
+    if isinstance(exc, errors.ProviderTimeout) and exc.status != 503:
+        if exc.status is not None:  # the deadline cut the retries of an upstream failure
+            return APIError(502, message, type="upstream_error", code="upstream_error")
         return APIError(504, message, type="upstream_error", code="upstream_timeout")
     if isinstance(exc, errors.MisuseDetected):
         return APIError(400, message, code="content_filter")
     if isinstance(exc, errors.BadRequest):
         return APIError(400, message, code="upstream_rejected_request")
-    if isinstance(exc, errors.ServerError) and exc.status == 503:
+    if isinstance(exc, errors.ServerError | errors.ProviderTimeout) and exc.status == 503:
         return APIError(
             503,
             message,
@@ -141,7 +156,7 @@ def _all_failed(exc: errors.AllProvidersFailed) -> APIError:
     client backs off (429) or knows it was time (504)."""
     failures = exc.errors
     message = str(exc)
-    if failures and all(isinstance(e, errors.RateLimited) for e in failures):
+    if failures and all(_rate_limited(e) for e in failures):
         waits = [e.retry_after for e in failures if e.retry_after is not None]
         return APIError(
             429,
@@ -150,9 +165,18 @@ def _all_failed(exc: errors.AllProvidersFailed) -> APIError:
             code="rate_limit_exceeded",
             headers=retry_after_headers(min(waits) if waits else None),
         )
-    if failures and all(isinstance(e, errors.ProviderTimeout) for e in failures):
+    if failures and all(
+        isinstance(e, errors.ProviderTimeout) and e.status is None for e in failures
+    ):
         return APIError(504, message, type="upstream_error", code="upstream_timeout")
     return APIError(502, message, type="upstream_error", code="all_providers_failed")
+
+
+def _rate_limited(exc: errors.ProviderError) -> bool:
+    """An upstream 429, or the deadline that ended the wait it asked for."""
+    return isinstance(exc, errors.RateLimited) or (
+        isinstance(exc, errors.ProviderTimeout) and exc.status == 429
+    )
 
 
 def retry_after_headers(seconds: float | None) -> dict[str, str]:

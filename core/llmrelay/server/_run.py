@@ -33,11 +33,15 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from ._app import create_app
+
+if TYPE_CHECKING:
+    from .._config import Config
+    from .._registry import Registry
 from ._settings import ServerSettings, check_binding
 from ._state import SHUTDOWN, STATE, ServerState
 
@@ -303,19 +307,41 @@ def prepare_process(max_concurrency: int) -> None:
     transport.limit = max(transport.limit, max_concurrency)
 
 
+def _setup_problems(config: Config, registry: Registry) -> list[str]:
+    """What will make requests fail that the start can already tell: configured endpoints no
+    plugin serves, and providers whose key variable is not set."""
+    from .._env import getenv
+    from .._routing import unserved_endpoints_problem
+
+    problems = []
+    unserved = unserved_endpoints_problem(config, registry)
+    if unserved:
+        problems.append(unserved)
+    for name, info in registry.providers.items():
+        key_env = info.provider.api_key_env
+        if key_env and not getenv(key_env):
+            problems.append(
+                f"{name} reads its API key from ${key_env}, which is not set: "
+                "its requests will fail"
+            )
+    return problems
+
+
 async def _serve(options: RunOptions, port: int, worker: int | None) -> None:
     """One event loop serving until told to stop; ``worker`` is set under a supervisor."""
     from .. import aclose
     from .._config import get_config
     from .._registry import get_registry
 
-    get_config()  # a broken configuration stops the start, not the first request
+    config = get_config()  # a broken configuration stops the start, not the first request
     prepare_process(options.settings.max_concurrency)
     registry = get_registry()
     for failure in registry.failures:
         log.warning("plugin %s failed to load: %s", failure.name, failure.error)
     if not registry.providers:
         log.warning("no providers installed: every chat request will get 404")
+    for problem in _setup_problems(config, registry):
+        log.warning("%s", problem)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     server: Server | None = None

@@ -57,8 +57,13 @@ class ServerSettings:
     body_timeout: float = DEFAULT_BODY_TIMEOUT
 
     def __post_init__(self) -> None:
-        if self.api_key is not None and not self.api_key.strip():
-            raise ValueError("the API key must not be empty or blank")
+        if self.api_key is not None:
+            # A client's key is read without surrounding whitespace, so the server's must be
+            # too: the newline a secret file ends with would lock every client out.
+            object.__setattr__(self, "api_key", self.api_key.strip())
+            problem = api_key_problem(self.api_key)
+            if problem:
+                raise ValueError(problem)
         if self.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
         if self.max_concurrency < 1:
@@ -67,6 +72,18 @@ class ServerSettings:
             raise ValueError(f"body_timeout must be positive, got {self.body_timeout}")
         if self.shutdown_grace < 0:
             raise ValueError(f"shutdown_grace must not be negative, got {self.shutdown_grace}")
+
+
+def api_key_problem(key: str) -> str | None:
+    """Why ``key`` (surrounding whitespace removed) cannot be the server's key, or None."""
+    if not key:
+        return "the API key must not be empty or blank"
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        return (
+            "the API key holds a control character (a line break, say), which no HTTP header "
+            "can carry: no client could ever send it"
+        )
+    return None
 
 
 def is_loopback(host: str) -> bool:

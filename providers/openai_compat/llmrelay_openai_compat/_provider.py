@@ -72,6 +72,9 @@ _FINISH = {
     "content_filter": "content_filter",
     "tool_calls": "tool_calls",
     "function_call": "tool_calls",
+    # Not OpenAI's, but OpenRouter's (and llmrelay serve's own) for a generation that failed
+    # after some text: reported as "stop" it would pass a cut answer off as whole.
+    "error": "error",
 }
 #: One immutable ``FinishReason`` per name, shared by every answer.
 _FINISH_REASON: dict[str, FinishReason] = {
