@@ -42,7 +42,7 @@ def test_content_parts_keep_everything_the_caller_sent() -> None:
         ([{"role": "robot", "content": "x"}], "messages[0].role: Input should be"),
         (
             [{"role": "user", "content": "a"}, {"role": "user"}],
-            "messages[1].content: Field required",
+            "messages[1]: Value error, content is required",
         ),
         ([{"role": "user", "content": 42}], "messages[0].content"),
         ([{"content": "x"}], "messages[0].role: Field required"),
@@ -60,11 +60,18 @@ def test_bad_input_names_the_message_and_field(messages: Any, expected: str) -> 
     assert info.value.__cause__ is None  # no pydantic traceback chained onto the user's error
 
 
-def test_assistant_tool_call_turn_may_have_null_content() -> None:
-    (message,) = validate_messages(
-        [{"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]}]
-    )
+@pytest.mark.parametrize(
+    "turn",
+    [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function"}]},  # left out
+        {"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}},  # deprecated
+    ],
+)
+def test_assistant_tool_call_turn_may_have_no_content(turn: dict[str, Any]) -> None:
+    (message,) = validate_messages([turn])
     assert message.text == ""
+    assert message.content is None
 
 
 @given(st.lists(st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=4), max_size=4))

@@ -76,16 +76,20 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     role: Role
-    content: str | list[ContentPart] | None
+    content: str | list[ContentPart] | None = None
 
     @model_validator(mode="after")
     def _content_required(self) -> Message:
-        # OpenAI allows a null content only on an assistant turn that calls tools.
+        # OpenAI allows content to be null, or left out, only on an assistant turn that calls
+        # tools (``tool_calls``, or the deprecated ``function_call``).
         if self.content is None and not (
-            self.role == "assistant" and self.model_extra and self.model_extra.get("tool_calls")
+            self.role == "assistant"
+            and self.model_extra
+            and (self.model_extra.get("tool_calls") or self.model_extra.get("function_call"))
         ):
             raise ValueError(
-                "content is required (null only for an assistant turn with tool_calls)"
+                "content is required (null or left out only for an assistant turn with "
+                "tool_calls)"
             )
         return self
 
