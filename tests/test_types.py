@@ -42,7 +42,7 @@ def test_content_parts_keep_everything_the_caller_sent() -> None:
         ([{"role": "robot", "content": "x"}], "messages[0].role: Input should be"),
         (
             [{"role": "user", "content": "a"}, {"role": "user"}],
-            "messages[1]: Value error, content is required",
+            "messages[1].content: Field required",
         ),
         ([{"role": "user", "content": 42}], "messages[0].content"),
         ([{"content": "x"}], "messages[0].role: Field required"),

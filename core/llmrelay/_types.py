@@ -76,7 +76,21 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     role: Role
-    content: str | list[ContentPart] | None = None
+    content: str | list[ContentPart] | None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tool_turn_without_content(cls, data: Any) -> Any:
+        # An assistant turn that calls tools may leave content out: it is then null, as
+        # OpenAI reads it (every other message still gets "content: Field required").
+        if (
+            isinstance(data, dict)
+            and "content" not in data
+            and data.get("role") == "assistant"
+            and (data.get("tool_calls") or data.get("function_call"))
+        ):
+            return {**data, "content": None}
+        return data
 
     @model_validator(mode="after")
     def _content_required(self) -> Message:
@@ -88,8 +102,7 @@ class Message(BaseModel):
             and (self.model_extra.get("tool_calls") or self.model_extra.get("function_call"))
         ):
             raise ValueError(
-                "content is required (null or left out only for an assistant turn with "
-                "tool_calls)"
+                "content is required (null only for an assistant turn with tool_calls)"
             )
         return self
 
