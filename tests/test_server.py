@@ -1045,6 +1045,28 @@ async def test_a_body_declared_over_the_limit_is_413_at_once(
     assert ok.choices[0].message.content == "Echo: Hi there"
 
 
+@pytest.mark.parametrize("length", [999_999, 100])
+async def test_expect_100_continue_is_answered_by_the_limit(
+    fakes: Callable[..., Registry], relay_server: StartServer, length: int
+) -> None:
+    """curl sends ``Expect: 100-continue`` for bodies over 1 KiB: one declared over the limit
+    gets its 413 at once, never a ``100 Continue`` that invites it; one within gets that."""
+    fakes(Echo)
+    server = await relay_server(ServerSettings(max_body_bytes=4096, shutdown_grace=2.0))
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n".encode()
+    )
+    try:
+        async with asyncio.timeout(2):
+            head = await reader.readuntil(b"\r\n\r\n")
+    finally:
+        writer.close()
+    expected = b"HTTP/1.1 413 " if length > 4096 else b"HTTP/1.1 100 Continue\r\n"
+    assert head.startswith(expected)
+
+
 async def test_a_chunked_body_over_the_limit_is_413(
     fakes: Callable[..., Registry], relay_server: StartServer, http: aiohttp.ClientSession
 ) -> None:

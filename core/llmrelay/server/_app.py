@@ -25,7 +25,7 @@ from .._config import get_config
 from .._connectors import read_in_small_pieces
 from .._registry import Registry, get_registry
 from .._routing import route
-from ._chat import chat_completions
+from ._chat import chat_completions, expect_continue
 from ._errors import APIError, bug_behind, error_for, internal_error
 from ._settings import ServerSettings
 from ._state import LOG, REQUEST_ID_HEADER, STATE, RequestLog, ServerState
@@ -54,7 +54,7 @@ def create_app(
     app = web.Application(middlewares=[_edge], client_max_size=settings.max_body_bytes)
     key = None if settings.api_key is None else hashlib.sha256(settings.api_key.encode()).digest()
     app[STATE] = ServerState(settings=settings, registry=registry, key=key)
-    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/chat/completions", chat_completions, expect_handler=expect_continue)
     app.router.add_get("/v1/models", _list_models)
     app.router.add_get("/v1/models/{model:.+}", _get_model)
     app.router.add_get("/health", _health)
