@@ -429,11 +429,14 @@ def _completion(provider: str, data: Any) -> Completion:
         message = {}
     content = message.get("content")
     usage = data.get("usage")
+    thought = None
+    if "reasoning_content" in message or "reasoning" in message:  # (a reasoning model)
+        thought = _reasoning(message) or None
     return Completion(
         content if isinstance(content, str) else "",
         _FINISH_REASON[_finish(choice.get("finish_reason"))],
         _usage(provider, usage) if usage else None,
-        _reasoning(message) or None,
+        thought,
     )
 
 
