@@ -156,11 +156,8 @@ def check_completion(completion: ChatCompletion, provider: str = "local") -> Non
     assert completion.usage == Usage(9, 3, 12)
     assert completion.provider == provider
     data = completion.model_dump(mode="json")
-    assert data["choices"][0]["message"] == {
-        "role": "assistant",
-        "content": ANSWER,
-        "reasoning": None,
-    }
+    # No reasoning, no "reasoning": null: a dumped answer goes back into a conversation.
+    assert data["choices"][0]["message"] == {"role": "assistant", "content": ANSWER}
     assert data["usage"] == {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
 
 
@@ -461,17 +458,26 @@ async def test_closing_a_stream_that_has_not_started_ends_its_read(
         assert local.streams_finished == 0
 
 
+@pytest.mark.parametrize("upstream_streams", [True, False], ids=["open_stream", "request"])
 async def test_closing_a_stream_waiting_to_retry_sends_no_more_requests(
-    local: ReplicaState,
+    local: ReplicaState, upstream_streams: bool
 ) -> None:
+    """Whether the provider opens a stream or asks for a whole answer (``call.request``), the
+    close wakes the wait before the retry, which then stops: nothing more is sent, and the
+    reader is not kept waiting out the backoff (0.5 s and more, up to a Retry-After)."""
     local.mode = "server_error"
-    async with AsyncClient(max_retries=5, timeout=None) as client:
-        stream = await client.chat.completions.create(model="llama3", messages=HI, stream=True)
-        reader = asyncio.create_task(_texts(stream))
-        await _until(lambda: local.hits == 1)  # the first attempt failed; a backoff follows
-        await stream.aclose()
-        assert await asyncio.wait_for(reader, timeout=10) == []
+    stream = llmrelay.relay("llama3", HI, max_retries=5, timeout=None, stream=upstream_streams)
+    reader = asyncio.create_task(_items(stream))
+    await _until(lambda: local.hits == 1)  # the first attempt failed; a backoff follows
+    started = time.monotonic()
+    await stream.aclose()
+    assert await asyncio.wait_for(reader, timeout=10) == []
+    assert time.monotonic() - started < 0.3
     assert local.hits == 1
+
+
+async def _items(stream: llmrelay.RelayStream) -> list[object]:
+    return [item async for item in stream]
 
 
 async def _until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
@@ -609,6 +615,19 @@ def test_sync_client_never_closed_is_closed_with_its_last_reference(
         assert set(threading.enumerate()) == before
     finally:
         gc.enable()
+
+
+def test_a_sync_client_keeps_its_parts(threaded: ReplicaState) -> None:
+    """``client.chat`` is one object, as in OpenAI's SDK: a test can patch
+    ``client.chat.completions.create`` and the next call sees the patch."""
+    from unittest import mock
+
+    with Client() as client:
+        assert client.chat is client.chat
+        assert client.models is client.models
+        with mock.patch.object(client.chat.completions, "create", return_value="mocked"):
+            assert client.chat.completions.create(model="llama3", messages=HI) == "mocked"
+        check_completion(client.chat.completions.create(model="llama3", messages=HI))
 
 
 def test_a_closed_client_lists_no_models(threaded: ReplicaState) -> None:

@@ -172,6 +172,11 @@ async def test_the_async_client_gives_reasoning_beside_the_answer(configured: Re
         message = completion.choices[0].message
         assert (message.content, message.reasoning) == ("Echo: Hi there", THOUGHT)
         assert message.model_fields_set == {"role", "content", "reasoning"}
+        assert message.model_dump() == {
+            "role": "assistant",
+            "content": "Echo: Hi there",
+            "reasoning": THOUGHT,
+        }
 
         with cassette(BY_NAME["stream_reasoning"].path):
             stream = await client.chat.completions.create(
@@ -209,6 +214,9 @@ async def test_an_answer_without_reasoning_leaves_the_field_unset(configured: Re
     message = completion.choices[0].message
     assert message.reasoning is None
     assert message.model_fields_set == {"role", "content"}  # as validation leaves it
+    # Put back into a conversation, it sends no "reasoning": null, which some servers refuse.
+    assert message.model_dump() == {"role": "assistant", "content": "Echo: Hi there"}
+    assert "reasoning" not in completion.model_dump_json()
 
 
 # -- the terminal -----------------------------------------------------------------------------

@@ -939,6 +939,59 @@ async def test_all_providers_rate_limited_is_429_with_the_shortest_wait(
     assert info.value.response.headers["retry-after-ms"] == "2500"
 
 
+def busy(name: str, status: int, wait: float) -> type[Provider]:
+    """A provider whose upstream answers ``status`` (429 or 503) asking for ``wait`` seconds,
+    through ``Call``'s retries: with a shorter deadline, the call is cut short at once."""
+
+    class Busy(Provider):
+        @classmethod
+        async def generate(
+            cls, model: str, messages: list[Message], call: Call
+        ) -> AsyncGenerator[Chunk, None]:
+            kind = errors.RateLimited if status == 429 else errors.ServerError
+
+            async def attempt() -> None:
+                raise kind(f"HTTP {status}", provider=cls.name, status=status, retry_after=wait)
+
+            await call.with_retries(attempt)
+            yield ""  # pragma: no cover - never reached
+
+    Busy.name = name
+    Busy.url = f"http://{name}.invalid"
+    Busy.default_model = "shared"
+    Busy.models = ("shared",)
+    Busy.__name__ = Busy.__qualname__ = f"Busy_{name}"
+    return Busy
+
+
+@pytest.mark.parametrize(
+    ("second", "status", "wait"),
+    [(429, 429, "20"), (503, 503, "20")],
+    ids=["both rate limited", "one rate limited, one overloaded"],
+)
+async def test_every_provider_asking_to_wait_past_the_deadline_is_still_told_to_wait(
+    fakes: Callable[..., Registry],
+    relay_server: StartServer,
+    client: MakeClient,
+    monkeypatch: pytest.MonkeyPatch,
+    second: int,
+    status: int,
+    wait: str,
+) -> None:
+    """Each provider's wait is longer than the deadline leaves, so each is cut short at once:
+    the client hears the upstreams' 429 or 503 and the shortest wait, retryable, not a 504."""
+    monkeypatch.setenv("LLMRELAY_MAX_RETRIES", "2")
+    monkeypatch.setenv("LLMRELAY_TIMEOUT", "5")
+    fakes(busy("first", 429, 30), busy("second", second, 20))
+    server = await relay_server()
+    with pytest.raises(openai.APIStatusError) as info:
+        await client(server).chat.completions.create(model="shared", messages=HI)
+    assert info.value.status_code == status
+    headers = info.value.response.headers
+    assert headers["retry-after"] == wait
+    assert "x-should-retry" not in headers
+
+
 async def test_fallback_names_the_provider_that_answered(
     fakes: Callable[..., Registry], relay_server: StartServer, http: aiohttp.ClientSession
 ) -> None:
@@ -983,6 +1036,20 @@ async def test_failure_after_the_stream_started_is_an_error_event(
         frames = await _frames(response)
     assert frames[-1] == "[DONE]"
     assert json.loads(frames[-2])["error"]["type"] == "upstream_error"
+
+
+async def test_a_whole_answer_cut_midway_stays_retryable(
+    fakes: Callable[..., Registry], relay_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    """llmrelay never retries an answer that broke after some text; the client, which got
+    none of it (not streamed), may: no x-should-retry: false on this 502."""
+    fakes(BreaksMidStream)
+    server = await relay_server()
+    body = {"model": "breaks-1", "messages": HI}
+    async with http.post(f"{server.url}/v1/chat/completions", json=body) as response:
+        assert response.status == 502
+        assert (await response.json())["error"]["code"] == "stream_interrupted"
+        assert "x-should-retry" not in response.headers
 
 
 # -- limits --------------------------------------------------------------------------------
@@ -1065,6 +1132,8 @@ async def test_expect_100_continue_is_answered_by_the_limit(
         writer.close()
     expected = b"HTTP/1.1 413 " if length > 4096 else b"HTTP/1.1 100 Continue\r\n"
     assert head.startswith(expected)
+    if length > 4096:  # answered through the server's edge, as every response is
+        assert b"\r\nx-request-id: " in head.lower()
 
 
 async def test_a_chunked_body_over_the_limit_is_413(
@@ -1288,6 +1357,25 @@ async def test_ready_is_503_when_no_request_could_be_answered(
     async with http.get(f"{server.url}/ready") as response:
         assert response.status == 503
         assert (await response.json())["error"]["code"] == code
+
+
+async def test_ready_with_a_provider_that_lists_no_models(
+    fakes: Callable[..., Registry], relay_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    """An endpoint configured without models answers whatever model is pinned to it: the
+    server is ready, though no model is listed."""
+
+    class Unlisted(Echo):
+        name = "unlisted"
+        models = ()
+
+    fakes(Unlisted)
+    server = await relay_server()
+    async with http.get(f"{server.url}/ready") as response:
+        assert (response.status, await response.json()) == (
+            200,
+            {"status": "ready", "providers": 1},
+        )
 
 
 def test_the_start_warns_of_what_will_fail(

@@ -32,7 +32,7 @@ from tenacity.stop import stop_base
 from . import errors
 from ._proxy import ProxyURL, proxy_for
 from ._redact import redact
-from ._transport import HTTPResponse, Timeouts, closed_under, get_transport
+from ._transport import HTTPResponse, SessionClosed, Timeouts, get_transport
 
 if TYPE_CHECKING:
     import aiohttp
@@ -101,8 +101,10 @@ class Call:
     _open_responses: list[aiohttp.ClientResponse] | None = field(
         default=None, init=False, repr=False
     )
-    #: Set by ``end_reads``: no stream of this call may open, or try again, from then on.
+    #: Set by ``end_reads``: no request of this call may start, or try again, from then on.
     _reads_ended: bool = field(default=False, init=False, repr=False)
+    #: Set while waiting to retry: ``end_reads`` wakes the wait up.
+    _wake: asyncio.Event | None = field(default=None, init=False, repr=False)
 
     def __repr__(self) -> str:
         # Not the dataclass's: the base URL may carry a key (``?key=...``, ``user:pass@``).
@@ -230,6 +232,7 @@ class Call:
             wait=self._wait,
             retry=retry_if_exception(self._should_retry),
             before_sleep=self._log_retry,
+            sleep=self._sleep,
             reraise=True,
         )
         try:
@@ -284,6 +287,8 @@ class Call:
         started = time.monotonic()
         debug = log.isEnabledFor(logging.DEBUG)  # once: most calls log nothing
         try:
+            if self._reads_ended:  # the stream this answer was for was closed
+                raise self._closed_error()
             remaining = self.remaining()
             if remaining is not None and remaining <= 0:
                 raise self._deadline_error()
@@ -422,7 +427,7 @@ class Call:
 
         async def attempt() -> aiohttp.ClientResponse:
             if self._reads_ended:  # closed while connecting or waiting to retry: stop
-                raise closed_under(self.provider)
+                raise self._closed_error()
             self._log_request(method, url, proxy)
             return await stack.enter_async_context(
                 transport.open(
@@ -440,7 +445,7 @@ class Call:
         async with stack:
             response = await self.with_retries(attempt)
             if self._reads_ended:  # closed while the response was on its way: not read
-                raise closed_under(self.provider)
+                raise self._closed_error()
             # aiohttp now enforces the deadline on every read of this response (its total
             # timeout covers the body): one timer per call instead of one per read.
             self._transport_bounds_reads = True
@@ -452,12 +457,37 @@ class Call:
             finally:
                 self._open_responses.remove(response)
 
+    def _closed_error(self) -> SessionClosed:
+        """The end of a request whose stream was closed: neither retried nor a reason to fall
+        back (a ``SessionClosed``), and never seen by the reader, whose stream is over."""
+        return SessionClosed(
+            "the request was cut off: its stream was closed while it ran",
+            provider=self.provider,
+            retryable=False,
+        )
+
+    async def _sleep(self, seconds: float) -> None:
+        """tenacity's wait before a retry, cut short when the call's reads end (its stream was
+        closed by another task): the retry then stops at once, and the reader with it."""
+        if self._reads_ended:
+            return
+        self._wake = wake = asyncio.Event()
+        try:
+            async with asyncio.timeout(seconds):
+                await wake.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self._wake = None
+
     def end_reads(self) -> None:
         """End every read of this call's streams by aborting their connections: a task
         reading one (while another closes its stream) sees its read fail at once, instead of
         waiting for bytes that no one will read after it. A stream still opening (connecting,
         or waiting to retry) stops as soon as it can, and sends no request after this."""
         self._reads_ended = True
+        if self._wake is not None:
+            self._wake.set()
         for response in list(self._open_responses or ()):
             connection = response.connection
             if connection is not None and connection.transport is not None:

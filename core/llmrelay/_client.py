@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar, cast, overload
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 from ._built import built
 from ._provider import READ_BY_ANOTHER_TASK, Completion
@@ -117,7 +117,20 @@ class _Shape(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class ChatCompletionMessage(_Shape):
+class _MayReason(_Shape):
+    """A message or delta that may carry reasoning: ``reasoning`` is left out of its dumps
+    when there is none, so a dumped answer put back into a conversation (as OpenAI's own
+    examples do) sends no ``"reasoning": null`` upstream, which some servers refuse."""
+
+    @model_serializer(mode="wrap")
+    def _without_empty_reasoning(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("reasoning", "") is None:
+            del data["reasoning"]
+        return data
+
+
+class ChatCompletionMessage(_MayReason):
     """The answer. ``reasoning`` is the reasoning the model sent apart from it (vLLM's,
     Ollama's and OpenRouter's ``reasoning``, DeepSeek's and llama.cpp's ``reasoning_content``),
     or None when it sent none."""
@@ -148,7 +161,7 @@ class ChatCompletion(_Shape):
     provider: str
 
 
-class ChoiceDelta(_Shape):
+class ChoiceDelta(_MayReason):
     """A piece of the answer (``content``) or of the model's reasoning (``reasoning``)."""
 
     role: Literal["assistant"] | None = None
@@ -751,9 +764,9 @@ async def _next_chunk(stream: AsyncCompletionStream) -> ChatCompletionChunk | No
 class CompletionStream(Iterator[ChatCompletionChunk]):
     """The synchronous face of :class:`AsyncCompletionStream`."""
 
-    def __init__(self, stream: AsyncCompletionStream, client: Client) -> None:
+    def __init__(self, stream: AsyncCompletionStream, client: _Owned) -> None:
         self._stream = stream
-        self._client = client  # keeps the client (and its loop) alive while the stream is
+        self._client = client  # keeps the client's loop alive while the stream is
 
     @property
     def provider(self) -> str:
@@ -766,7 +779,7 @@ class CompletionStream(Iterator[ChatCompletionChunk]):
         if self._stream._done:  # over, or closed (by the client too)
             raise StopIteration
         try:
-            chunk = self._client._runner.run(_next_chunk(self._stream))
+            chunk = self._client.runner.run(_next_chunk(self._stream))
         except concurrent.futures.CancelledError:
             if self._client.closed:  # the client was closed while this read was waiting
                 raise StopIteration from None
@@ -778,7 +791,7 @@ class CompletionStream(Iterator[ChatCompletionChunk]):
     def close(self) -> None:
         """Stop early and release the connection (nothing happens if the stream is over)."""
         if not self._stream._done:
-            self._client._runner.run(self._stream.aclose())
+            self._client.runner.run(self._stream.aclose())
 
     def __enter__(self) -> Self:
         return self
@@ -792,8 +805,29 @@ class CompletionStream(Iterator[ChatCompletionChunk]):
         self.close()
 
 
+class _Owned:
+    """What a :class:`Client` owns, its AsyncClient and its loop thread, closed together and
+    once: by ``close()``, or as soon as nothing refers to it any more.
+
+    The client, its ``chat`` and ``models``, and its streams all hold this; it holds none of
+    them. So there is no reference cycle, and an unclosed client is closed when its last user
+    is gone (a one-liner, a notebook cell run again), not whenever the garbage collector next
+    looks for cycles; while a ``client.chat.completions.create(...)`` or a stream runs, the
+    client is alive even when nothing else holds it.
+    """
+
+    def __init__(self, async_client: AsyncClient) -> None:
+        self.async_client = async_client
+        self.runner = _LoopThread()
+        self.finalizer = weakref.finalize(self, self.runner.close, async_client.aclose)
+
+    @property
+    def closed(self) -> bool:
+        return not self.finalizer.alive
+
+
 class Completions:
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: _Owned) -> None:
         self._client = client
 
     @overload
@@ -852,15 +886,15 @@ class Completions:
     ) -> ChatCompletion | CompletionStream:
         """As :meth:`AsyncCompletions.create`, blocking; a stream is a plain iterator."""
         client = self._client
-        completions = client._async.chat.completions
+        completions = client.async_client.chat.completions
         stream = _stream_flag(stream)
         try:
             if stream:
-                chunks = client._runner.run(
+                chunks = client.runner.run(
                     completions.create(model=model, messages=messages, stream=True, **options)
                 )
                 return CompletionStream(chunks, client)
-            answer: ChatCompletion = client._runner.run(
+            answer: ChatCompletion = client.runner.run(
                 completions.create(model=model, messages=messages, stream=False, **options)
             )
         except concurrent.futures.CancelledError:
@@ -873,12 +907,12 @@ class Completions:
 
 
 class Chat:
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: _Owned) -> None:
         self.completions = Completions(client)
 
 
 class Models:
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: _Owned) -> None:
         self._client = client
 
     def list(self) -> ModelList:
@@ -897,33 +931,21 @@ class Client:
     """
 
     def __init__(self, **defaults: Any) -> None:
-        self._async = AsyncClient(**defaults)
-        self._runner = _LoopThread()
-        self._finalizer = weakref.finalize(self, self._runner.close, self._async.aclose)
-
-    # ``chat`` and ``models`` are made on each use rather than held: they refer back to the
-    # client, and a client in a reference cycle is not freed (its thread stopped) when its
-    # last reference goes, but only when the garbage collector next looks for cycles.
-
-    @property
-    def chat(self) -> Chat:
-        return Chat(self)
-
-    @property
-    def models(self) -> Models:
-        return Models(self)
+        self._owned = _Owned(AsyncClient(**defaults))
+        self.chat = Chat(self._owned)
+        self.models = Models(self._owned)
 
     @property
     def defaults(self) -> dict[str, Any]:
-        return self._async.defaults
+        return self._owned.async_client.defaults
 
     @property
     def closed(self) -> bool:
-        return not self._finalizer.alive
+        return self._owned.closed
 
     def close(self) -> None:
         """Close streams and connections and stop the client's event loop thread."""
-        self._finalizer()
+        self._owned.finalizer()
 
     def __enter__(self) -> Self:
         return self

@@ -263,17 +263,19 @@ async def _health(request: web.Request) -> web.Response:
 
 async def _ready(request: web.Request) -> web.Response:
     """Readiness: not shutting down, a configuration that reads, and at least one provider
-    that a request can be routed to (installed, not disabled, serving a model)."""
-    from .._client import list_models
+    installed and not disabled. (Not "serving a listed model": an endpoint without a model
+    list answers whatever model is pinned to it.)"""
+    from .._config import get_config
 
     state = request.app[STATE]
     if state.draining:
         raise APIError(503, "shutting down", type="server_error", code="shutting_down")
     try:
-        models = list_models(_registry(request))  # reads the configuration as a request does
+        config = get_config()  # read as a request reads it
+        providers = _registry(request).providers
     except errors.ConfigError:
         raise APIError(503, "the configuration is invalid", type="server_error") from None
-    count = len({provider for model in models for provider in model.providers})
+    count = sum(1 for name in providers if not config.disabled(name))
     if not count:
         raise APIError(
             503,

@@ -30,7 +30,8 @@ client told "401" would wrongly blame its own key.
 500, 502 and 504 carry ``x-should-retry: false``, which OpenAI's SDKs obey: llmrelay has
 already retried (and fallen back) within the request's deadline, so a client's retries would
 only multiply the upstream requests and the wait. 429 and 503 stay retryable, after their
-``Retry-After``.
+``Retry-After``, and so does a whole answer the upstream cut midway (``stream_interrupted``),
+which llmrelay never retries itself.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: Mapping[str, str] | None = None,
+        final: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -69,7 +71,7 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.headers = dict(headers or {})
-        if status in _FINAL_STATUSES:
+        if status in _FINAL_STATUSES if final is None else final:
             self.headers.setdefault("x-should-retry", "false")
 
     def body(self) -> dict[str, Any]:
@@ -123,7 +125,8 @@ def error_for(exc: BaseException) -> APIError:
 def _provider_error(exc: errors.ProviderError) -> APIError:
     message = str(exc)
     if isinstance(exc, errors.StreamInterrupted):
-        return APIError(502, message, type="upstream_error", code="stream_interrupted")
+        # llmrelay never retries an answer cut midway; the client, which got none of it, may.
+        return APIError(502, message, type="upstream_error", code="stream_interrupted", final=False)
     if _rate_limited(exc):
         return APIError(
             429,
@@ -133,6 +136,9 @@ def _provider_error(exc: errors.ProviderError) -> APIError:
             headers=retry_after_headers(exc.retry_after),
         )
     if isinstance(exc, errors.ProviderTimeout) and exc.status != 503:
+        tried = exc.__cause__  # the relay's deadline, after several providers
+        if isinstance(tried, errors.AllProvidersFailed) and _all_busy(tried.errors):
+            return _all_failed(tried)  # each asked to be called again later: say so
         if exc.status is not None:  # the deadline cut the retries of an upstream failure
             return APIError(502, message, type="upstream_error", code="upstream_error")
         return APIError(504, message, type="upstream_error", code="upstream_timeout")
@@ -153,23 +159,31 @@ def _provider_error(exc: errors.ProviderError) -> APIError:
 
 def _all_failed(exc: errors.AllProvidersFailed) -> APIError:
     """502, unless every provider failed the same transient way: then that status, so the
-    client backs off (429) or knows it was time (504)."""
+    client backs off (429, or 503 when some were overloaded rather than rate limited) or
+    knows it was time (504). A wait is the shortest any provider asked for."""
     failures = exc.errors
     message = str(exc)
-    if failures and all(_rate_limited(e) for e in failures):
+    if _all_busy(failures):
         waits = [e.retry_after for e in failures if e.retry_after is not None]
+        headers = retry_after_headers(min(waits) if waits else None)
+        if all(_rate_limited(e) for e in failures):
+            return APIError(
+                429, message, type="rate_limit_error", code="rate_limit_exceeded", headers=headers
+            )
         return APIError(
-            429,
-            message,
-            type="rate_limit_error",
-            code="rate_limit_exceeded",
-            headers=retry_after_headers(min(waits) if waits else None),
+            503, message, type="upstream_error", code="upstream_unavailable", headers=headers
         )
     if failures and all(
         isinstance(e, errors.ProviderTimeout) and e.status is None for e in failures
     ):
         return APIError(504, message, type="upstream_error", code="upstream_timeout")
     return APIError(502, message, type="upstream_error", code="all_providers_failed")
+
+
+def _all_busy(failures: list[errors.ProviderError]) -> bool:
+    """Whether every provider said "not now, later" (429 or 503, or the deadline that ended
+    the wait it asked for)."""
+    return bool(failures) and all(_rate_limited(e) or e.status == 503 for e in failures)
 
 
 def _rate_limited(exc: errors.ProviderError) -> bool:

@@ -319,7 +319,7 @@ def _setup_problems(config: Config, registry: Registry) -> list[str]:
         problems.append(unserved)
     for name, info in registry.providers.items():
         key_env = info.provider.api_key_env
-        if key_env and not getenv(key_env):
+        if key_env and not getenv(key_env) and not config.disabled(name):
             problems.append(
                 f"{name} reads its API key from ${key_env}, which is not set: "
                 "its requests will fail"

@@ -116,6 +116,7 @@ class ChunkEncoder:
         self._tail = ',"usage":null}\n\n' if include_usage else "}\n\n"
         self._choice = '"choices":[{"index":0,"delta":'
         self._content_head = f'{self._head}{self._choice}{{"content":'.encode()
+        self._reasoning_head = f'{self._head}{self._choice}{{"reasoning":'.encode()
         self._content_tail = f'}},"logprobs":null,"finish_reason":null}}]{self._tail}'.encode()
 
     def _chunk(self, delta: str, finish: str | None) -> bytes:
@@ -133,8 +134,9 @@ class ChunkEncoder:
         return self._content_head + _string(text).encode() + self._content_tail
 
     def reasoning(self, text: str) -> bytes:
-        """A piece of the model's reasoning, in the delta's ``reasoning`` (vLLM's name)."""
-        return self._chunk(f'{{"reasoning":{_string(text)}}}', None)
+        """A piece of the model's reasoning, in the delta's ``reasoning`` (vLLM's name); built
+        as a content frame is, since a reasoning model sends as many of these."""
+        return self._reasoning_head + _string(text).encode() + self._content_tail
 
     def finish(self, reason: str) -> bytes:
         return self._chunk("{}", reason)
