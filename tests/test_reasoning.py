@@ -244,3 +244,93 @@ def test_chat_writes_reasoning_to_stderr_and_the_answer_to_stdout(
         assert result.stderr == ""
     else:  # no terminal: no styling either
         assert result.stderr == THOUGHT + "\n"
+
+
+class _Scripted:
+    """A stream for ``write_answer``: its chunks when iterated, its ``Completion`` when
+    collected (as a provider's ``generate`` and ``complete`` may differ)."""
+
+    def __init__(self, chunks: list[Chunk], whole: Completion) -> None:
+        self.chunks, self.whole, self.used = chunks, whole, ""
+
+    async def __aiter__(self) -> AsyncGenerator[Chunk, None]:
+        self.used = "iterated"
+        for chunk in self.chunks:
+            yield chunk
+
+    async def collect(self) -> Completion:
+        self.used = "collected"
+        return self.whole
+
+
+@pytest.mark.parametrize("whole", [False, True])
+async def test_the_terminal_writes_what_the_call_asked_for(
+    whole: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--option stream=false`` collects the answer (a provider's ``complete()``, whose
+    request a cassette recorded) instead of iterating ``generate()``'s stream."""
+    from llmrelay._cli_output import write_answer
+
+    stream = _Scripted(
+        [Reasoning("streamed thought"), "streamed", FinishReason("stop")],
+        Completion("whole", FinishReason("stop"), None, "whole thought"),
+    )
+    await write_answer(stream, show_reasoning=True, whole=whole)  # type: ignore[arg-type]
+    out, err = capsys.readouterr()
+    kind = "whole" if whole else "streamed"
+    assert (out, err) == (f"{kind}\n", f"{kind} thought\n")
+    assert stream.used == ("collected" if whole else "iterated")
+
+
+@pytest.mark.parametrize("show", [True, False])
+async def test_an_answer_without_text_is_said_so(
+    show: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model that ran out of tokens while thinking: not an empty line and exit status 0
+    with nothing said, even with the reasoning hidden."""
+    from llmrelay._cli_output import write_answer
+
+    stream = _Scripted(
+        [Reasoning("hmm"), FinishReason("length")], Completion("", FinishReason("length"))
+    )
+    await write_answer(stream, show_reasoning=show)  # type: ignore[arg-type]
+    out, err = capsys.readouterr()
+    assert out == "\n"
+    note = "(the answer has no text; the model stopped: length)\n"
+    assert err == ("hmm\n" if show else "") + note
+
+
+def test_a_whole_answer_with_empty_reasoning_has_none() -> None:
+    """``Completion(..., reasoning="")`` from a provider's ``complete()`` reads as no
+    reasoning, as a stream without Reasoning chunks does."""
+    from llmrelay._provider import checked_completion
+
+    checked = checked_completion("p", Completion("Hi", FinishReason("stop"), None, ""))
+    assert checked.reasoning is None
+    assert checked == Completion("Hi", FinishReason("stop"))
+
+
+def test_the_conformance_kit_checks_the_reasoning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``expected_reasoning``: a provider that drops its model's thinking, or mixes it into
+    the text, fails the kit's check on the recorded answer."""
+    from llmrelay._config import EndpointConfig
+    from llmrelay.testing import ProviderConformance
+    from llmrelay_openai_compat import provider_for
+
+    monkeypatch.setenv(KEY_ENV, "sk-any-key-for-replay")
+    endpoint = EndpointConfig(
+        name="local", base_url=BASE_URL, models=("gpt-4o-mini", "llama3"), api_key_env=KEY_ENV
+    )
+
+    class Check(ProviderConformance):
+        provider = provider_for(endpoint)
+        model = "llama3"
+        messages = tuple(HI)
+        expected_text = "Echo: Hi there"
+        expected_reasoning = THOUGHT
+
+    recorded = BY_NAME["stream_reasoning"].path
+    Check().test_chunks_are_text_then_usage_then_one_finish_reason(recorded)
+    Check.expected_reasoning = "something else"
+    with pytest.raises(AssertionError, match="yield a model's thinking as Reasoning chunks"):
+        Check().test_chunks_are_text_then_usage_then_one_finish_reason(recorded)

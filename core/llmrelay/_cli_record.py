@@ -118,7 +118,8 @@ def record(
         from ._transport import aclose
 
         try:
-            await write_answer(stream, show_reasoning=show_reasoning)
+            whole = options.get("stream") is False  # recorded as complete() asks it
+            await write_answer(stream, show_reasoning=show_reasoning, whole=whole)
         except errors.LLMRelayError as exc:
             return exc
         finally:

@@ -41,7 +41,8 @@ class Provider:
     """Base class of every provider.
 
     A provider declares what it serves with class attributes and implements :meth:`generate`,
-    an async generator that yields ``str`` chunks, then optionally one :class:`Usage`, and ends
+    an async generator that yields ``str`` chunks (and :class:`Reasoning` chunks among them,
+    for a model's thinking), then optionally one :class:`Usage`, and ends
     with exactly one :class:`FinishReason`; or :meth:`complete`, a coroutine that returns the
     whole answer as a :class:`Completion`, for a backend that answers in one piece; or both.
     Callers use :meth:`create_async_generator`, which validates input before any I/O and
@@ -274,6 +275,8 @@ def checked_completion(provider: str, answer: object) -> Completion:
         and (answer.usage is None or isinstance(answer.usage, Usage))
         and (answer.reasoning is None or isinstance(answer.reasoning, str))
     ):
+        if answer.reasoning == "":  # no reasoning, as a stream without Reasoning chunks says
+            return Completion(answer.text, answer.finish_reason, answer.usage)
         return answer
     raise errors.InvalidResponse(
         f"complete() returned an invalid {type(answer).__name__} (provider contract broken: "

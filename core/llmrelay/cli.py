@@ -159,7 +159,8 @@ def chat(
 
         try:
             stream = relay(model, messages, proxy=proxy, **options)
-            await write_answer(stream, show_reasoning=show_reasoning)
+            whole = options.get("stream") is False
+            await write_answer(stream, show_reasoning=show_reasoning, whole=whole)
         finally:
             await _transport.aclose()
 

@@ -83,6 +83,9 @@ class ProviderConformance:
     options: ClassVar[Mapping[str, Any]] = {}
     #: The text the recorded answer must read as, when given.
     expected_text: ClassVar[str | None] = None
+    #: The reasoning the recorded answer must carry (its ``Reasoning`` chunks joined), when
+    #: given: for a reasoning model, so a provider that drops its thinking fails.
+    expected_reasoning: ClassVar[str | None] = None
     #: Values that must never be written to a cassette (keys sent in a body or query string);
     #: the values of credential-looking request headers are checked without being listed.
     secrets: ClassVar[Sequence[str]] = ()
@@ -182,13 +185,26 @@ class ProviderConformance:
         chunks = self._run(raw_chunks())
         _check_order(chunks)
         text = "".join(chunk for chunk in chunks if isinstance(chunk, str))
-        assert text.strip(), "a normal answer has some text"
+        thoughts = "".join(chunk.text for chunk in chunks if isinstance(chunk, Reasoning))
+        assert text.strip(), (
+            "the recorded answer has reasoning but no text: record one that reaches an answer"
+            if thoughts
+            else "a normal answer has some text"
+        )
         if self.expected_text is not None:
             assert text == self.expected_text
+        if self.expected_reasoning is not None:
+            assert thoughts == self.expected_reasoning, (
+                f"the reasoning reads {thoughts!r}, not {self.expected_reasoning!r}: "
+                "yield a model's thinking as Reasoning chunks, apart from the text"
+            )
 
     def test_a_whole_answer_is_the_stream_joined(self, conformance_cassette: Path | None) -> None:
-        """``.collect()`` (the provider's ``complete()``, when it has one) gives the text, usage
-        and finish reason that iterating gives.
+        """``.collect()`` gives the text, reasoning, usage and finish reason that iterating
+        gives. It runs the provider's ``complete()`` (when it has one) for a call that asks for
+        no stream the provider could send: ``options = {"stream": False}`` for a provider that
+        streams, with a cassette that holds both requests (the test kit's recording mode makes
+        one).
 
         It tells something only for a provider whose stream and whole answer take different
         paths (its own ``generate`` beside its own ``complete``); for one whose stream is
