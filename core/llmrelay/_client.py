@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar, cast, overload
 
-from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict
 
 from ._built import built
 from ._provider import READ_BY_ANOTHER_TASK, Completion
@@ -117,23 +117,11 @@ class _Shape(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class _MayReason(_Shape):
-    """A message or delta that may carry reasoning: ``reasoning`` is left out of its dumps
-    when there is none, so a dumped answer put back into a conversation (as OpenAI's own
-    examples do) sends no ``"reasoning": null`` upstream, which some servers refuse."""
-
-    @model_serializer(mode="wrap")
-    def _without_empty_reasoning(self, handler: SerializerFunctionWrapHandler) -> Any:
-        data = handler(self)
-        if isinstance(data, dict) and data.get("reasoning", "") is None:
-            del data["reasoning"]
-        return data
-
-
-class ChatCompletionMessage(_MayReason):
+class ChatCompletionMessage(_Shape):
     """The answer. ``reasoning`` is the reasoning the model sent apart from it (vLLM's,
     Ollama's and OpenRouter's ``reasoning``, DeepSeek's and llama.cpp's ``reasoning_content``),
-    or None when it sent none."""
+    or None when it sent none. Dumped back into a conversation, it is not sent upstream
+    again (see the OpenAI-compatible endpoints' ``send_reasoning``)."""
 
     role: Literal["assistant"] = "assistant"
     content: str | None = None
@@ -161,7 +149,7 @@ class ChatCompletion(_Shape):
     provider: str
 
 
-class ChoiceDelta(_MayReason):
+class ChoiceDelta(_Shape):
     """A piece of the answer (``content``) or of the model's reasoning (``reasoning``)."""
 
     role: Literal["assistant"] | None = None

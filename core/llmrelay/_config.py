@@ -114,6 +114,7 @@ class EndpointConfig(_Strict):
     model_aliases: dict[str, str] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
     working: StrictBool = True
+    send_reasoning: StrictBool = False
 
     @field_validator("base_url")
     @classmethod

@@ -52,6 +52,7 @@ OPTIONS = frozenset(
         "frequency_penalty",
         "logit_bias",
         "response_format",
+        "reasoning_effort",
         "user",
         "stream_options",
         "extra_body",
@@ -101,6 +102,8 @@ class OpenAICompatible(Provider):
     api_key_env: ClassVar[str | None] = None
     #: Headers sent with every request (never the key: see ``api_key_env``).
     extra_headers: ClassVar[Mapping[str, str]] = {}
+    #: Whether earlier assistant turns' reasoning is sent back (see ``_messages_data``).
+    send_reasoning: ClassVar[bool] = False
     #: This class's request headers, once built (see ``_headers``).
     _headers_built: ClassVar[_BuiltHeaders | None] = None
     #: Whether the class overrides :meth:`headers` (then called on every request).
@@ -155,7 +158,7 @@ class OpenAICompatible(Provider):
                 "POST",
                 call.url(cls.api_endpoint or ""),
                 headers=cls._headers(),
-                json_body=_whole_answer_body(cls.name, model, messages, call),
+                json_body=_whole_answer_body(cls.name, model, messages, call, cls.send_reasoning),
             )
         except errors.HTTPStatusError as exc:
             raise upstream_error(exc) from None
@@ -169,7 +172,7 @@ class OpenAICompatible(Provider):
             for chunk in (await cls.complete(model, messages, call)).chunks():
                 yield chunk
             return
-        body = _request_body(cls.name, model, messages, call)
+        body = _request_body(cls.name, model, messages, call, cls.send_reasoning)
         url = call.url(cls.api_endpoint or "")
         headers = cls._headers()
         body["stream"] = True
@@ -199,19 +202,21 @@ class OpenAICompatible(Provider):
 
 
 def _whole_answer_body(
-    provider: str, model: str, messages: list[Message], call: Call
+    provider: str, model: str, messages: list[Message], call: Call, keep_reasoning: bool
 ) -> dict[str, Any]:
     """The JSON body of a whole answer: without ``stream_options``, which servers refuse
     without ``"stream": true``."""
-    body = _request_body(provider, model, messages, call)
+    body = _request_body(provider, model, messages, call, keep_reasoning)
     body.pop("stream_options", None)
     return body
 
 
-def _request_body(provider: str, model: str, messages: list[Message], call: Call) -> dict[str, Any]:
+def _request_body(
+    provider: str, model: str, messages: list[Message], call: Call, keep_reasoning: bool = False
+) -> dict[str, Any]:
     """The JSON body: model, messages, then the request options, then ``extra_body``'s fields
     (which win, as OpenAI's SDK has it)."""
-    body = {"model": model, "messages": _messages_data(provider, messages)}
+    body = {"model": model, "messages": _messages_data(provider, messages, keep_reasoning)}
     if not call.options:  # nearly every call: nothing to copy or check
         return body
     options = dict(call.options)
@@ -226,9 +231,14 @@ def _request_body(provider: str, model: str, messages: list[Message], call: Call
     return body
 
 
-def _messages_data(provider: str, messages: list[Message]) -> Any:
+def _messages_data(provider: str, messages: list[Message], keep_reasoning: bool = False) -> Any:
     """The messages as JSON data, as pydantic writes them: extra fields holding datetimes,
     UUIDs, Decimals or enums go as their JSON forms.
+
+    An earlier assistant turn's ``reasoning`` (``reasoning_content``), which an answer dumped
+    back into the conversation carries, is left out unless ``keep_reasoning`` (and always when
+    None): DeepSeek asks for it not to be sent back, and servers that refuse unknown message
+    fields (Groq) fail.
 
     What JSON mode would alter without a word is refused instead (NaN and infinities become
     null, sets become lists), as it is in request options, and so is what it cannot write.
@@ -247,11 +257,17 @@ def _messages_data(provider: str, messages: list[Message]) -> Any:
         # 7.8k instructions (callgrind), and the serializer's code is not run at all.
         return [{"role": message.role, "content": message.content} for message in messages]
     try:
-        return _MESSAGES_JSON(messages, mode="json", exclude_unset=True)
+        data = _MESSAGES_JSON(messages, mode="json", exclude_unset=True)
     except ValueError as exc:  # PydanticSerializationError; UnicodeDecodeError for bytes
         raise errors.InvalidRequest(
             f"{provider}: the messages cannot be sent as JSON ({exc}); check their extra fields"
         ) from None
+    for item in data:
+        if item.get("role") == "assistant":
+            for name in _REASONING_FIELDS:
+                if name in item and (not keep_reasoning or item[name] is None):
+                    del item[name]
+    return data
 
 
 def _check_faithful(provider: str, messages: list[Message], message: Message) -> None:
@@ -581,6 +597,7 @@ def provider_for(endpoint: EndpointConfig) -> type[OpenAICompatible]:
         "needs_auth": endpoint.api_key_env is not None,
         "api_key_env": endpoint.api_key_env,
         "extra_headers": dict(endpoint.headers),
+        "send_reasoning": endpoint.send_reasoning,
         "__doc__": f"The OpenAI-compatible endpoint {endpoint.name!r} at {endpoint.base_url}.",
     }
     return type(f"OpenAICompatible[{endpoint.name}]", (OpenAICompatible,), attrs)

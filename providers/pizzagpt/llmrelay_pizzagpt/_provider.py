@@ -126,15 +126,23 @@ def _check_text_only(messages: list[Message]) -> None:
 
 
 def _beyond_text(message: Message) -> str | None:
-    """What ``message`` holds besides its text, or None."""
-    if message.model_extra:
-        return ", ".join(sorted(message.model_extra))
+    """What ``message`` holds besides its text, or None. An earlier answer's reasoning, which
+    a dumped answer carries, is not part of the conversation: no service is sent it back."""
+    extra = message.model_extra
+    if extra and message.role == "assistant":
+        extra = {k: v for k, v in extra.items() if k not in _REASONING_FIELDS}
+    if extra:
+        return ", ".join(sorted(extra))
     for part in message.content if isinstance(message.content, list) else ():
         if not isinstance(part, TextPart):
             return f"a {part.type!r} part"
         if part.model_extra:
             return f"a text part with {', '.join(sorted(part.model_extra))}"
     return None
+
+
+#: Where an assistant turn dumped from an answer carries that answer's reasoning.
+_REASONING_FIELDS = frozenset({"reasoning", "reasoning_content"})
 
 
 def _content(data: Any) -> str | None:
