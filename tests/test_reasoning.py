@@ -132,7 +132,7 @@ async def test_a_failure_after_reasoning_is_an_interruption_and_never_falls_back
     use_plugins(("first", Plugin(first)), ("second", Plugin(second)))
     stream = relay("thinker-1", HI, max_retries=0)
     assert await anext(stream) == Reasoning("Let me think")
-    with pytest.raises(errors.StreamInterrupted, match="boom"):
+    with pytest.raises(errors.StreamInterrupted, match=r"failed after reasoning was sent: .*boom"):
         await anext(stream)
     assert stream.provider == "first"
 
@@ -390,3 +390,21 @@ def test_pizzagpt_takes_a_conversation_with_an_earlier_answers_reasoning() -> No
     _check_text_only(validate_messages(ROUND_TRIP))  # the reasoning is not the conversation
     with pytest.raises(errors.InvalidRequest, match="messages\\[0\\] has reasoning"):
         _check_text_only(validate_messages([{**HI[0], "reasoning": "a user's own field"}]))
+
+
+def test_an_answers_message_object_goes_back_into_the_conversation() -> None:
+    """OpenAI's idiom ``messages.append(completion.choices[0].message)``: the object itself,
+    llmrelay's or OpenAI's SDK's, is read as its fields that are not None."""
+    import openai.types.chat as openai_types
+
+    from llmrelay import validate_messages
+    from llmrelay._client import ChatCompletionMessage
+
+    ours = ChatCompletionMessage(content="Echo: Hi there", reasoning=THOUGHT)
+    theirs = openai_types.ChatCompletionMessage(role="assistant", content="Echo: Hi there")
+    checked = validate_messages([*HI, ours, {"role": "user", "content": "Again"}, theirs])
+    assert [m.role for m in checked] == ["user", "assistant", "user", "assistant"]
+    assert checked[1].model_extra == {"reasoning": THOUGHT}
+    assert checked[3].model_extra == {}  # refusal=None, audio=None, ... are not fields sent
+    with pytest.raises(errors.InvalidRequest, match=r"messages\[1\]\.role"):
+        validate_messages([*HI, ChatCompletionMessage.model_construct(role="robot", content="x")])

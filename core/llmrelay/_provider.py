@@ -434,6 +434,7 @@ class ChunkStream(AsyncIterator[Chunk]):
         #: The provider call not started yet (see ``_of``): its generator, or its complete().
         self._pending: tuple[type[Provider], str, list[Message], Call] | None = None
         self._sent_text = False
+        self._sent_reasoning = False  # (kept apart: only the message says which was sent)
         self._text_over = False  # a Usage or the FinishReason came: no more text
         self._usage_seen = False
         self._finish_seen = False
@@ -450,7 +451,8 @@ class ChunkStream(AsyncIterator[Chunk]):
         stream.call = call
         stream._chunks = None
         stream._pending = (provider, model, messages, call)
-        stream._sent_text = stream._text_over = stream._usage_seen = False
+        stream._sent_text = stream._sent_reasoning = stream._text_over = False
+        stream._usage_seen = False
         stream._finish_seen = stream._finished = False
         return stream
 
@@ -529,13 +531,19 @@ class ChunkStream(AsyncIterator[Chunk]):
             raise typed from exc
         raise typed from typed.__cause__  # None, or the bare exception a typed error stands for
 
+    @property
+    def delivered(self) -> bool:
+        """Whether some of the answer (text, reasoning, the finish reason) reached the caller:
+        from then on a failure is ``StreamInterrupted``, and no other provider may answer."""
+        return self._sent_text or self._sent_reasoning or self._finish_seen
+
     def _typed(self, exc: Exception) -> Exception:
         """The error to raise for ``exc``: after text, a provider error is StreamInterrupted."""
         if isinstance(exc, errors.ProviderError):
-            delivered = self._sent_text or self._finish_seen
-            if delivered and not isinstance(exc, errors.StreamInterrupted):
+            if self.delivered and not isinstance(exc, errors.StreamInterrupted):
+                what = "reasoning" if self._sent_reasoning and not self._sent_text else "text"
                 interrupted = errors.StreamInterrupted(
-                    f"failed after text was sent: {exc.reason}",
+                    f"failed after {what} was sent: {exc.reason}",
                     provider=self.provider,
                     status=exc.status,
                     retryable=False,
@@ -560,7 +568,7 @@ class ChunkStream(AsyncIterator[Chunk]):
             if self._text_over:
                 self._broken("reasoning after Usage")
             if chunk.text:  # the caller has seen it: no other provider may answer now
-                self._sent_text = True
+                self._sent_reasoning = True
             return chunk
         if isinstance(chunk, Usage):
             if self._usage_seen:

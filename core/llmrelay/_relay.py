@@ -193,7 +193,7 @@ class RelayStream(ChunkStream):
         """A provider's stream failed: re-raise if it had sent text, else note it and move on."""
         self._current = None
         try:
-            self._note_failure(stream.provider, exc, sent_text=stream._sent_text)
+            self._note_failure(stream.provider, exc, sent_text=stream.delivered)
         finally:
             await stream.aclose()
 

@@ -116,8 +116,10 @@ class Message(BaseModel):
         return "".join(part.text for part in self.content if isinstance(part, TextPart))
 
 
-#: What every entry point accepts: ``Message`` objects or plain dicts, mixed freely.
-Messages: TypeAlias = Sequence[Message | dict[str, Any]]
+#: What every entry point accepts: ``Message`` objects or plain dicts, mixed freely, and the
+#: message of an answer put back as it is (``completion.choices[0].message``, llmrelay's or
+#: OpenAI's SDK's: any pydantic model, read as its fields that are not None).
+Messages: TypeAlias = Sequence[Message | dict[str, Any] | BaseModel]
 
 _MESSAGE_LIST = TypeAdapter(list[Message])
 _MESSAGE_VALIDATOR = _MESSAGE_LIST.validator
@@ -144,15 +146,16 @@ def validate_messages(messages: object) -> list[Message]:
     if plain is not None:
         return plain
     models = 0  # a loop, not all()/any() over a generator: this runs on every request
+    others = False
     for m in messages:
         if isinstance(m, Message):
             models += 1
+        elif isinstance(m, BaseModel):
+            others = True
     if models == len(messages):  # already checked (frozen): no copy
         return list(messages)
-    if models:  # mixed: validate the Messages' data too
-        messages = [
-            m.model_dump(exclude_unset=True) if isinstance(m, Message) else m for m in messages
-        ]
+    if models or others:  # mixed: validate the models' data too
+        messages = [_as_data(m) for m in messages]
     elif type(messages) is not list:  # a tuple or another Sequence: pydantic wants a list
         messages = list(messages)
     try:
@@ -160,6 +163,17 @@ def validate_messages(messages: object) -> list[Message]:
         return _MESSAGE_VALIDATOR.validate_python(messages)  # type: ignore[no-any-return]
     except ValidationError as exc:
         raise InvalidRequest(_describe(exc)) from None
+
+
+def _as_data(message: object) -> object:
+    """A message as the validator takes it: a ``Message``'s fields as given; another model's
+    (an answer's message, put back) without those that are None (``refusal``, ``audio``,
+    ``reasoning``, ... which an answer without them carries as None)."""
+    if isinstance(message, Message):
+        return message.model_dump(exclude_unset=True)
+    if isinstance(message, BaseModel):
+        return message.model_dump(exclude_none=True)
+    return message
 
 
 _ROLES = frozenset(get_args(Role))
