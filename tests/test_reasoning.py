@@ -131,10 +131,27 @@ async def test_a_failure_after_reasoning_is_an_interruption_and_never_falls_back
     second = _provider("second", "other answer", FinishReason("stop"))
     use_plugins(("first", Plugin(first)), ("second", Plugin(second)))
     stream = relay("thinker-1", HI, max_retries=0)
+    assert not stream.delivered
     assert await anext(stream) == Reasoning("Let me think")
+    assert stream.delivered
     with pytest.raises(errors.StreamInterrupted, match=r"failed after reasoning was sent: .*boom"):
         await anext(stream)
     assert stream.provider == "first"
+
+
+async def test_usage_alone_is_part_of_the_answer_too(
+    use_plugins: Callable[..., Registry],
+) -> None:
+    """A provider that reported usage, then failed: another provider's answer would follow
+    that usage (two Usage chunks, spliced), so the relay stops there."""
+    boom = errors.ServerError("HTTP 500: boom", provider="first", status=500)
+    first = _provider("first", Usage(1, 1), boom)
+    second = _provider("second", "other answer", FinishReason("stop"))
+    use_plugins(("first", Plugin(first)), ("second", Plugin(second)))
+    stream = relay("thinker-1", HI, max_retries=0)
+    assert await anext(stream) == Usage(1, 1)
+    with pytest.raises(errors.StreamInterrupted, match="failed after the answer had started"):
+        await anext(stream)
 
 
 async def test_empty_reasoning_does_not_stop_a_fall_back(
@@ -383,6 +400,20 @@ async def test_an_earlier_answers_reasoning_is_not_sent_back_unless_asked(
         assert sent[3] == {"role": "assistant", "content": "Again: Echo"}  # never a null
 
 
+def test_a_turn_that_called_tools_keeps_its_reasoning() -> None:
+    """DeepSeek refuses an assistant turn with tool calls without its reasoning_content, and
+    interleaved-thinking models read it: kept, whatever ``send_reasoning`` says."""
+    from llmrelay import validate_messages
+    from llmrelay_openai_compat._provider import _messages_data
+
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    turn = {"role": "assistant", "content": None, "tool_calls": [call], "reasoning_content": "f"}
+    messages = validate_messages(
+        [*HI, turn, {"role": "tool", "tool_call_id": "c1", "content": "4"}]
+    )
+    assert _messages_data("p", messages)[1] == turn
+
+
 def test_pizzagpt_takes_a_conversation_with_an_earlier_answers_reasoning() -> None:
     from llmrelay import validate_messages
     from llmrelay_pizzagpt._provider import _check_text_only
@@ -398,7 +429,7 @@ def test_an_answers_message_object_goes_back_into_the_conversation() -> None:
     import openai.types.chat as openai_types
 
     from llmrelay import validate_messages
-    from llmrelay._client import ChatCompletionMessage
+    from llmrelay._client import ChatCompletionMessage, ChoiceDelta
 
     ours = ChatCompletionMessage(content="Echo: Hi there", reasoning=THOUGHT)
     theirs = openai_types.ChatCompletionMessage(role="assistant", content="Echo: Hi there")
@@ -408,3 +439,9 @@ def test_an_answers_message_object_goes_back_into_the_conversation() -> None:
     assert checked[3].model_extra == {}  # refusal=None, audio=None, ... are not fields sent
     with pytest.raises(errors.InvalidRequest, match=r"messages\[1\]\.role"):
         validate_messages([*HI, ChatCompletionMessage.model_construct(role="robot", content="x")])
+    # An answer without reasoning, dumped: its "reasoning": None is nothing to carry on.
+    (_, dumped) = validate_messages([*HI, ChatCompletionMessage(content="x").model_dump()])
+    assert dumped.model_extra == {}
+    # A chunk's delta is not a message: appending one instead would cut the answer short.
+    with pytest.raises(errors.InvalidRequest, match=r"messages\[1\] is a ChoiceDelta"):
+        validate_messages([*HI, ChoiceDelta(role="assistant", content="Hel")])

@@ -533,17 +533,23 @@ class ChunkStream(AsyncIterator[Chunk]):
 
     @property
     def delivered(self) -> bool:
-        """Whether some of the answer (text, reasoning, the finish reason) reached the caller:
-        from then on a failure is ``StreamInterrupted``, and no other provider may answer."""
-        return self._sent_text or self._sent_reasoning or self._finish_seen
+        """Whether some of the answer (text, reasoning, usage, the finish reason) reached the
+        caller: from then on a failure is ``StreamInterrupted``, and no other provider may
+        answer (its answer would be spliced onto this one)."""
+        return self._sent_text or self._sent_reasoning or self._usage_seen or self._finish_seen
 
     def _typed(self, exc: Exception) -> Exception:
         """The error to raise for ``exc``: after text, a provider error is StreamInterrupted."""
         if isinstance(exc, errors.ProviderError):
             if self.delivered and not isinstance(exc, errors.StreamInterrupted):
-                what = "reasoning" if self._sent_reasoning and not self._sent_text else "text"
+                if self._sent_text:
+                    what = "text was sent"
+                elif self._sent_reasoning:
+                    what = "reasoning was sent"
+                else:
+                    what = "the answer had started"
                 interrupted = errors.StreamInterrupted(
-                    f"failed after {what} was sent: {exc.reason}",
+                    f"failed after {what}: {exc.reason}",
                     provider=self.provider,
                     status=exc.status,
                     retryable=False,

@@ -72,6 +72,12 @@ class RelayStream(ChunkStream):
         self._finished = False
         self._reading = False  # a read is under way (in this task or another)
 
+    @property
+    def delivered(self) -> bool:
+        """Whether some of the answer reached the caller (see :attr:`ChunkStream.delivered`):
+        from then on no other provider is tried."""
+        return self._current is not None and self._current.delivered
+
     async def __anext__(self) -> Chunk:
         if self._finished and self._current is None:
             raise StopAsyncIteration

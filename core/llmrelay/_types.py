@@ -80,15 +80,15 @@ class Message(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _tool_turn_without_content(cls, data: Any) -> Any:
+    def _assistant_turn(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("role") != "assistant":
+            return data
+        # An answer put back carries "reasoning": None when the model sent none: nothing.
+        if "reasoning" in data and data["reasoning"] is None:
+            data = {k: v for k, v in data.items() if k != "reasoning"}
         # An assistant turn that calls tools may leave content out: it is then null, as
         # OpenAI reads it (every other message still gets "content: Field required").
-        if (
-            isinstance(data, dict)
-            and "content" not in data
-            and data.get("role") == "assistant"
-            and (data.get("tool_calls") or data.get("function_call"))
-        ):
+        if "content" not in data and (data.get("tool_calls") or data.get("function_call")):
             return {**data, "content": None}
         return data
 
@@ -118,7 +118,7 @@ class Message(BaseModel):
 
 #: What every entry point accepts: ``Message`` objects or plain dicts, mixed freely, and the
 #: message of an answer put back as it is (``completion.choices[0].message``, llmrelay's or
-#: OpenAI's SDK's: any pydantic model, read as its fields that are not None).
+#: OpenAI's SDK's ``ChatCompletionMessage``, read as its fields that are not None).
 Messages: TypeAlias = Sequence[Message | dict[str, Any] | BaseModel]
 
 _MESSAGE_LIST = TypeAdapter(list[Message])
@@ -147,10 +147,16 @@ def validate_messages(messages: object) -> list[Message]:
         return plain
     models = 0  # a loop, not all()/any() over a generator: this runs on every request
     others = False
-    for m in messages:
+    for index, m in enumerate(messages):
         if isinstance(m, Message):
             models += 1
         elif isinstance(m, BaseModel):
+            if type(m).__name__ not in _ANSWER_MESSAGES:
+                raise InvalidRequest(
+                    f"messages[{index}] is a {type(m).__name__}: send a message (a dict, a "
+                    "Message, or an answer's ChatCompletionMessage), not a chunk's delta or "
+                    "another object"
+                )
             others = True
     if models == len(messages):  # already checked (frozen): no copy
         return list(messages)
@@ -163,6 +169,11 @@ def validate_messages(messages: object) -> list[Message]:
         return _MESSAGE_VALIDATOR.validate_python(messages)  # type: ignore[no-any-return]
     except ValidationError as exc:
         raise InvalidRequest(_describe(exc)) from None
+
+
+#: The pydantic models read as a message: an answer's message, llmrelay's or OpenAI's SDK's
+#: (by name: neither is imported here). A chunk's delta or another model is refused.
+_ANSWER_MESSAGES = frozenset({"ChatCompletionMessage"})
 
 
 def _as_data(message: object) -> object:

@@ -22,7 +22,7 @@ Catch :class:`LLMRelayError` to handle anything llmrelay raises on purpose. The 
     │   │   └── ServerError                    5xx                                 retryable
     │   ├── InvalidResponse                    malformed, empty or contract-breaking answer
     │   ├── MisuseDetected (ValueError)        the provider's abuse filter refused the prompt
-    │   └── StreamInterrupted                  failed after text reached the caller: never retried
+    │   └── StreamInterrupted                  failed after the answer began: never retried
     └── AllProvidersFailed                     every provider failed; .errors keeps each one
 
 Subclassing builtins lets callers keep the idioms they know: ``except ValueError`` still catches
@@ -201,7 +201,8 @@ class MisuseDetected(ProviderError, ValueError):
 
 
 class StreamInterrupted(ProviderError):
-    """The provider failed after text had already reached the caller.
+    """The provider failed after some of the answer (text, reasoning, usage) had already
+    reached the caller.
 
     Never retried and never handed to another provider: that would duplicate or splice text.
     ``__cause__`` holds the underlying error.

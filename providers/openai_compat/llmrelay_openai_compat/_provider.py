@@ -236,9 +236,9 @@ def _messages_data(provider: str, messages: list[Message], keep_reasoning: bool 
     UUIDs, Decimals or enums go as their JSON forms.
 
     An earlier assistant turn's ``reasoning`` (``reasoning_content``), which an answer dumped
-    back into the conversation carries, is left out unless ``keep_reasoning`` (and always when
-    None): DeepSeek asks for it not to be sent back, and servers that refuse unknown message
-    fields (Groq) fail.
+    back into the conversation carries, is left out unless ``keep_reasoning`` or the turn
+    called tools (and always when None): servers that refuse unknown message fields (Groq)
+    fail on it, and DeepSeek ignores it, but on a turn with tool calls DeepSeek requires it.
 
     What JSON mode would alter without a word is refused instead (NaN and infinities become
     null, sets become lists), as it is in request options, and so is what it cannot write.
@@ -264,8 +264,11 @@ def _messages_data(provider: str, messages: list[Message], keep_reasoning: bool 
         ) from None
     for item in data:
         if item.get("role") == "assistant":
+            # A turn that called tools keeps it: DeepSeek refuses such a turn without its
+            # reasoning_content, and interleaved-thinking models read it.
+            keep = keep_reasoning or item.get("tool_calls") or item.get("function_call")
             for name in _REASONING_FIELDS:
-                if name in item and (not keep_reasoning or item[name] is None):
+                if name in item and (not keep or item[name] is None):
                     del item[name]
     return data
 
