@@ -336,6 +336,16 @@ def test_a_missing_cassette_says_how_to_record_it(tmp_path: Path) -> None:
     with pytest.raises(CassetteMismatch) as info:
         with_options.test_stream_is_awaitable_and_async_iterable(missing)
     assert f"--cassette {missing} --option stream=false Ciao (against" in str(info.value)
+    assert "generate() streams even with stream=False" not in str(info.value)  # no stream
+    # A provider that streams and has complete(): the checks may send two requests.
+    both = _suite(
+        OpenAIReplica, messages=({"role": "user", "content": "Ciao"},), options={"stream": False}
+    )
+    with pytest.raises(CassetteMismatch) as info:
+        both.test_stream_is_awaitable_and_async_iterable(missing)
+    assert "if generate() streams even with stream=False, record from a test marked" in str(
+        info.value
+    )
 
 
 def test_the_suite_skips_http_checks_for_an_offline_provider() -> None:

@@ -429,7 +429,21 @@ class ProviderConformance:
             command = ["llmrelay", "record", "--provider", self.provider.name, "--cassette"]
             command += [str(path), *(["-m", self.model] if self.model else [])]
             command += [*option_flags(dict(self.options)), prompt]
-            return f"{said}: {shlex.join(command)} (against the real service, or --base-url)"
+            hint = f"{said}: {shlex.join(command)} (against the real service, or --base-url)"
+            provider = self.provider
+            if (
+                self.options.get("stream") is False
+                and provider.supports_stream
+                and (provider._native_complete)
+            ):
+                # record collects the whole answer, as complete() sends it; the checks also
+                # iterate generate(), which may send another request.
+                hint += (
+                    "; it records complete()'s request: if generate() streams even with "
+                    "stream=False, record from a test marked `llmrelay_cassette` that makes "
+                    "both calls, run once with `pytest --llmrelay-record=missing`"
+                )
+            return hint
         return (
             f"{said}: from a test marked `llmrelay_cassette` that makes the same call, run "
             "once with `pytest --llmrelay-record=missing` (see docs/testing.md)"
