@@ -131,12 +131,12 @@ class RelayStream(ChunkStream):
                             provider.name, await provider.complete(model, self._messages, call)
                         )
                     except errors.ProviderError as exc:
-                        self._note_failure(provider.name, exc, sent_text=False)
+                        self._note_failure(provider.name, exc, delivered=False)
                         continue
                     except Exception as exc:
                         typed = typed_error(exc, provider.name)
                         if isinstance(typed, errors.ProviderError):  # a failure: fall back
-                            self._note_failure(provider.name, typed, sent_text=False)
+                            self._note_failure(provider.name, typed, delivered=False)
                             continue
                         if typed is exc:
                             raise
@@ -196,20 +196,21 @@ class RelayStream(ChunkStream):
         return stream
 
     async def _failed(self, stream: ChunkStream, exc: errors.ProviderError) -> None:
-        """A provider's stream failed: re-raise if it had sent text, else note it and move on."""
+        """A provider's stream failed: re-raise if some of its answer had reached the caller,
+        else note it and move on."""
         self._current = None
         try:
-            self._note_failure(stream.provider, exc, sent_text=stream.delivered)
+            self._note_failure(stream.provider, exc, delivered=stream.delivered)
         finally:
             await stream.aclose()
 
-    def _note_failure(self, provider: str, exc: errors.ProviderError, *, sent_text: bool) -> None:
-        """Record a provider's failure; re-raise it if text had reached the caller (only the
-        provider answering can have sent text: an earlier one that had would have ended the
+    def _note_failure(self, provider: str, exc: errors.ProviderError, *, delivered: bool) -> None:
+        """Record a provider's failure; re-raise it if some of its answer had reached the caller
+        (only the provider answering can have: an earlier one that had would have ended the
         relay here)."""
         if _provider_side(exc):
             self._health.failed(provider)
-        if sent_text or isinstance(exc, errors.StreamInterrupted | SessionClosed):
+        if delivered or isinstance(exc, errors.StreamInterrupted | SessionClosed):
             self._finished = True  # (closed under it: the next provider's session, too)
             raise exc
         self.errors.append(exc)

@@ -23,6 +23,7 @@ from ._built import built, fill
 from .errors import InvalidRequest
 
 __all__ = [
+    "REASONING_FIELDS",
     "Chunk",
     "ContentPart",
     "FinishReason",
@@ -65,6 +66,11 @@ class OtherPart(BaseModel):
 
 ContentPart: TypeAlias = TextPart | OtherPart
 
+#: Where a message carries a model's reasoning, apart from its content: ``reasoning`` (vLLM
+#: since 0.9, Ollama, OpenRouter, Groq, and llmrelay's answers) or ``reasoning_content``
+#: (DeepSeek, llama.cpp, older vLLM); read in this order.
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
 
 class Message(BaseModel):
     """One chat message, in the OpenAI shape.
@@ -84,8 +90,8 @@ class Message(BaseModel):
         if not isinstance(data, dict) or data.get("role") != "assistant":
             return data
         # An answer put back carries "reasoning": None when the model sent none: nothing.
-        if "reasoning" in data and data["reasoning"] is None:
-            data = {k: v for k, v in data.items() if k != "reasoning"}
+        if any(data.get(name, "") is None for name in REASONING_FIELDS):
+            data = {k: v for k, v in data.items() if not (k in REASONING_FIELDS and v is None)}
         # An assistant turn that calls tools may leave content out: it is then null, as
         # OpenAI reads it (every other message still gets "content: Field required").
         if "content" not in data and (data.get("tool_calls") or data.get("function_call")):

@@ -33,6 +33,7 @@ from llmrelay._endpoints import cached_models, request_headers
 from llmrelay._env import getenv
 from llmrelay._json import loads
 from llmrelay._provider import _owner
+from llmrelay._types import REASONING_FIELDS
 from llmrelay.sse import SSEDecoder, SSETooLarge
 
 __all__ = ["OpenAICompatible", "StreamParser", "provider_for"]
@@ -237,7 +238,7 @@ def _messages_data(provider: str, messages: list[Message], keep_reasoning: bool 
 
     An earlier assistant turn's ``reasoning`` (``reasoning_content``), which an answer dumped
     back into the conversation carries, is left out unless ``keep_reasoning`` or the turn
-    called tools (and always when None): servers that refuse unknown message fields (Groq)
+    called tools: servers that refuse unknown message fields (Groq)
     fail on it, and DeepSeek ignores it, but on a turn with tool calls DeepSeek requires it.
 
     What JSON mode would alter without a word is refused instead (NaN and infinities become
@@ -263,13 +264,14 @@ def _messages_data(provider: str, messages: list[Message], keep_reasoning: bool 
             f"{provider}: the messages cannot be sent as JSON ({exc}); check their extra fields"
         ) from None
     for item in data:
-        if item.get("role") == "assistant":
-            # A turn that called tools keeps it: DeepSeek refuses such a turn without its
-            # reasoning_content, and interleaved-thinking models read it.
-            keep = keep_reasoning or item.get("tool_calls") or item.get("function_call")
-            for name in _REASONING_FIELDS:
-                if name in item and (not keep or item[name] is None):
-                    del item[name]
+        # A turn that called tools keeps it: DeepSeek refuses such a turn without its
+        # reasoning_content, and interleaved-thinking models read it. (A None is never
+        # there: ``Message`` drops it.)
+        if item.get("role") == "assistant" and not (
+            keep_reasoning or item.get("tool_calls") or item.get("function_call")
+        ):
+            for name in REASONING_FIELDS:
+                item.pop(name, None)
     return data
 
 
@@ -463,14 +465,11 @@ def _reasoning(message: dict[str, Any]) -> str:
     """The reasoning in a message or a delta, apart from its content: ``reasoning`` (vLLM
     since 0.9, Ollama, OpenRouter, Groq) or ``reasoning_content`` (DeepSeek, llama.cpp, older
     vLLM); the first that holds text, so a server that sends both is not read twice."""
-    for name in _REASONING_FIELDS:
+    for name in REASONING_FIELDS:
         text = message.get(name)
         if isinstance(text, str) and text:
             return text
     return ""
-
-
-_REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 def _finish(reason: Any) -> str:
