@@ -25,6 +25,7 @@ from llmrelay import (
     Provider,
     Reasoning,
     Registry,
+    RelayStream,
     Usage,
     errors,
     relay,
@@ -126,11 +127,7 @@ async def test_a_failure_after_reasoning_is_an_interruption_and_never_falls_back
     use_plugins: Callable[..., Registry],
 ) -> None:
     """Reasoning reached the caller: another provider's answer would be spliced onto it."""
-    boom = errors.ServerError("HTTP 500: boom", provider="first", status=500)
-    first = _provider("first", Reasoning("Let me think"), boom)
-    second = _provider("second", "other answer", FinishReason("stop"))
-    use_plugins(("first", Plugin(first)), ("second", Plugin(second)))
-    stream = relay("thinker-1", HI, max_retries=0)
+    stream = _failing_then_answering(use_plugins, Reasoning("Let me think"))
     assert not stream.delivered
     assert await anext(stream) == Reasoning("Let me think")
     assert stream.delivered
@@ -144,11 +141,7 @@ async def test_usage_alone_is_part_of_the_answer_too(
 ) -> None:
     """A provider that reported usage, then failed: another provider's answer would follow
     that usage (two Usage chunks, spliced), so the relay stops there."""
-    boom = errors.ServerError("HTTP 500: boom", provider="first", status=500)
-    first = _provider("first", Usage(1, 1), boom)
-    second = _provider("second", "other answer", FinishReason("stop"))
-    use_plugins(("first", Plugin(first)), ("second", Plugin(second)))
-    stream = relay("thinker-1", HI, max_retries=0)
+    stream = _failing_then_answering(use_plugins, Usage(1, 1))
     assert await anext(stream) == Usage(1, 1)
     with pytest.raises(errors.StreamInterrupted, match="failed after the answer had started"):
         await anext(stream)
@@ -157,11 +150,20 @@ async def test_usage_alone_is_part_of_the_answer_too(
 async def test_empty_reasoning_does_not_stop_a_fall_back(
     use_plugins: Callable[..., Registry],
 ) -> None:
+    stream = _failing_then_answering(use_plugins, Reasoning(""))
+    assert (await stream.collect()).text == "other answer"
+
+
+def _failing_then_answering(
+    use_plugins: Callable[..., Registry], first_chunk: Chunk
+) -> RelayStream:
+    """The relay of two providers: ``first`` yields ``first_chunk`` then fails with an HTTP
+    500, ``second`` answers "other answer"."""
     boom = errors.ServerError("HTTP 500: boom", provider="first", status=500)
-    first = _provider("first", Reasoning(""), boom)
+    first = _provider("first", first_chunk, boom)
     second = _provider("second", "other answer", FinishReason("stop"))
     use_plugins(("first", Plugin(first)), ("second", Plugin(second)))
-    assert (await relay("thinker-1", HI, max_retries=0).collect()).text == "other answer"
+    return relay("thinker-1", HI, max_retries=0)
 
 
 # -- the clients, over the recorded reasoning model ----------------------------------------------
