@@ -127,15 +127,9 @@ def _provider_error(exc: errors.ProviderError) -> APIError:
     if isinstance(exc, errors.StreamInterrupted):
         # llmrelay never retries an answer cut midway; the client, which got none of it, may.
         return APIError(502, message, type="upstream_error", code="stream_interrupted", final=False)
-    if _rate_limited(exc):
-        return APIError(
-            429,
-            message,
-            type="rate_limit_error",
-            code="rate_limit_exceeded",
-            headers=retry_after_headers(exc.retry_after),
-        )
-    if isinstance(exc, errors.ProviderTimeout) and exc.status != 503:
+    if _busy(exc):
+        return _come_back_later([exc], message)
+    if isinstance(exc, errors.ProviderTimeout):
         tried = exc.__cause__  # the relay's deadline, after several providers
         if isinstance(tried, errors.AllProvidersFailed) and _all_busy(tried.errors):
             return _all_failed(tried)  # each asked to be called again later: say so
@@ -146,14 +140,6 @@ def _provider_error(exc: errors.ProviderError) -> APIError:
         return APIError(400, message, code="content_filter")
     if isinstance(exc, errors.BadRequest):
         return APIError(400, message, code="upstream_rejected_request")
-    if isinstance(exc, errors.ServerError | errors.ProviderTimeout) and exc.status == 503:
-        return APIError(
-            503,
-            message,
-            type="upstream_error",
-            code="upstream_unavailable",
-            headers=retry_after_headers(exc.retry_after),
-        )
     return APIError(502, message, type="upstream_error", code="upstream_error")
 
 
@@ -164,15 +150,7 @@ def _all_failed(exc: errors.AllProvidersFailed) -> APIError:
     failures = exc.errors
     message = str(exc)
     if _all_busy(failures):
-        waits = [e.retry_after for e in failures if e.retry_after is not None]
-        headers = retry_after_headers(min(waits) if waits else None)
-        if all(_rate_limited(e) for e in failures):
-            return APIError(
-                429, message, type="rate_limit_error", code="rate_limit_exceeded", headers=headers
-            )
-        return APIError(
-            503, message, type="upstream_error", code="upstream_unavailable", headers=headers
-        )
+        return _come_back_later(failures, message)
     if failures and all(
         isinstance(e, errors.ProviderTimeout) and e.status is None for e in failures
     ):
@@ -180,10 +158,29 @@ def _all_failed(exc: errors.AllProvidersFailed) -> APIError:
     return APIError(502, message, type="upstream_error", code="all_providers_failed")
 
 
+def _come_back_later(failures: list[errors.ProviderError], message: str) -> APIError:
+    """429 when every failure was a rate limit, else 503; with the shortest wait any asked."""
+    waits = [e.retry_after for e in failures if e.retry_after is not None]
+    headers = retry_after_headers(min(waits) if waits else None)
+    if all(_rate_limited(e) for e in failures):
+        return APIError(
+            429, message, type="rate_limit_error", code="rate_limit_exceeded", headers=headers
+        )
+    return APIError(
+        503, message, type="upstream_error", code="upstream_unavailable", headers=headers
+    )
+
+
 def _all_busy(failures: list[errors.ProviderError]) -> bool:
-    """Whether every provider said "not now, later" (429 or 503, or the deadline that ended
-    the wait it asked for)."""
-    return bool(failures) and all(_rate_limited(e) or e.status == 503 for e in failures)
+    return bool(failures) and all(_busy(e) for e in failures)
+
+
+def _busy(exc: errors.ProviderError) -> bool:
+    """Whether a provider said "not now, later": 429 or 503, or the deadline that ended the
+    wait it asked for."""
+    return _rate_limited(exc) or (
+        isinstance(exc, errors.ServerError | errors.ProviderTimeout) and exc.status == 503
+    )
 
 
 def _rate_limited(exc: errors.ProviderError) -> bool:
