@@ -30,10 +30,11 @@ from tests.support import Serve
 HI = [{"role": "user", "content": "Hi there"}]
 
 
-def _env(tmp_path: Path, upstream: str) -> dict[str, str]:
+def _env(tmp_path: Path, upstream: str, more_config: str = "") -> dict[str, str]:
     config = tmp_path / "config.toml"
     config.write_text(
         f'[[endpoints]]\nname = "replica"\nbase_url = "{upstream}/v1"\nmodels = ["llama3"]\n'
+        + more_config
     )
     env = {
         k: v
@@ -109,9 +110,11 @@ def _alive(pid: int) -> bool:
 def run_server(tmp_path: Path) -> Iterator[Callable[..., Process]]:
     started: list[Process] = []
 
-    def start(*args: str, upstream: str = "http://127.0.0.1:9") -> Process:
+    def start(*args: str, upstream: str = "http://127.0.0.1:9", more_config: str = "") -> Process:
         process = Process(
-            list(args), _env(tmp_path, upstream), tmp_path / f"serve-{len(started)}.log"
+            list(args),
+            _env(tmp_path, upstream, more_config),
+            tmp_path / f"serve-{len(started)}.log",
         )
         started.append(process)
         return process
@@ -124,9 +127,16 @@ def run_server(tmp_path: Path) -> Iterator[Callable[..., Process]]:
 @pytest.mark.slow
 async def test_workers_share_one_port(serve: Serve, run_server: Callable[..., Process]) -> None:
     upstream = await serve(make_replica())
-    server = run_server("--port", "0", "--workers", "2", upstream=upstream)
+    # A second endpoint whose key variable is not set: the start warns of it once, not once
+    # per worker.
+    keyed = (
+        '[[endpoints]]\nname = "keyed"\nbase_url = "http://127.0.0.1:9/v1"\n'
+        'models = ["other"]\napi_key_env = "LLMRELAY_TEST_SERVE_UNSET_KEY"\n'
+    )
+    server = run_server("--port", "0", "--workers", "2", upstream=upstream, more_config=keyed)
     (url,) = await server.wait_for(r"supervising 2 workers on (http://\S+)")
     await server.wait_for(r"(worker \d+ listening)", count=2)
+    assert server.text().count("$LLMRELAY_TEST_SERVE_UNSET_KEY, which is not set") == 1
     async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as client:
         completion = await client.chat.completions.create(model="llama3", messages=HI)
         assert completion.choices[0].message.content == "Echo: Hi there"

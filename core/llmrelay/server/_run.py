@@ -268,6 +268,7 @@ def run(options: RunOptions) -> None:
     check_binding(options.host, options.settings.api_key)
     get_config()  # a broken configuration stops the start (once, before any worker)
     configure_logging(options.log_level)
+    warn_of_setup_problems()  # here, once: not again by every worker
     if options.workers <= 1:
         asyncio.run(_serve(options, options.port, worker=None))
     else:
@@ -307,6 +308,25 @@ def prepare_process(max_concurrency: int) -> None:
     transport.limit = max(transport.limit, max_concurrency)
 
 
+def warn_of_setup_problems() -> None:
+    """Log, as warnings, what will make requests fail that the start can already tell:
+    plugins that failed to load, no provider at all, and :func:`_setup_problems`.
+
+    Called once by ``llmrelay serve`` before it serves or starts workers: each worker loads
+    the same plugins and configuration, and saying it once per worker only repeated it.
+    """
+    from .._config import get_config
+    from .._registry import get_registry
+
+    registry = get_registry()
+    for failure in registry.failures:
+        log.warning("plugin %s failed to load: %s", failure.name, failure.error)
+    if not registry.providers:
+        log.warning("no providers installed: every chat request will get 404")
+    for problem in _setup_problems(get_config(), registry):
+        log.warning("%s", problem)
+
+
 def _setup_problems(config: Config, registry: Registry) -> list[str]:
     """What will make requests fail that the start can already tell: configured endpoints no
     plugin serves, and providers whose key variable is not set."""
@@ -333,15 +353,9 @@ async def _serve(options: RunOptions, port: int, worker: int | None) -> None:
     from .._config import get_config
     from .._registry import get_registry
 
-    config = get_config()  # a broken configuration stops the start, not the first request
+    get_config()  # a broken configuration stops the start, not the first request
     prepare_process(options.settings.max_concurrency)
-    registry = get_registry()
-    for failure in registry.failures:
-        log.warning("plugin %s failed to load: %s", failure.name, failure.error)
-    if not registry.providers:
-        log.warning("no providers installed: every chat request will get 404")
-    for problem in _setup_problems(config, registry):
-        log.warning("%s", problem)
+    get_registry()  # plugins load now, not on the first request
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     server: Server | None = None
