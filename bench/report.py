@@ -30,6 +30,8 @@ LABELS = {
     ("openai", "aiohttp-contract"): "raw aiohttp in the contracts' shape",
 }
 REFERENCE = "aiohttp-shared"
+#: The suffix of a client measured without settling the heap after warm-up (client.py).
+UNSETTLED = "@unsettled"
 QUICK_NOTE = " **Quick run: 1/10 of the requests, 1 repetition; indicative only.**"
 TITLES = {
     "pizzagpt": "Pizzagpt protocol (POST /api/chatx-completion, 200-byte answer)",
@@ -79,7 +81,30 @@ CONTEXT = [
         REFERENCE,
     ),
     ("OpenAI stream: openai SDK ÷ raw aiohttp (chunks/s)", "openai-stream", "openai", REFERENCE),
+    (
+        "Pizzagpt, heap not settled after warm-up: llmrelay ÷ raw aiohttp (req/s)",
+        "pizzagpt",
+        "llmrelay" + UNSETTLED,
+        REFERENCE + UNSETTLED,
+    ),
+    (
+        "OpenAI non-stream, heap not settled after warm-up: llmrelay ÷ raw aiohttp (req/s)",
+        "openai",
+        "llmrelay" + UNSETTLED,
+        REFERENCE + UNSETTLED,
+    ),
 ]
+
+
+def reference_of(client: str) -> str:
+    """The client the ``x raw`` column compares ``client`` with: raw aiohttp measured alike."""
+    return REFERENCE + UNSETTLED if client.endswith(UNSETTLED) else REFERENCE
+
+
+def client_label(group: str, client: str) -> str:
+    base = client.removesuffix(UNSETTLED)
+    name = LABELS[("openai" if group.startswith("openai") else group, base)]
+    return name + (", heap not settled after warm-up" if base != client else "")
 
 
 def med(xs: list[float]) -> float:
@@ -180,7 +205,11 @@ def render(data: dict[str, Any], raw_name: str = "") -> str:
         f"All figures: median (min–max) over {reps} repetition(s). Each throughput repetition "
         "is a fresh client process; repetitions are interleaved (repetition 1 of every case, "
         "then repetition 2, ...). One replica process (bench/replica.py) on 127.0.0.1 shares "
-        "the cores with the client." + (QUICK_NOTE if data["args"]["quick"] else "")
+        "the cores with the client. Between its warm-up and its timed part each client process"
+        " runs one full garbage collection, so that the collector's work on the objects its"
+        " first request created (imports) does not fall into the timed part; rows marked"
+        " *heap not settled* skip it, as the anchors' harness does (see bench/README.md)."
+        + (QUICK_NOTE if data["args"]["quick"] else "")
     )
     add("")
     guard = data.get("guard")
@@ -268,7 +297,8 @@ def _faults_per_request(rs: list[dict[str, Any]]) -> str:
 
 def _anchor_ratio(anchors: dict[str, Any], group: str, a: str, b: str, conc: int) -> str:
     idx = _anchor_index(anchors)
-    x, y = idx.get((group, a, conc)), idx.get((group, b, conc))
+    x = idx.get((group, a.removesuffix(UNSETTLED), conc))
+    y = idx.get((group, b.removesuffix(UNSETTLED), conc))
     if not x or not y:
         return "n/a"
     return f"{x['units_per_s'] / y['units_per_s']:.2f}×"
@@ -348,18 +378,19 @@ def _render_throughput(
             if k[1] not in clients:
                 clients.append(k[1])
         for conc in (1, 50):
-            raw = groups.get((group, REFERENCE, conc))
-            raw_us = med([r["elapsed_s"] / r["units"] * 1e6 for r in raw]) if raw else None
             for client in clients:
                 rs = groups.get((group, client, conc))
                 if not rs:
                     continue
+                reference = reference_of(client)
+                raw = groups.get((group, reference, conc))
+                raw_us = med([r["elapsed_s"] / r["units"] * 1e6 for r in raw]) if raw else None
                 wall_us = med([r["elapsed_s"] / max(r["units"], 1) * 1e6 for r in rs])
-                if client == REFERENCE:
+                if client == reference:
                     delta, ratio = "0 (ref)", "1"
                 else:
                     delta = f"{wall_us - raw_us:+.0f}" if raw_us is not None else "n/a"
-                    r = _ratio(groups, group, client, REFERENCE, conc)
+                    r = _ratio(groups, group, client, reference, conc)
                     ratio = f"{r[0]:.2f}" if r else "n/a"
                 cpu = med([r["client_cpu_s"] / max(r["units"], 1) * 1e6 for r in rs])
                 # The server's CPU covers the warm-up too: divide by every unit it served.
@@ -374,12 +405,12 @@ def _render_throughput(
                 faults = _faults_per_request(rs)
                 errs = sum(r["errors"] for r in rs)
                 short = sum(1 for r in rs if r["units"] != r.get("expected_units", r["units"]))
-                name = LABELS[("openai" if group.startswith("openai") else group, client)]
+                name = client_label(group, client)
                 if errs:
                     name += f" **{errs} errors**"
                 if short:
                     name += f" **{short} runs short of units**"
-                anchor = anchor_idx.get((group, client, conc))
+                anchor = anchor_idx.get((group, client.removesuffix(UNSETTLED), conc))
                 add(
                     f"| {name} | {conc} | {mmm([r['units_per_s'] for r in rs])} | {ratio} | "
                     f"{delta} | {cpu:.0f} | {srv:.0f} | {faults} | "

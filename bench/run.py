@@ -483,6 +483,7 @@ def throughput_cases(quick: bool, g4f_python: str | None) -> list[dict[str, Any]
                     "warmup": 20,
                 }
             )
+        cases += unsettled(cases[-len(pizza_clients) :])
     oai_clients = [
         ("llmrelay", PY),
         ("aiohttp-shared", PY),
@@ -506,7 +507,19 @@ def throughput_cases(quick: bool, g4f_python: str | None) -> list[dict[str, Any]
                         "warmup": warmup,
                     }
                 )
+            if not stream:
+                cases += unsettled(cases[-len(oai_clients + floor) :])
     return cases
+
+
+#: The clients also measured without settling the heap after the warm-up (``--no-settle``),
+#: as the anchors' harness measures: llmrelay and the reference, for the whole answers.
+UNSETTLED_CLIENTS = ("llmrelay", "aiohttp-shared")
+
+
+def unsettled(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of ``cases``' llmrelay and reference cases that run with ``--no-settle``."""
+    return [dict(case, settle=False) for case in cases if case["client"] in UNSETTLED_CLIENTS]
 
 
 def run_case(
@@ -530,6 +543,8 @@ def run_case(
     ]
     if case["stream"]:
         argv.append("--stream")
+    if not case.get("settle", True):
+        argv.append("--no-settle")
     s0, m0, c0 = proc_cpu_s(server_pid), machine_busy_s(), children_cpu_s()
     w0 = time.perf_counter()
     done = subprocess.run(
@@ -625,7 +640,7 @@ def measure_throughput(
                 res["rep"] = rep
                 bad = res["errors"] or res["units"] != res["expected_units"]
                 log(
-                    f"rep {rep}/{reps} {case['group']:13} {case['client']:14} "
+                    f"rep {rep}/{reps} {case['group']:13} {res['client']:24} "
                     f"c={case['concurrency']:<3} {res['units_per_s']:10.0f} units/s "
                     f"rss={res['maxrss_kib'] / 1024:.0f}MiB others={res['others_cores']:.2f}"
                     + (f"  ERRORS {res['errors']} units {res['units']}" if bad else "")
