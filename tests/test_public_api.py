@@ -136,6 +136,63 @@ def test_all_providers_failed_lists_each_reason() -> None:
     assert [e.provider for e in failed.errors] == ["a", "b"]
 
 
+def _example(name: str) -> errors.LLMRelayError:
+    """One error of each class, built as llmrelay builds it."""
+    cls = getattr(errors, name)
+    if name == "ModelNotFound":
+        return errors.ModelNotFound("gpt-5", ["gpt-4o"])
+    if name == "AllProvidersFailed":
+        return errors.AllProvidersFailed(
+            "m",
+            [
+                errors.RateLimited("HTTP 429", provider="a", status=429, retry_after=2.5),
+                errors.ConnectError("refused", provider="b"),
+            ],
+        )
+    if issubclass(cls, errors.ProviderError):
+        return cls("HTTP 401", provider="p", status=401, retryable=False, body="no key")  # type: ignore[no-any-return]
+    return cls("bad value")  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("name", sorted(ERRORS))
+def test_errors_survive_pickling_and_copying(name: str) -> None:
+    """A process pool hands a worker's error to its parent by pickling it: every error comes
+    back whole (class, message, attributes), not as a TypeError that breaks the pool."""
+    import copy
+    import pickle
+
+    error = _example(name)
+    error.__dict__["extra"] = "kept"  # what a caller added stays too
+    pickled = pickle.loads(pickle.dumps(error))  # noqa: S301 (our own bytes)
+    for again in (pickled, copy.copy(error), copy.deepcopy(error)):
+        assert type(again) is type(error)
+        assert (str(again), again.args) == (str(error), error.args)
+        assert vars(again).keys() == vars(error).keys()
+        for key, value in vars(error).items():
+            if key == "errors":  # AllProvidersFailed: each one's class and message
+                assert [(type(e), str(e)) for e in vars(again)[key]] == [
+                    (type(e), str(e)) for e in value
+                ]
+            else:
+                assert vars(again)[key] == value
+
+
+def test_a_worker_process_error_reaches_the_parent() -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: no fork() of a process whose other threads may hold locks.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        future = pool.submit(_raise_authentication_failed)
+        with pytest.raises(errors.AuthenticationFailed) as caught:
+            future.result(timeout=60)
+    assert (caught.value.provider, caught.value.status, caught.value.reason) == ("p", 401, "no")
+
+
+def _raise_authentication_failed() -> None:
+    raise errors.AuthenticationFailed("no", provider="p", status=401)
+
+
 def test_py_typed_ships() -> None:
     from importlib.resources import files
 

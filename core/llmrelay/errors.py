@@ -65,6 +65,13 @@ BODY_EXCERPT_CHARS = 200
 class LLMRelayError(Exception):
     """The root of every error llmrelay raises on purpose."""
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled (a process pool hands a worker's error to its parent this way) and copied
+        # as they are: the default would call ``cls(*self.args)``, which the errors whose
+        # constructor takes more than the message (``provider=``, a model and its
+        # suggestions) refuse, or would word again around the finished message.
+        return (_restored, (type(self), self.args, self.__dict__))
+
 
 class InvalidRequest(LLMRelayError, ValueError):
     """The caller's input cannot be sent: the message says which field and what to fix."""
@@ -220,3 +227,13 @@ class AllProvidersFailed(LLMRelayError):
         self.errors = list(errors)
         lines = "".join(f"\n  - {e}" for e in self.errors)
         super().__init__(f"all {len(self.errors)} providers failed for model {model!r}:{lines}")
+
+
+def _restored(
+    cls: type[LLMRelayError], args: tuple[object, ...], state: dict[str, object]
+) -> LLMRelayError:
+    """An error as it was pickled: its message and attributes, without running ``__init__``."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
