@@ -170,6 +170,24 @@ def test_missing_explicit_file_is_an_error(tmp_path: Path, monkeypatch: pytest.M
         load_config()
 
 
+def test_an_unreadable_file_is_a_config_error(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file the process may not read (another user's, mode 600): one line that says so, not
+    a traceback. (Simulated: the suite may run as root, which reads any file.)"""
+    config_file.write_text("timeout = 5")
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> str:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert str(info.value) == (
+        f"cannot read the configuration file {config_file}: Permission denied"
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -188,6 +206,26 @@ def test_missing_explicit_file_is_an_error(tmp_path: Path, monkeypatch: pytest.M
             "endpoints.0: model_aliases point at 'y', not in models (x)",
         ),
         ("[providers.local]\npriority = 'high'", "providers.local.priority"),
+        # Empty or blank names: a plugin refusing the endpoint took the others down with it.
+        (
+            "[[endpoints]]\nname = 'a'\nbase_url = 'http://h'\nmodels = ['', 'm']",
+            "endpoints.0.models.0: must not be empty or blank",
+        ),
+        (
+            "[[endpoints]]\nname = 'a'\nbase_url = 'http://h'\napi_key_env = ''",
+            "endpoints.0.api_key_env: must not be empty or blank",
+        ),
+        (
+            "[[endpoints]]\nname = 'a'\nbase_url = 'http://h'\ndefault_model = ' '",
+            "endpoints.0.default_model: must not be empty or blank",
+        ),
+        (
+            "[[endpoints]]\nname = 'a'\nbase_url = 'http://h'\nmodels = ['m']\n"
+            "model_aliases = { '' = 'm' }",
+            "endpoints.0.model_aliases.''.[key]: must not be empty or blank",
+        ),
+        ("[aliases]\nfast = ''", "aliases.fast: must not be empty or blank"),
+        ("default_model = ''", "default_model: must not be empty or blank"),
     ],
 )
 def test_more_errors_name_the_key(config_file: Path, text: str, expected: str) -> None:

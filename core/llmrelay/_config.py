@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -87,6 +88,19 @@ _Int = Annotated[int, _not_bool("an integer")]
 _Number = Annotated[float, _not_bool("a number")]
 
 
+def _named(value: str) -> str:
+    """Refuse an empty or blank name: a model, alias or variable named ``""`` is a slip (an
+    unfinished edit), and further on it fails far from the file (a plugin refusing the
+    endpoint took every other endpoint down with it)."""
+    if not value.strip():
+        raise ValueError("must not be empty or blank")
+    return value
+
+
+#: A model name, alias or variable name: a non-blank string.
+_Name = Annotated[str, AfterValidator(_named)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -108,10 +122,10 @@ class EndpointConfig(_Strict):
 
     name: str = Field(pattern=_NAME_PATTERN)
     base_url: str
-    api_key_env: str | None = None
-    models: tuple[str, ...] = ()
-    default_model: str | None = None
-    model_aliases: dict[str, str] = Field(default_factory=dict)
+    api_key_env: _Name | None = None
+    models: tuple[_Name, ...] = ()
+    default_model: _Name | None = None
+    model_aliases: dict[_Name, _Name] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
     working: StrictBool = True
     send_reasoning: StrictBool = False
@@ -187,7 +201,7 @@ class EndpointConfig(_Strict):
 class Config(_Strict):
     """The whole configuration. Every field has a default, so an empty file is valid."""
 
-    default_model: str = "gpt-4o-mini"
+    default_model: _Name = "gpt-4o-mini"
     timeout: _Number | None = Field(default=120.0, gt=0, allow_inf_nan=False)
     max_retries: _Int = Field(default=2, ge=0, le=20)
     proxy: str | None = None
@@ -195,7 +209,7 @@ class Config(_Strict):
     cooldown: _Number = Field(default=5.0, ge=0, allow_inf_nan=False)
     #: The longest cool-down, however many failures in a row.
     max_cooldown: _Number = Field(default=300.0, ge=0, allow_inf_nan=False)
-    aliases: dict[str, str] = Field(default_factory=dict)
+    aliases: dict[_Name, _Name] = Field(default_factory=dict)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     endpoints: tuple[EndpointConfig, ...] = ()
     _source: str | None = PrivateAttr(default=None)
@@ -382,6 +396,9 @@ def load_config() -> Config:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except OSError as exc:  # unreadable: permissions, an I/O error
+            reason = exc.strerror or type(exc).__name__
+            raise ConfigError(f"cannot read the configuration file {path}: {reason}") from None
     elif os.environ.get("LLMRELAY_CONFIG"):
         what = "is not a file" if path.exists() else "does not exist"
         raise ConfigError(f"LLMRELAY_CONFIG points to {str(path)!r}, which {what}")
@@ -417,7 +434,8 @@ def _describe(exc: ValidationError, where: str) -> str:
 
     problems = []
     for err in exc.errors(include_url=False):
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        # A blank part of the path (an empty key) is shown quoted: it is the mistake.
+        key = ".".join(str(p) if str(p).strip() else repr(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
             problems.append(f"{key}: unknown key (check the spelling; see docs/configuration.md)")
         elif err["type"] == "value_error":  # our own checks: the message says it all
