@@ -443,17 +443,38 @@ def test_get_config_follows_the_environment(
 
 def test_masked_hides_every_secret(config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config_file.write_text(
-        GOOD.replace('"X-Team" = "core"', '"X-Team" = "core", "X-Custom" = "sk-abcdefghijklmnop"')
+        GOOD.replace(
+            '"X-Team" = "core"',
+            '"X-Team" = "core", "X-Custom" = "sk-abcdefghijklmnop", '
+            '"X-Auth-Token" = "tok_live_abcdef", "Private-Token" = "glpat-xyzxyz"',
+        )
         + '\n[[endpoints]]\nname = "proxied"\nbase_url = "https://bob:hunter22@example.test/v1"\n'
+        + '\n[[endpoints]]\nname = "azure"\n'
+        + 'base_url = "https://fn.example.test/api?code=AzFuncKey&subscription-key=SubKey"\n'
     )
     monkeypatch.setenv("LOCAL_KEY", "sk-local-123456789")
     data = load_config().masked()
     shown = json.dumps(data)
-    for secret in ("s3cret", "sk-local-123456789", "sk-abcdefghijklmnop", "hunter22"):
+    for secret in (
+        "s3cret",
+        "sk-local-123456789",
+        "sk-abcdefghijklmnop",
+        "hunter22",
+        "tok_live_abcdef",
+        "glpat-xyzxyz",
+        "AzFuncKey",
+        "SubKey",
+    ):
         assert secret not in shown
-    assert [e["api_key"] for e in data["endpoints"]] == ["***", None]
+    assert [e["api_key"] for e in data["endpoints"]] == ["***", None, None]
     text = render_toml(data)
-    assert tomllib.loads(text)["endpoints"][0]["headers"]["X-Custom"] == "sk-***"
+    headers = tomllib.loads(text)["endpoints"][0]["headers"]
+    assert headers["X-Custom"] == "sk-***"
+    assert (headers["X-Auth-Token"], headers["Private-Token"], headers["X-Team"]) == (
+        "***",
+        "***",
+        "core",
+    )
     assert 'api_key_env = "LOCAL_KEY"  # set (***)' in text
     assert "# default_model: not set" in text
 

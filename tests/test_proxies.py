@@ -446,7 +446,11 @@ def test_redact_hides_secrets(text: str, secret: str) -> None:
 def test_redact_keeps_ordinary_text() -> None:
     text = "HTTP 500: upstream overloaded; retry later (see https://status.example.com/)"
     assert redact(text) == text
-    assert redact(f"socks5://{USER}@127.0.0.1:1080") == f"socks5://{USER}@127.0.0.1:1080"
+    # SOCKS4's user is an identifier; elsewhere a user without a password is a token
+    # (``http://TOKEN@proxy``, ``http://KEY:@proxy``).
+    assert redact(f"socks4://{USER}@127.0.0.1:1080") == f"socks4://{USER}@127.0.0.1:1080"
+    for url in (f"socks5://{USER}@127.0.0.1:1080", f"http://{USER}:@127.0.0.1:1080"):
+        assert redact(url) == url.replace(USER, "***")
 
 
 def test_proxy_url_is_hashable_and_comparable() -> None:

@@ -174,6 +174,8 @@ def test_remembered_secrets_are_generated_looking_values_only() -> None:
     assert redact(text) == text
     remember_secret("plainsecretvalue42")
     assert redact("key plainsecretvalue42.") == "key ***."
+    remember_secret("OnlyLettersInThisKeyAbc")  # long, letters only, no separator: a key
+    assert redact("key OnlyLettersInThisKeyAbc.") == "key ***."
 
 
 DRIP_KEY = "drk-LeakMe-98765abc"  # no vendor shape: only remembering it can hide it
@@ -224,3 +226,59 @@ async def test_a_key_a_server_quotes_back_in_an_error_is_scrubbed(
     assert "unknown key ***" in str(exc)
     for text in (str(exc), repr(exc), exc.body or "", caplog.text):
         assert DRIP_KEY not in text
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "subscription-key=SubKey0123456789",  # Azure API Management
+        "code=AzFuncKey0123456789",  # Azure Functions
+        "sig=SasSig0123456789",  # Azure SAS
+        "auth_token=AuthTok0123456789",
+        "x-api-key=XKey0123456789",
+        "private_token=PrivTok0123456789",
+        "secret=Secret0123456789",
+    ],
+)
+def test_credentials_in_any_query_parameter_are_hidden(query: str) -> None:
+    """Query names as loose as header names: in logs, errors, listings and cassettes."""
+    from llmrelay._cassettes import _Scrubber
+    from llmrelay._redact import redact
+
+    name, _, value = query.partition("=")
+    url = f"http://127.0.0.1:9/v1/chat/completions?api-version=2024&{query}"
+    assert redact(url) == f"http://127.0.0.1:9/v1/chat/completions?api-version=2024&{name}=***"
+
+    import types
+
+    recorded = types.SimpleNamespace(uri=url, headers={}, body=b"")
+    scrubbed = _Scrubber(None).request(recorded)
+    assert value not in scrubbed.uri
+    assert "api-version=2024" in scrubbed.uri
+    # Counts named like tokens are not credentials.
+    assert redact("http://h/v1?max_tokens=100") == "http://h/v1?max_tokens=100"
+
+
+@pytest.mark.parametrize(
+    "proxy", ["http://ZyteKey0123456789abcdef:@127.0.0.1:8011", "http://Tok0123456789@h:1"]
+)
+def test_a_credential_in_a_proxy_urls_user_place_is_hidden(proxy: str) -> None:
+    """Proxy services take the key as the user, with an empty password or none."""
+    from llmrelay._proxy import parse_proxy
+    from llmrelay._redact import redact
+
+    secret = proxy.split("//")[1].split("@")[0].rstrip(":")
+    parsed = parse_proxy(proxy)
+    assert parsed.username == secret  # still sent
+    for text in (str(parsed), repr(parsed), redact(proxy), redact(f"proxy said: {secret}")):
+        assert secret not in text
+
+
+def test_each_cookie_sent_is_scrubbed_from_what_a_server_quotes() -> None:
+    from llmrelay._redact import redact
+    from llmrelay._transport import _remember_sent_secrets
+
+    _remember_sent_secrets({"Cookie": "theme=dark; sessionid=lettersonlysecretvalue"})
+    assert redact("bad session lettersonlysecretvalue; theme dark") == (
+        "bad session ***; theme dark"
+    )

@@ -22,14 +22,13 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from . import errors
-from ._redact import REDACTED, SECRET_HEADERS, looks_secret, redact
+from ._redact import REDACTED, SECRET_HEADERS, looks_secret, looks_secret_query, redact
 
 __all__ = ["MATCH_ON", "cassette", "vcr_config"]
 
 #: What a replayed request must share with a recorded one.
 MATCH_ON = ("method", "scheme", "host", "port", "path", "query", "json_body")
 
-_SECRET_QUERY = frozenset({"key", "api_key", "apikey", "api-key", "token", "access_token"})
 _SECRET_BODY_FIELDS = frozenset({"api_key", "apikey", "password", "token", "access_token"})
 
 
@@ -105,7 +104,7 @@ class _Scrubber:
         if parts.query:
             query = []
             for key, value in parse_qsl(parts.query, keep_blank_values=True):
-                if key.lower() in _SECRET_QUERY:
+                if looks_secret_query(key):
                     self._remember(value)
                     value = REDACTED
                 query.append((key, value))

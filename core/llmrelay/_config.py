@@ -279,13 +279,20 @@ class Config(_Strict):
     def masked(self) -> dict[str, Any]:
         """The effective configuration as plain data, secrets masked, for display.
 
-        Every string goes through ``redact()`` (proxy passwords, key-shaped values); each
-        endpoint gains ``api_key``: ``"***"`` when its variable is set, else None. ``source``
+        Every string goes through ``redact()`` (proxy passwords, key-shaped values), and the
+        values of headers whose names look like credentials are hidden; each endpoint gains
+        ``api_key``: ``"***"`` when its variable is set, else None. ``source``
         and ``environment`` say where the values came from.
         """
+        from ._redact import looks_secret
+
         data: dict[str, Any] = _redacted(self.model_dump(mode="json"))
         for endpoint, model in zip(data["endpoints"], self.endpoints, strict=True):
             endpoint["api_key"] = "***" if model.api_key() else None
+            # Names the file may use for other credentials (X-Auth-Token, Private-Token...).
+            for name in endpoint["headers"]:
+                if looks_secret(name):
+                    endpoint["headers"][name] = "***"
         data["source"] = self.source
         data["environment"] = list(self.environment)
         return data

@@ -40,7 +40,14 @@ class ProxyURL:
         """
         scheme = "socks5" if self.scheme == "socks5h" else self.scheme
         auth = ""
-        if self.username is not None:
+        if (
+            self.username is not None
+            and not with_password
+            and not self.password
+            and self.scheme != "socks4"  # SOCKS4's user is an identifier, with no password
+        ):
+            auth = "***@"  # a token in the user's place (``TOKEN@``, ``KEY:@``) is the secret
+        elif self.username is not None:
             auth = quote(self.username, safe="")
             if self.password is not None:
                 auth += ":" + (quote(self.password, safe="") if with_password else "***")
@@ -101,8 +108,10 @@ def parse_proxy(value: str, *, source: str | None = None) -> ProxyURL:
         raise refuse("port 0")
     if port is None:
         port = _DEFAULT_PORTS.get(scheme, 1080)
-    if parts.password is not None:
+    if parts.password:
         remember_secret(unquote(parts.password))
+    elif parts.username and scheme != "socks4":  # the user's place holds the credential
+        remember_secret(unquote(parts.username))
     return ProxyURL(
         scheme=scheme,
         host=parts.hostname,

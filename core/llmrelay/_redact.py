@@ -8,7 +8,14 @@ from __future__ import annotations
 import re
 import threading
 
-__all__ = ["REDACTED", "SECRET_HEADERS", "looks_secret", "redact", "remember_secret"]
+__all__ = [
+    "REDACTED",
+    "SECRET_HEADERS",
+    "looks_secret",
+    "looks_secret_query",
+    "redact",
+    "remember_secret",
+]
 
 REDACTED = "***"
 
@@ -38,6 +45,23 @@ def looks_secret(header: str) -> bool:
     return header.lower() in SECRET_HEADERS or _SECRET_LOOKING.search(header) is not None
 
 
+#: Query parameter names that carry credentials: those a header name would (``key``,
+#: ``subscription-key``, ``auth_token``, ``x-api-key``, ``private_token``...), plus the short
+#: names of signed URLs and function keys (``sig`` of Azure SAS, ``code`` of Azure Functions).
+_CREDENTIAL_PARAM = (
+    r"[^=&\s#]*(?:auth|key|token(?!s)|secret|passw|signature|session|credential)[^=&\s#]*"
+    r"|sig|code"
+)
+
+
+_CREDENTIAL_PARAM_NAME = re.compile(_CREDENTIAL_PARAM, re.IGNORECASE)
+
+
+def looks_secret_query(name: str) -> bool:
+    """Whether a query parameter named ``name`` may carry a credential."""
+    return _CREDENTIAL_PARAM_NAME.fullmatch(name) is not None
+
+
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # user:password@ in any URL (proxy URLs above all): keep the user, hide the password. The
     # password runs to the LAST "@" of the URL, so an unencoded "@", "/" or "#" in it is hidden
@@ -46,18 +70,21 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
         re.compile(r"(?P<keep>\b[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^\s'\"<>]+(?=@)", re.IGNORECASE),
         "keep",
     ),
+    # A URL's user without a password (``http://TOKEN@proxy``, ``http://KEY:@proxy``): proxy
+    # services and some APIs take the key in the user's place. (Not SOCKS4's: an identifier.)
+    (
+        re.compile(
+            r"(?P<keep>\b(?!socks4a?://)[a-z][a-z0-9+.-]*://)[^:/@\s'\"<>]+(?=:?@)", re.IGNORECASE
+        ),
+        "keep",
+    ),
     # Authorization header values and bearer tokens quoted in bodies.
     (re.compile(r"(?P<keep>\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{4,}", re.IGNORECASE), "keep"),
     # API keys in the common vendor shapes (sk-..., sk-proj-..., gsk_..., AIza...).
     (re.compile(r"(?P<keep>\b(?:sk|gsk|rk|pk)[-_])[A-Za-z0-9_-]{8,}"), "keep"),
     (re.compile(r"(?P<keep>\bAIza)[0-9A-Za-z_-]{20,}"), "keep"),
     # key=value pairs in query strings and form bodies.
-    (
-        re.compile(
-            r"(?P<keep>[?&](?:api[_-]?key|key|token|access_token|password)=)[^&\s#]+", re.IGNORECASE
-        ),
-        "keep",
-    ),
+    (re.compile(rf"(?P<keep>[?&](?:{_CREDENTIAL_PARAM})=)[^&\s#'\"<>]+", re.IGNORECASE), "keep"),
 ]
 
 
@@ -67,22 +94,29 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
 #: Insertion-ordered and bounded: a process that goes through more secrets than that forgets
 #: the oldest first.
 _known: dict[str, None] = {}
-#: What is remembered: at least this long, with a digit in it, as generated keys and
-#: passwords are. Placeholders local servers accept ("ollama", "lm-studio", "not-needed") are
-#: ordinary words that also name hosts and models: scrubbing them would garble messages.
+#: What is remembered: at least this long with a digit in it, as generated keys and passwords
+#: are, or at least ``MIN_PLAIN_SECRET_LENGTH`` letters with no separator (a key or a cookie
+#: of letters only). Placeholders local servers accept ("ollama", "lm-studio", "not-needed",
+#: "no-key-required-here") are ordinary words that also name hosts and models: scrubbing them
+#: would garble messages.
 MIN_SECRET_LENGTH = 12
+MIN_PLAIN_SECRET_LENGTH = 16
 _MAX_KNOWN = 1024
 _known_lock = threading.Lock()
 
 
 def remember_secret(value: str | None) -> None:
     """Scrub ``value`` from everything :func:`redact` sees from now on, if it looks like a
-    generated secret (``MIN_SECRET_LENGTH`` characters or more, a digit among them)."""
+    secret rather than a placeholder: ``MIN_SECRET_LENGTH`` characters or more with a digit
+    among them, or ``MIN_PLAIN_SECRET_LENGTH`` letters or more without separators."""
     if (
         not value
         or len(value) < MIN_SECRET_LENGTH
         or value in _known
-        or not any(c.isdigit() for c in value)
+        or not (
+            any(c.isdigit() for c in value)
+            or (len(value) >= MIN_PLAIN_SECRET_LENGTH and value.isalnum())
+        )
     ):
         return
     with _known_lock:  # threads may remember at once (the sync Client runs in its own)

@@ -528,6 +528,9 @@ def _remember_sent_secrets(headers: Mapping[str, str] | None) -> None:
         if looks_secret(name):
             remember_secret(value)
             remember_secret(value.partition(" ")[2])  # "Bearer <token>": the token
+            if name.lower() == "cookie":  # each cookie's value, which a server may quote alone
+                for pair in value.split(";"):
+                    remember_secret(pair.partition("=")[2].strip())
 
 
 def _is_http_proxy(proxy: ProxyURL | None, host: str, port: int | None) -> bool:
