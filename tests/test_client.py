@@ -587,6 +587,31 @@ async def test_a_cancelled_close_is_finished_by_the_next(local: ReplicaState) ->
         await reading
 
 
+def test_an_abandoned_stream_is_closed_quietly_when_its_loop_ends(
+    threaded: ReplicaState, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stream left open (the caller's error out of ``async for``) is closed by
+    ``asyncio.run`` as it ends, and quietly: the loop closes every async generator it ran at
+    once, and llmrelay's own (inside the provider's) failed with "generator didn't stop
+    after athrow()", logged with a traceback."""
+    import logging
+
+    caplog.set_level(logging.ERROR, logger="asyncio")
+
+    async def abandon() -> None:
+        client = AsyncClient()
+        stream = await client.chat.completions.create(
+            model="local/llama3", messages=HI, stream=True
+        )
+        async for _chunk in stream:
+            raise LookupError("the caller's own error")
+
+    with pytest.raises(LookupError):
+        asyncio.run(abandon())
+    assert "asynchronous generator" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 def test_sync_client_stops_its_thread(threaded: ReplicaState) -> None:
     before = set(threading.enumerate())
     client = Client()

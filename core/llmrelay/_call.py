@@ -15,7 +15,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -410,52 +410,17 @@ class Call:
         response = await self.request("POST", url, headers=headers, json_body=payload)
         return response.json(self.provider)
 
-    @contextlib.asynccontextmanager
-    async def open_stream(
+    def open_stream(
         self,
         method: str,
         url: str,
         *,
         headers: Mapping[str, str] | None = None,
         json_body: Any = None,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Open a streamed response (retrying the opening only) and yield it unread."""
-        data, headers = _encode(json_body, headers, self.provider)
-        proxy = self.proxy_for(url)
-        transport = get_transport()
-        stack = contextlib.AsyncExitStack()
-
-        async def attempt() -> aiohttp.ClientResponse:
-            if self._reads_ended:  # closed while connecting or waiting to retry: stop
-                raise self._closed_error()
-            self._log_request(method, url, proxy)
-            return await stack.enter_async_context(
-                transport.open(
-                    self.provider,
-                    method,
-                    url,
-                    headers=headers,
-                    data=data,
-                    proxy=proxy,
-                    timeouts=self.timeouts,
-                    total=self.remaining(),
-                )
-            )
-
-        async with stack:
-            response = await self.with_retries(attempt)
-            if self._reads_ended:  # closed while the response was on its way: not read
-                raise self._closed_error()
-            # aiohttp now enforces the deadline on every read of this response (its total
-            # timeout covers the body): one timer per call instead of one per read.
-            self._transport_bounds_reads = True
-            if self._open_responses is None:
-                self._open_responses = []
-            self._open_responses.append(response)
-            try:
-                yield response
-            finally:
-                self._open_responses.remove(response)
+    ) -> OpenStream:
+        """Open a streamed response (retrying the opening only): ``async with
+        call.open_stream(...) as response`` gives it unread."""
+        return OpenStream(self, method, url, headers, json_body)
 
     def _closed_error(self) -> SessionClosed:
         """The end of a request whose stream was closed: neither retried nor a reason to fall
@@ -510,6 +475,80 @@ class Call:
             return await awaitable
         except TimeoutError as exc:
             raise self._timeout_error(exc, started) from None
+
+
+class OpenStream:
+    """:meth:`Call.open_stream`'s context: on entry, the request is sent (with retries until
+    the response opens) and the open response given; on exit, it is released.
+
+    A class, not an ``asynccontextmanager``, for the reason given in
+    :class:`~llmrelay._transport.OpenedResponse`: no async generator of llmrelay's own for
+    the event loop to close in parallel with the provider's when a stream is abandoned.
+    """
+
+    __slots__ = ("_call", "_headers", "_json_body", "_method", "_response", "_stack", "_url")
+
+    def __init__(
+        self,
+        call: Call,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        json_body: Any,
+    ) -> None:
+        self._call = call
+        self._method = method
+        self._url = url
+        self._headers = headers
+        self._json_body = json_body
+
+    async def __aenter__(self) -> aiohttp.ClientResponse:
+        call, method, url = self._call, self._method, self._url
+        data, headers = _encode(self._json_body, self._headers, call.provider)
+        proxy = call.proxy_for(url)
+        transport = get_transport()
+        self._stack = stack = contextlib.AsyncExitStack()
+
+        async def attempt() -> aiohttp.ClientResponse:
+            if call._reads_ended:  # closed while connecting or waiting to retry: stop
+                raise call._closed_error()
+            call._log_request(method, url, proxy)
+            return await stack.enter_async_context(
+                transport.open(
+                    call.provider,
+                    method,
+                    url,
+                    headers=headers,
+                    data=data,
+                    proxy=proxy,
+                    timeouts=call.timeouts,
+                    total=call.remaining(),
+                )
+            )
+
+        try:
+            response = await call.with_retries(attempt)
+            if call._reads_ended:  # closed while the response was on its way: not read
+                raise call._closed_error()
+        except BaseException:
+            await stack.aclose()
+            raise
+        # aiohttp now enforces the deadline on every read of this response (its total
+        # timeout covers the body): one timer per call instead of one per read.
+        call._transport_bounds_reads = True
+        if call._open_responses is None:
+            call._open_responses = []
+        call._open_responses.append(response)
+        self._response = response
+        return response
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> bool | None:
+        open_responses = self._call._open_responses
+        if open_responses is not None and self._response in open_responses:
+            open_responses.remove(self._response)
+        return await self._stack.__aexit__(kind, exc, tb)
 
 
 class stop_when(stop_base):

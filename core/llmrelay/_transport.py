@@ -22,7 +22,7 @@ import logging
 import math
 import time
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -169,8 +169,7 @@ class Transport:
         state.sessions[key] = session
         return session
 
-    @contextlib.asynccontextmanager
-    async def open(
+    def open(
         self,
         provider: str,
         method: str,
@@ -181,30 +180,15 @@ class Transport:
         proxy: ProxyURL | None = None,
         timeouts: Timeouts = Timeouts(),
         total: float | None = None,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send one request and yield the open response once its status is a success.
+    ) -> OpenedResponse:
+        """Send one request and, entered (``async with``), give the open response once its
+        status is a success.
 
         An error status is read (for its message) and raised as the matching typed error.
         Network failures while connecting or reading are raised as typed errors too.
         ``total`` bounds the request and every read of its body (aiohttp's total timeout).
         """
-
-        session = self._session(proxy)
-        started = time.monotonic()
-        with self._typed_failures(provider, proxy, started, session):
-            async with session.request(
-                method,
-                url,
-                headers=headers,
-                data=data,
-                timeout=_stream_timeout(timeouts, total),
-                proxy=_http_proxy_url(proxy),
-            ) as response:
-                if response.status >= 400:
-                    body = await response.text(errors="replace")
-                    _remember_sent_secrets(headers)
-                    raise error_for_status(provider, response.status, response.headers, body, proxy)
-                yield response
+        return OpenedResponse(self, provider, method, url, headers, data, proxy, timeouts, total)
 
     async def request(
         self,
@@ -256,22 +240,6 @@ class Transport:
         # The response's own headers stay case-insensitive (``headers["content-type"]``).
         return HTTPResponse(response.status, response.headers, body, response.url)
 
-    @contextlib.contextmanager
-    def _typed_failures(
-        self,
-        provider: str,
-        proxy: ProxyURL | None,
-        started: float,
-        session: aiohttp.ClientSession,
-    ) -> Any:  # Iterator[None]; Any keeps contextmanager's typing simple across Python versions
-        """Turn aiohttp, aiohttp-socks and asyncio failures into llmrelay's typed errors."""
-        try:
-            yield
-        except errors.LLMRelayError:
-            raise
-        except Exception as exc:
-            self._raise_typed(exc, provider, proxy, started, session)
-
     def _raise_typed(
         self,
         exc: Exception,
@@ -284,12 +252,26 @@ class Transport:
         handled by the caller, or ``exc`` itself if it is no network failure:
         ``SessionClosed`` when the session was closed, or is being closed, under the request,
         whatever the failure looked like."""
-        typed = network_error(exc, provider, proxy, started)
+        typed = self._typed(exc, provider, proxy, started, session)
         if typed is None:
             raise  # the caller's exception, as it was
-        if session.closed or self._closing(session):
-            typed = closed_under(provider)
         raise typed from None
+
+    def _typed(
+        self,
+        exc: Exception,
+        provider: str,
+        proxy: ProxyURL | None,
+        started: float,
+        session: aiohttp.ClientSession,
+    ) -> errors.LLMRelayError | None:
+        """The typed error for ``exc``, a failure of a request on ``session``, or None if it
+        is no network failure: ``SessionClosed`` when the session was closed, or is being
+        closed, under the request, whatever the failure looked like."""
+        typed = network_error(exc, provider, proxy, started)
+        if typed is not None and (session.closed or self._closing(session)):
+            return closed_under(provider)
+        return typed
 
     def _closing(self, session: aiohttp.ClientSession) -> bool:
         """Whether ``session`` is being closed on the running loop (``session.closed`` turns
@@ -310,6 +292,106 @@ class Transport:
             del self._loops[loop]
             if state.keeper is not None:
                 state.keeper.cancel()
+
+
+class OpenedResponse:
+    """:meth:`Transport.open`'s context: the request is sent on entry, the response released
+    on exit, and aiohttp's failures (while opening, or while the body reads it) are raised
+    as llmrelay's typed errors.
+
+    A class, not an ``asynccontextmanager``: every async generator a loop has run is also
+    closed by the loop when it ends (``asyncio.run`` closes them all at once), and an
+    abandoned stream then had its generators closed in parallel, from the inside out:
+    "generator didn't stop after athrow()" at exit. The provider's own generator, closed
+    by the loop, now closes this in order.
+    """
+
+    __slots__ = (
+        "_data",
+        "_headers",
+        "_method",
+        "_provider",
+        "_proxy",
+        "_request",
+        "_session",
+        "_started",
+        "_timeouts",
+        "_total",
+        "_transport",
+        "_url",
+    )
+
+    def __init__(
+        self,
+        transport: Transport,
+        provider: str,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        data: bytes | None,
+        proxy: ProxyURL | None,
+        timeouts: Timeouts,
+        total: float | None,
+    ) -> None:
+        self._transport = transport
+        self._provider = provider
+        self._method = method
+        self._url = url
+        self._headers = headers
+        self._data = data
+        self._proxy = proxy
+        self._timeouts = timeouts
+        self._total = total
+        self._request: Any = None  # aiohttp's request context, once sent
+
+    async def __aenter__(self) -> aiohttp.ClientResponse:
+        self._session = self._transport._session(self._proxy)
+        self._started = time.monotonic()
+        try:
+            self._request = self._session.request(
+                self._method,
+                self._url,
+                headers=self._headers,
+                data=self._data,
+                timeout=_stream_timeout(self._timeouts, self._total),
+                proxy=_http_proxy_url(self._proxy),
+            )
+            response: aiohttp.ClientResponse = await self._request.__aenter__()
+            if response.status >= 400:
+                try:
+                    body = await response.text(errors="replace")
+                finally:
+                    await self._request.__aexit__(None, None, None)
+                _remember_sent_secrets(self._headers)
+                raise error_for_status(
+                    self._provider, response.status, response.headers, body, self._proxy
+                )
+            return response
+        except errors.LLMRelayError:
+            raise
+        except Exception as exc:
+            self._transport._raise_typed(
+                exc, self._provider, self._proxy, self._started, self._session
+            )
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        try:
+            await self._request.__aexit__(kind, exc, tb)  # releases the connection
+        except errors.LLMRelayError:
+            raise
+        except Exception as failure:
+            self._transport._raise_typed(
+                failure, self._provider, self._proxy, self._started, self._session
+            )
+        if isinstance(exc, Exception) and not isinstance(exc, errors.LLMRelayError):
+            # The body's reads failed: the typed error for it, or the exception as it was.
+            typed = self._transport._typed(
+                exc, self._provider, self._proxy, self._started, self._session
+            )
+            if typed is not None:
+                raise typed from None
 
 
 @functools.lru_cache(maxsize=64)
