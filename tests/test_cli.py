@@ -42,6 +42,23 @@ def test_chat_replays_a_cassette() -> None:
     assert result.stderr == ""
 
 
+def test_an_answer_stdout_cannot_encode_is_written_escaped() -> None:
+    """An ASCII (or cp1252) stdout: Cyrillic is written as escapes, not a UnicodeEncodeError
+    traceback after the answer was paid for."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMRELAY_")}
+    result = subprocess.run(
+        [LLMRELAY, "chat", "--replay", str(HELLO.path), "Привет, как дела?"],
+        capture_output=True,
+        timeout=60,
+        env={**env, "PYTHONIOENCODING": "ascii"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    expected = ANSWERS["Привет, как дела?"].encode("ascii", "backslashreplace") + b"\n"
+    assert result.stdout == expected
+    assert result.stdout.startswith(b"\\u041f")
+
+
 def test_chat_joins_the_words_of_an_unquoted_prompt() -> None:
     """``llmrelay chat Привет, как дела?`` is the prompt its words make, as ``record`` takes
     it (it was "unexpected extra argument")."""

@@ -222,3 +222,12 @@ def test_help_lists_the_options() -> None:
     for option in ("--host", "--port", "--api-key", "--workers", "--max-concurrency"):
         assert option in result.output
     assert "LLMRELAY_API_KEY" in result.output
+
+
+@pytest.mark.parametrize("option", ["--shutdown-grace", "--body-timeout"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_seconds_must_be_finite(option: str, value: str) -> None:
+    """``nan`` passed click's range check: --shutdown-grace nan then waited without limit."""
+    result = CliRunner().invoke(serve_command, [option, value])
+    assert result.exit_code == 2
+    assert f"'{value}' is not a finite number of seconds" in result.output

@@ -691,8 +691,13 @@ async def test_record_and_chat_take_request_options(serve: Serve, tmp_path: Path
     [
         ("temperature", "'temperature' is not NAME=VALUE"),
         ("=0.2", "'=0.2' is not NAME=VALUE"),
-        ("timeout=3", "'timeout' is not a request option here: use its own flag"),
-        ("max_retries=1", "'max_retries' is not a request option here"),
+        ("timeout=3", "'timeout' is not a request option here: use --timeout"),
+        (
+            "max_retries=1",
+            "'max_retries' is not a request option here: set LLMRELAY_MAX_RETRIES, or "
+            "max_retries in the configuration file",
+        ),
+        ("base_url=http://h/v1", "'base_url' is not a request option here: use --base-url"),
     ],
 )
 def test_a_bad_request_option_is_a_usage_error(flag: str, said: str) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from ._cli_types import FiniteSeconds
+
 __all__ = ["main", "serve"]
 
 
@@ -50,14 +52,14 @@ __all__ = ["main", "serve"]
 )
 @click.option(
     "--body-timeout",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteSeconds(0, min_open=True),
     default=None,
     metavar="SECONDS",
     help="Time a client gets to send its request body; 408 after it. [default: 60]",
 )
 @click.option(
     "--shutdown-grace",
-    type=click.FloatRange(0),
+    type=FiniteSeconds(0),
     default=None,
     metavar="SECONDS",
     help="Time running requests get to finish after SIGTERM. [default: 25]",

@@ -55,6 +55,19 @@ class _Seconds(click.ParamType):  # type: ignore[type-arg]
 SECONDS = _Seconds()
 
 
+class FiniteSeconds(click.FloatRange):
+    """A number of seconds from ``min`` (``min_open``: above it), finite: click's
+    ``FloatRange`` lets ``nan`` through (no comparison with it is true) and ``inf``."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return seconds
+
+
 def timeout_option(help_text: str) -> Callable[[FC], FC]:
     """``--timeout SECONDS``: the call's deadline; ``none`` for none."""
     return click.option("--timeout", type=SECONDS, help=f"{help_text} 'none' for no deadline.")
@@ -68,8 +81,18 @@ def timeout_options(timeout: float | str | None) -> dict[str, Any]:
     return {"timeout": None if timeout == NO_DEADLINE else timeout}
 
 
-#: Names a request option may not take: each command sets these itself, or has a flag for them.
-_OWN = frozenset({"timeout", "max_retries", "proxy", "base_url", "model", "messages"})
+#: Names a request option may not take: each command sets these itself, or has a flag for
+#: them; and where to set each instead.
+_OWN = {
+    "timeout": "use --timeout",
+    "max_retries": "set LLMRELAY_MAX_RETRIES, or max_retries in the configuration file",
+    "proxy": "use --proxy",
+    "base_url": (
+        "use --base-url (llmrelay record), or an endpoint's base_url in the configuration file"
+    ),
+    "model": "use -m/--model",
+    "messages": "give the prompt (and -s/--system)",
+}
 
 
 class _RequestOption(click.ParamType):  # type: ignore[type-arg]
@@ -86,7 +109,7 @@ class _RequestOption(click.ParamType):  # type: ignore[type-arg]
         if not eq or not name:
             self.fail(f"{value!r} is not NAME=VALUE (temperature=0.2, say)", param, ctx)
         if name in _OWN:
-            self.fail(f"{name!r} is not a request option here: use its own flag", param, ctx)
+            self.fail(f"{name!r} is not a request option here: {_OWN[name]}", param, ctx)
         return (name, _read_value(text))
 
 

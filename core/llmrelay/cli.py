@@ -7,6 +7,7 @@ starts fast and a broken plugin cannot break the help text.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import sys
@@ -378,7 +379,21 @@ _add_lazy_commands()
 
 def main() -> None:
     """Console-script entry point."""
+    _escape_what_stdout_cannot_encode()
     cli(prog_name="llmrelay")
+
+
+def _escape_what_stdout_cannot_encode() -> None:
+    """Write a character stdout's encoding cannot hold as an escape (``\\u041f``), not fail.
+
+    An answer may hold what the terminal's encoding cannot (Cyrillic on an ASCII or cp1252
+    console, a lone surrogate a server sent): printing it raised ``UnicodeEncodeError`` after
+    the call was made and paid for. An escape keeps every character visible, where ``?``
+    would lose it.
+    """
+    stdout = sys.stdout
+    if isinstance(stdout, io.TextIOWrapper) and stdout.errors == "strict":
+        stdout.reconfigure(errors="backslashreplace")
 
 
 if __name__ == "__main__":  # pragma: no cover
