@@ -621,6 +621,29 @@ async def test_record_writes_a_scrubbed_cassette_that_chat_replays(
     assert replica[pizzagpt_replica.STATE].hits == 1
 
 
+async def test_record_refuses_a_cassette_path_it_cannot_write_before_calling(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """The answer was printed (the call made, maybe paid for), then lost to a traceback from
+    the recorder: the path is now checked first."""
+    from llmrelay.cli import cli
+
+    replica = pizzagpt_replica.make_app()
+    base = await serve(replica)
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    path = blocker / "ciao.yaml"
+    result = await asyncio.to_thread(
+        CliRunner().invoke,
+        cli,
+        ["record", "--provider", "pizzagpt", "--base-url", base, "--cassette", str(path), "Ciao"],
+    )
+    assert result.exit_code == 2
+    assert f"Invalid value for '--cassette': cannot write {str(path)!r}" in result.stderr
+    assert "a file stands where a directory is needed" in result.stderr
+    assert replica[pizzagpt_replica.STATE].hits == 0
+
+
 @pytest.mark.slow
 async def test_record_says_how_to_replay_an_endpoint_that_wants_a_key(
     serve: Serve, tmp_path: Path

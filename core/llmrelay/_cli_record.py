@@ -101,6 +101,8 @@ def record(
             param_hint="'--provider'",
         )
     provider = registry.get(provider_name)
+    scratch = path.with_name(f".{path.name}.recording")
+    _check_writable(path, scratch)  # before the call, which may cost money
     messages: list[dict[str, str]] = []
     if system:
         messages.append({"role": "system", "content": system})
@@ -126,8 +128,6 @@ def record(
             await aclose()
         return None
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_name(f".{path.name}.recording")
     try:
         with cassette(scratch, mode="overwrite", rewrite=rewrite) as recorded:
             failure = asyncio.run(run())
@@ -158,3 +158,19 @@ def record(
         click.echo(f"replay it with: {command}", err=True)
     if failure is not None:
         raise failure
+
+
+def _check_writable(path: Path, scratch: Path) -> None:
+    """Refuse a cassette path that cannot be written, before the call is made (and paid for):
+    the answer was printed, then lost to a traceback from deep inside the recorder."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch.touch()
+        scratch.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        if isinstance(exc, FileExistsError | NotADirectoryError):
+            reason += " (a file stands where a directory is needed)"
+        raise click.BadParameter(
+            f"cannot write {str(path)!r}: {reason}", param_hint="'--cassette'"
+        ) from None
