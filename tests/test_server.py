@@ -662,6 +662,8 @@ async def test_a_forwarded_number_json_cannot_carry_is_400(
         ({"stream": "yes"}, "stream", "valid boolean"),
         ({"stream_options": {"include_usage": True}}, "stream_options", "only allowed"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
+        ({"logit_bias": {"abc": 1}}, "logit_bias.abc", "keys must be token ids"),
+        ({"logit_bias": {"50256": 1000}}, "logit_bias.50256", "less than or equal to 100"),
         ({"model": ""}, "model", "at least 1"),
         ({"model": "m" * 257}, "model", "at most 256"),  # no seconds spent on suggestions
         ({"base_url": "http://169.254.169.254/"}, "base_url", "unknown parameter"),
@@ -694,6 +696,10 @@ async def test_invalid_fields_are_400_naming_the_field(
     [
         (b"", "empty"),
         (b"{", "not valid JSON"),
+        (  # the whole decoder message: where the mistake is, too
+            b'{"model": "m", \'messages\': []}',
+            "Expecting property name enclosed in double quotes: line 1 column 16 (char 15)",
+        ),
         (b"[1, 2]", "must be a JSON object, got an array"),
         (b'{"model": NaN}', "not valid JSON"),
         (b"\xff\xfe", "not valid JSON"),

@@ -49,6 +49,10 @@ def test_content_parts_keep_everything_the_caller_sent() -> None:
         (["just text"], "messages[0]: Input should be a valid dictionary"),
         ([{"role": "user", "content": [{"type": "text"}]}], "messages[0].content.0"),
         ([{"role": "user", "content": None}], "messages[0]: Value error, content is required"),
+        (  # lax validation decoded bytes without a word
+            [{"role": "user", "content": b"hi"}],
+            "messages[0].content: Value error, must be text (str), not bytes: decode it first",
+        ),
     ],
 )
 def test_bad_input_names_the_message_and_field(messages: Any, expected: str) -> None:

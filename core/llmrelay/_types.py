@@ -98,6 +98,15 @@ class Message(BaseModel):
             return {**data, "content": None}
         return data
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_not_bytes(cls, value: Any) -> Any:
+        # Lax validation would decode bytes without a word, while it refuses numbers and
+        # booleans: say what to do instead, as for them.
+        if isinstance(value, bytes | bytearray | memoryview):
+            raise ValueError("must be text (str), not bytes: decode it first")
+        return value
+
     @model_validator(mode="after")
     def _content_required(self) -> Message:
         # OpenAI allows content to be null, or left out, only on an assistant turn that calls

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -112,6 +113,17 @@ Temperature = Annotated[Number, Field(ge=0, le=2)]
 TopP = Annotated[Number, Field(ge=0, le=1)]
 TokenCount = Annotated[StrictInt, Field(ge=1)]
 Penalty = Annotated[Number, Field(ge=-2, le=2)]
+
+
+def _token_id(key: str) -> str:
+    if not (key.isascii() and key.isdigit()):
+        raise ValueError("keys must be token ids: the tokenizer's numbers, as strings of digits")
+    return key
+
+
+#: ``logit_bias``: token ids (as JSON object keys, strings of digits) to a bias in -100..100.
+TokenId = Annotated[str, AfterValidator(_token_id)]
+Bias = Annotated[StrictInt, Field(ge=-100, le=100)]
 #: OpenAI allows at most this many stop sequences.
 MAX_STOP_SEQUENCES = 4
 
@@ -146,7 +158,7 @@ class ChatRequest(BaseModel):
     seed: StrictInt | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    logit_bias: dict[str, StrictInt] | None = None
+    logit_bias: dict[TokenId, Bias] | None = None
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: StrictStr | dict[str, Any] | None = None
@@ -236,7 +248,9 @@ def load_json_object(raw: bytes) -> dict[str, Any]:
     except RecursionError:
         raise _too_deep() from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise invalid_request(f"the request body is not valid JSON: {_short(str(exc))}") from None
+        # The decoder's message quotes none of the body, and its end says where: all of it.
+        reason = _short(str(exc), 160)
+        raise invalid_request(f"the request body is not valid JSON: {reason}") from None
     if not isinstance(data, dict):
         raise invalid_request(f"the request body must be a JSON object, got {_json_type(data)}")
     if _may_nest_deeper(raw) and _depth(data) > MAX_JSON_DEPTH:
