@@ -534,6 +534,27 @@ def test_llmrelay_config_warns_about_names_nothing_matches(tmp_path: Path) -> No
     assert missing.stderr.startswith("error: LLMRELAY_CONFIG points to ")
 
 
+def test_llmrelay_config_warns_of_an_alias_that_hides_a_served_model(tmp_path: Path) -> None:
+    """Aliases apply before routing, to pinned names too: one named like a served model sent
+    its requests elsewhere without a word. Choosing one of a model's providers is fine."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "[aliases]\n"
+        '"pizzagpt/gpt-4o-mini" = "gpt-4o"\n'  # a pinned name, sent elsewhere
+        '"gpt-4o-mini" = "pizzagpt/gpt-4o-mini"\n'  # one of its providers: nothing hidden
+    )
+    result = CliRunner().invoke(
+        cli, ["config"], env={"LLMRELAY_CONFIG": str(path), "LLMRELAY_PLUGINS": "pizzagpt"}
+    )
+    assert result.exit_code == 0
+    warnings = [line for line in result.stderr.splitlines() if "hides" in line]
+    assert warnings == [
+        "warning: [aliases] pizzagpt/gpt-4o-mini = 'gpt-4o': 'pizzagpt/gpt-4o-mini' is served "
+        "by pizzagpt; the alias hides it (requests for 'pizzagpt/gpt-4o-mini' go to 'gpt-4o'): "
+        "rename the alias"
+    ]
+
+
 def test_get_config_looks_at_the_file_at_most_once_per_interval(
     config_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

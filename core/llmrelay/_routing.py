@@ -223,8 +223,8 @@ def unserved_endpoints_problem(config: Config, registry: Registry) -> str | None
 
 
 def config_problems(config: Config, registry: Registry) -> list[str]:
-    """What in ``config`` names providers or models this registry does not know (typos), and
-    endpoints nothing serves."""
+    """What in ``config`` names providers or models this registry does not know (typos),
+    endpoints nothing serves, and aliases that hide a model served under the same name."""
     problems = []
     unserved = unserved_endpoints_problem(config, registry)
     if unserved:
@@ -239,10 +239,31 @@ def config_problems(config: Config, registry: Registry) -> list[str]:
             registry.resolve(target)
         except LookupError as exc:
             problems.append(f"[aliases] {alias} = {target!r}: {exc}")
+        hidden = _hidden_by(registry, alias, target)
+        if hidden:  # aliases come first: what the name served is out of reach
+            problems.append(
+                f"[aliases] {alias} = {target!r}: {alias!r} is served by {hidden}; the alias "
+                f"hides it (requests for {alias!r} go to {target!r}): rename the alias"
+            )
     default = config.aliases.get(config.default_model, config.default_model)
     if not _serves(registry, default):
         problems.append(f"default_model {config.default_model!r}: no provider serves it")
     return problems
+
+
+def _hidden_by(registry: Registry, alias: str, target: str) -> str:
+    """The providers whose model ``alias`` names and the alias sends elsewhere ("" if none):
+    ``llama3 = "qwen"`` hides the providers serving llama3; ``gpt-4o-mini =
+    "pizzagpt/gpt-4o-mini"`` (one of its providers chosen) hides nothing."""
+    try:
+        served = registry.resolve(alias)
+    except LookupError:
+        return ""
+    try:
+        kept = set(registry.resolve(target))
+    except LookupError:  # (said apart: the alias points at nothing)
+        kept = set()
+    return ", ".join(dict.fromkeys(p.name for p, m in served if (p, m) not in kept))
 
 
 def _serves(registry: Registry, model: str) -> bool:
