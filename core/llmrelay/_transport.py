@@ -248,10 +248,8 @@ class Transport:
         started: float,
         session: aiohttp.ClientSession,
     ) -> NoReturn:
-        """Raise the typed error for ``exc``, a failure of a request on ``session`` being
-        handled by the caller, or ``exc`` itself if it is no network failure:
-        ``SessionClosed`` when the session was closed, or is being closed, under the request,
-        whatever the failure looked like."""
+        """Raise :meth:`_typed`'s error for ``exc``, which the caller is handling, or ``exc``
+        itself if it is no network failure."""
         typed = self._typed(exc, provider, proxy, started, session)
         if typed is None:
             raise  # the caller's exception, as it was
