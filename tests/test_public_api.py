@@ -177,6 +177,27 @@ def test_errors_survive_pickling_and_copying(name: str) -> None:
                 assert vars(again)[key] == value
 
 
+class _TwoArgumentError(Exception):
+    def __init__(self, code: int, why: str) -> None:
+        super().__init__(f"{code}: {why}")
+
+
+def test_an_error_whose_bare_cause_cannot_be_rebuilt_still_pickles() -> None:
+    """``bare`` holds what a provider raised itself; one that cannot be unpickled (its
+    constructor takes two arguments) came back as a TypeError, and broke a process pool."""
+    import pickle
+
+    from llmrelay._provider import typed_error
+
+    error = typed_error(_TwoArgumentError(7, "bad"), "p")
+    assert isinstance(error, errors.ProviderError)
+    assert isinstance(error.bare, _TwoArgumentError)
+    again = pickle.loads(pickle.dumps(error))  # noqa: S301 (our own bytes)
+    assert (type(again), str(again)) == (type(error), str(error))
+    assert str(again.bare) == "_TwoArgumentError: 7: bad"
+    assert error.bare.args == ("7: bad",)  # the original is untouched
+
+
 def test_a_worker_process_error_reaches_the_parent() -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor

@@ -238,6 +238,7 @@ async def test_a_key_a_server_quotes_back_in_an_error_is_scrubbed(
         "x-api-key=XKey0123456789",
         "private_token=PrivTok0123456789",
         "secret=Secret0123456789",
+        "client_secret=Secret0123456789",
     ],
 )
 def test_credentials_in_any_query_parameter_are_hidden(query: str) -> None:
@@ -255,8 +256,43 @@ def test_credentials_in_any_query_parameter_are_hidden(query: str) -> None:
     scrubbed = _Scrubber(None).request(recorded)
     assert value not in scrubbed.uri
     assert "api-version=2024" in scrubbed.uri
-    # Counts named like tokens are not credentials.
-    assert redact("http://h/v1?max_tokens=100") == "http://h/v1?max_tokens=100"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "http://h/v1?max_tokens=100&keyword=python&author=Tolkien&tokenizer=bpe&keys=3",
+        "ssh://git@github.com/org/repo.git",  # a user without a password outside proxy URLs
+        "postgres://postgres@localhost/db",
+        "socks4://bob@127.0.0.1:1080",  # SOCKS4's user is an identifier
+    ],
+)
+def test_ordinary_urls_are_left_alone(text: str) -> None:
+    """Names are matched by whole parts (``key``, ``token``...), not substrings: ``author``
+    and ``keyword`` were hidden, and a cassette then masked their values everywhere."""
+    from llmrelay._cassettes import _Scrubber
+    from llmrelay._redact import redact
+
+    assert redact(text) == text
+    import types
+
+    scrubbed = _Scrubber(None).request(types.SimpleNamespace(uri=text, headers={}, body=b""))
+    assert scrubbed.uri == text
+
+
+def test_redacting_long_pathological_text_takes_linear_time() -> None:
+    """A body of many ``?`` or ``http://`` (a garbled charset) made the patterns backtrack:
+    12 s for 4 KB of ``?key``, 112 s for 40 KB of ``?`` in an error's excerpt."""
+    import time
+
+    from llmrelay._redact import redact
+    from llmrelay._transport import excerpt
+
+    started = time.perf_counter()
+    for text in ("?key" * 5000, "?" * 100_000, "http://a" * 10_000, "http://u:" + "p" * 100_000):
+        redact(text)
+        excerpt(text * 10)
+    assert time.perf_counter() - started < 5  # about 0.2 s; the old patterns took minutes
 
 
 @pytest.mark.parametrize(

@@ -919,3 +919,23 @@ def test_a_body_that_is_not_json_is_invalid_response() -> None:
     response = HTTPResponse(200, {}, b"<html>nope</html>", "http://127.0.0.1/")
     with pytest.raises(errors.InvalidResponse, match="answer is not JSON: '<html>nope</html>'"):
         response.json("p")
+
+
+async def test_a_stream_context_is_entered_once(faults: Server) -> None:
+    """Entering one ``open_stream()`` (or transport ``open()``) context twice would open a
+    second connection and lose the first; it is refused, and leaving a context never entered
+    does nothing."""
+    call = Call(provider="faulty", base_url=faults.base)
+    call.start()
+    opening = call.open_stream("GET", f"{faults.base}/stream?chunks=1")
+    await opening.__aexit__(None, None, None)  # never entered: nothing to release
+    async with opening as response:
+        assert await response.content.read()
+        with pytest.raises(RuntimeError, match="already opened"):
+            await opening.__aenter__()
+    sent = get_transport().open("faulty", "GET", f"{faults.base}/stream?chunks=1")
+    await sent.__aexit__(None, None, None)
+    async with sent as response:
+        assert await response.content.read()
+        with pytest.raises(RuntimeError, match="already opened"):
+            await sent.__aenter__()

@@ -501,8 +501,12 @@ class OpenStream:
         self._url = url
         self._headers = headers
         self._json_body = json_body
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._response: aiohttp.ClientResponse | None = None
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
+        if self._stack is not None:  # a second entry would leak the first connection
+            raise RuntimeError("this stream was already opened: call open_stream() again")
         call, method, url = self._call, self._method, self._url
         data, headers = _encode(self._json_body, self._headers, call.provider)
         proxy = call.proxy_for(url)
@@ -545,6 +549,8 @@ class OpenStream:
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
     ) -> bool | None:
+        if self._stack is None:  # never entered: nothing to release
+            return None
         open_responses = self._call._open_responses
         if open_responses is not None and self._response in open_responses:
             open_responses.remove(self._response)

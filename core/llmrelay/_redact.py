@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 
 __all__ = [
     "REDACTED",
@@ -45,46 +46,86 @@ def looks_secret(header: str) -> bool:
     return header.lower() in SECRET_HEADERS or _SECRET_LOOKING.search(header) is not None
 
 
-#: Query parameter names that carry credentials: those a header name would (``key``,
-#: ``subscription-key``, ``auth_token``, ``x-api-key``, ``private_token``...), plus the short
-#: names of signed URLs and function keys (``sig`` of Azure SAS, ``code`` of Azure Functions).
-_CREDENTIAL_PARAM = (
-    r"[^=&\s#]*(?:auth|key|token(?!s)|secret|passw|signature|session|credential)[^=&\s#]*"
-    r"|sig|code"
+#: Words that make a query parameter's name a credential's, as whole parts of the name split at
+#: ``-``, ``_`` and ``.`` (``key``, ``subscription-key``, ``auth_token``, ``x-api-key``,
+#: ``client_secret``), so that ``author``, ``keyword``, ``max_tokens`` or ``tokenizer`` are not.
+_CREDENTIAL_PARTS = frozenset(
+    {
+        "key",
+        "apikey",
+        "token",
+        "accesstoken",
+        "authtoken",
+        "auth",
+        "secret",
+        "password",
+        "passwd",
+        "pwd",
+        "signature",
+        "credential",
+        "credentials",
+    }
 )
-
-
-_CREDENTIAL_PARAM_NAME = re.compile(_CREDENTIAL_PARAM, re.IGNORECASE)
+#: Whole names that are credentials in well-known URLs: Azure SAS's ``sig``, Azure Functions'
+#: (and OAuth's) ``code``.
+_CREDENTIAL_NAMES = frozenset({"sig", "code"})
+_NAME_PARTS = re.compile(r"[-_.]")
 
 
 def looks_secret_query(name: str) -> bool:
     """Whether a query parameter named ``name`` may carry a credential."""
-    return _CREDENTIAL_PARAM_NAME.fullmatch(name) is not None
+    lowered = name.lower()
+    return lowered in _CREDENTIAL_NAMES or any(
+        part in _CREDENTIAL_PARTS for part in _NAME_PARTS.split(lowered)
+    )
 
 
-_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+def _hide_credential_param(match: re.Match[str]) -> str:
+    if looks_secret_query(match.group("name")):
+        return match.group("keep") + REDACTED
+    return match.group(0)
+
+
+def _keep_prefix(match: re.Match[str]) -> str:
+    return match.group("keep") + REDACTED
+
+
+# Every repeat that can meet another is bounded (``{1,256}``): a body of many ``?`` or
+# ``http://`` (a server's garbled charset, say) then costs linear time, where unbounded runs
+# backtracked for seconds on a few kilobytes.
+_PATTERNS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
     # user:password@ in any URL (proxy URLs above all): keep the user, hide the password. The
-    # password runs to the LAST "@" of the URL, so an unencoded "@", "/" or "#" in it is hidden
-    # too (hiding part of a path in a URL that has "@" there is the safe mistake).
-    (
-        re.compile(r"(?P<keep>\b[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^\s'\"<>]+(?=@)", re.IGNORECASE),
-        "keep",
-    ),
-    # A URL's user without a password (``http://TOKEN@proxy``, ``http://KEY:@proxy``): proxy
-    # services and some APIs take the key in the user's place. (Not SOCKS4's: an identifier.)
+    # password runs to the LAST "@" (within 512 characters), so an unencoded "@", "/" or "#"
+    # in it is hidden too (hiding part of a path in a URL that has "@" there is the safe
+    # mistake).
     (
         re.compile(
-            r"(?P<keep>\b(?!socks4a?://)[a-z][a-z0-9+.-]*://)[^:/@\s'\"<>]+(?=:?@)", re.IGNORECASE
+            r"(?P<keep>\b[a-z][a-z0-9+.-]{0,31}://[^:/@\s]{1,256}:)[^\s'\"<>]{1,512}(?=@)",
+            re.IGNORECASE,
         ),
-        "keep",
+        _keep_prefix,
+    ),
+    # A proxy URL's user without a password (``http://TOKEN@proxy``, ``http://KEY:@proxy``):
+    # proxy services take the key in the user's place. (Not SOCKS4's: an identifier; nor
+    # other schemes', such as ``ssh://git@host``.)
+    (
+        re.compile(r"(?P<keep>\b(?:https?|socks5h?)://)[^:/@\s'\"<>]{1,256}(?=:?@)", re.IGNORECASE),
+        _keep_prefix,
     ),
     # Authorization header values and bearer tokens quoted in bodies.
-    (re.compile(r"(?P<keep>\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{4,}", re.IGNORECASE), "keep"),
+    (
+        re.compile(r"(?P<keep>\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{4,}", re.IGNORECASE),
+        _keep_prefix,
+    ),
     # API keys in the common vendor shapes (sk-..., sk-proj-..., gsk_..., AIza...).
-    (re.compile(r"(?P<keep>\b(?:sk|gsk|rk|pk)[-_])[A-Za-z0-9_-]{8,}"), "keep"),
-    (re.compile(r"(?P<keep>\bAIza)[0-9A-Za-z_-]{20,}"), "keep"),
-    # key=value pairs in query strings and form bodies.
-    (re.compile(rf"(?P<keep>[?&](?:{_CREDENTIAL_PARAM})=)[^&\s#'\"<>]+", re.IGNORECASE), "keep"),
+    (re.compile(r"(?P<keep>\b(?:sk|gsk|rk|pk)[-_])[A-Za-z0-9_-]{8,}"), _keep_prefix),
+    (re.compile(r"(?P<keep>\bAIza)[0-9A-Za-z_-]{20,}"), _keep_prefix),
+    # name=value pairs in query strings, fragments and form bodies, when the name is a
+    # credential's (decided in Python: see looks_secret_query).
+    (
+        re.compile(r"(?P<keep>[?&#](?P<name>[^=&\s#?]{1,128})=)[^&\s#'\"<>]+"),
+        _hide_credential_param,
+    ),
 ]
 
 
@@ -134,10 +175,6 @@ def redact(text: str) -> str:
         for secret in sorted(_known, key=len, reverse=True):
             if secret in text:
                 text = text.replace(secret, REDACTED)
-    for pattern, _group in _PATTERNS:
-        text = pattern.sub(_keep_prefix, text)
+    for pattern, replace in _PATTERNS:
+        text = pattern.sub(replace, text)
     return text
-
-
-def _keep_prefix(match: re.Match[str]) -> str:
-    return match.group("keep") + REDACTED

@@ -94,8 +94,12 @@ class HTTPResponse:
 
 
 def excerpt(text: str, limit: int = errors.BODY_EXCERPT_CHARS) -> str:
-    """The start of ``text`` on one line, secrets scrubbed, for error messages."""
-    flat = " ".join(redact(text).split())
+    """The start of ``text`` on one line, secrets scrubbed, for error messages.
+
+    Only the start is scrubbed (20 times what is shown, for the whitespace that folds): an
+    error body of megabytes costs no more than one of kilobytes.
+    """
+    flat = " ".join(redact(text[: limit * 20]).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
@@ -343,6 +347,8 @@ class OpenedResponse:
         self._request: Any = None  # aiohttp's request context, once sent
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
+        if self._request is not None:  # a second entry would leak the first connection
+            raise RuntimeError("this response was already opened: call open() again")
         self._session = self._transport._session(self._proxy)
         self._started = time.monotonic()
         try:
@@ -375,6 +381,8 @@ class OpenedResponse:
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
     ) -> None:
+        if self._request is None:  # never entered: nothing to release
+            return
         try:
             await self._request.__aexit__(kind, exc, tb)  # releases the connection
         except errors.LLMRelayError:

@@ -69,8 +69,15 @@ class LLMRelayError(Exception):
         # Pickled (a process pool hands a worker's error to its parent this way) and copied
         # as they are: the default would call ``cls(*self.args)``, which the errors whose
         # constructor takes more than the message (``provider=``, a model and its
-        # suggestions) refuse, or would word again around the finished message.
-        return (_restored, (type(self), self.args, self.__dict__))
+        # suggestions) refuse, or would word again around the finished message. As for every
+        # exception, ``__cause__`` and the traceback are not pickled.
+        state = self.__dict__
+        bare = state.get("bare")
+        if bare is not None and not _picklable(bare):
+            # A provider's own exception that cannot be rebuilt (its constructor takes more
+            # than a message) would break the unpickling of the whole error: keep its words.
+            state = {**state, "bare": Exception(f"{type(bare).__qualname__}: {bare}")}
+        return (_restored, (type(self), self.args, state))
 
 
 class InvalidRequest(LLMRelayError, ValueError):
@@ -237,3 +244,14 @@ def _restored(
     error.args = args
     error.__dict__.update(state)
     return error
+
+
+def _picklable(value: object) -> bool:
+    """Whether ``value`` survives a pickle round trip (dumped, and loaded back)."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(value))  # noqa: S301 (bytes just made here)
+    except Exception:
+        return False
+    return True
