@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -76,6 +77,22 @@ class Echo(Provider):
         yield messages[-1].text
         yield Usage(3, 2)
         yield FinishReason("stop")
+
+
+class SlowEcho(Echo):
+    """Echo, after thinking for 0.8 s: a request that outlasts a short header timeout."""
+
+    name = "slow-echo"
+    default_model = "slow-echo"
+    models = ("slow-echo",)
+
+    @classmethod
+    async def generate(
+        cls, model: str, messages: list[Message], call: Call
+    ) -> AsyncGenerator[Chunk, None]:
+        await asyncio.sleep(0.8)
+        async for chunk in super().generate(model, messages, call):
+            yield chunk
 
 
 class Gate(Provider):
@@ -1217,6 +1234,31 @@ async def test_a_stalled_body_gets_408_and_frees_its_place(
     assert ok.choices[0].message.content == "Echo: Hi there"
 
 
+async def test_connections_that_send_no_request_are_closed(
+    fakes: Callable[..., Registry], relay_server: StartServer, client: MakeClient
+) -> None:
+    """A connection that sends nothing, or half its headers, held its socket for ever (no key
+    needed, outside the concurrency limit): a few hundred used up the worker's descriptors.
+    They are closed after ``header_timeout``; one whose request runs longer is not."""
+    fakes(SlowEcho)
+    server = await relay_server(ServerSettings(header_timeout=0.4, shutdown_grace=2.0))
+    silent = await asyncio.open_connection("127.0.0.1", server.port)
+    halfway = await asyncio.open_connection("127.0.0.1", server.port)
+    halfway[1].write(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")  # no blank line: unfinished
+    started = time.monotonic()
+    try:
+        # A request that takes longer than the timeout keeps its connection.
+        slow = await client(server).chat.completions.create(model="slow-echo", messages=HI)
+        assert slow.choices[0].message.content == "Echo: Hi there"
+        async with asyncio.timeout(5):
+            for reader, _writer in (silent, halfway):
+                assert await reader.read() == b""  # closed by the server
+        assert 0.3 < time.monotonic() - started < 3
+    finally:
+        for _reader, writer in (silent, halfway):
+            writer.close()
+
+
 # -- disconnects and shutdown --------------------------------------------------------------
 
 
@@ -1702,3 +1744,31 @@ async def test_a_providers_bug_mid_stream_is_logged_with_its_traceback(
     traced = [r for r in caplog.records if r.exc_info and isinstance(r.exc_info[1], KeyError)]
     assert traced  # the operator gets the provider's traceback
     assert "internal detail" in caplog.text
+
+
+def test_running_out_of_descriptors_is_logged_once_in_a_while() -> None:
+    """asyncio logs every failed accept() with a traceback, thousands a second while a worker
+    is out of file descriptors: one line per 10 s is kept, saying how many were left out."""
+    from llmrelay.server._run import _OutOfDescriptors
+
+    keep = _OutOfDescriptors()
+
+    def record(message: str) -> logging.LogRecord:
+        error = OSError(24, "Too many open files")
+        return logging.LogRecord(
+            "asyncio", logging.ERROR, "x", 1, message, (), (OSError, error, None)
+        )
+
+    first = record("socket.accept() out of system resource\nsocket: <socket>")
+    assert keep.filter(first)
+    assert first.getMessage() == (
+        "cannot accept connections: [Errno 24] Too many open files "
+        "(0 more such failures not logged)"
+    )
+    assert first.exc_info is None
+    assert not any(keep.filter(record("socket.accept() out of system resource")) for _ in range(5))
+    assert keep.filter(record("Task exception was never retrieved"))  # anything else: as it is
+    keep._last = time.monotonic() - 11  # ten seconds on
+    later = record("socket.accept() out of system resource")
+    assert keep.filter(later)
+    assert "(5 more such failures not logged)" in later.getMessage()

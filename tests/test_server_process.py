@@ -224,7 +224,7 @@ def test_help_lists_the_options() -> None:
     assert "LLMRELAY_API_KEY" in result.output
 
 
-@pytest.mark.parametrize("option", ["--shutdown-grace", "--body-timeout"])
+@pytest.mark.parametrize("option", ["--shutdown-grace", "--body-timeout", "--header-timeout"])
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_seconds_must_be_finite(option: str, value: str) -> None:
     """``nan`` passed click's range check: --shutdown-grace nan then waited without limit."""

@@ -58,6 +58,16 @@ __all__ = ["main", "serve"]
     help="Time a client gets to send its request body; 408 after it. [default: 60]",
 )
 @click.option(
+    "--header-timeout",
+    type=FiniteSeconds(0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help=(
+        "Time a connection may go without a request in progress (sending none, or half its "
+        "headers, or idle between requests) before it is closed. [default: 60]"
+    ),
+)
+@click.option(
     "--shutdown-grace",
     type=FiniteSeconds(0),
     default=None,
@@ -85,6 +95,7 @@ def serve(
     max_concurrency: int | None,
     max_body: int | None,
     body_timeout: float | None,
+    header_timeout: float | None,
     shutdown_grace: float | None,
     drop_unsupported: bool,
     no_access_log: bool,
@@ -99,6 +110,7 @@ def serve(
     from .server import BindRefused, RunOptions, ServerSettings, WorkersFailed, run
     from .server._settings import (
         DEFAULT_BODY_TIMEOUT,
+        DEFAULT_HEADER_TIMEOUT,
         DEFAULT_MAX_BODY_BYTES,
         DEFAULT_MAX_CONCURRENCY,
         DEFAULT_SHUTDOWN_GRACE,
@@ -113,6 +125,7 @@ def serve(
         api_key=api_key,
         max_body_bytes=max_body or DEFAULT_MAX_BODY_BYTES,
         body_timeout=body_timeout or DEFAULT_BODY_TIMEOUT,
+        header_timeout=header_timeout or DEFAULT_HEADER_TIMEOUT,
         max_concurrency=max_concurrency or DEFAULT_MAX_CONCURRENCY,
         shutdown_grace=DEFAULT_SHUTDOWN_GRACE if shutdown_grace is None else shutdown_grace,
         drop_unsupported=drop_unsupported,

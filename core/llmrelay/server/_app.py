@@ -76,6 +76,8 @@ async def _edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = LOG.set(info)
     state = request.app[STATE]
     status = 500
+    connection = request.protocol
+    state.idle.request_started(connection)  # not closed as idle while this request runs
     try:
         try:
             if state.key is not None and request.path not in OPEN_PATHS:
@@ -108,6 +110,7 @@ async def _edge(request: web.Request, handler: Handler) -> web.StreamResponse:
             response.headers[REQUEST_ID_HEADER] = info.request_id
         return response
     finally:
+        state.idle.request_ended(connection)
         LOG.reset(token)
         if state.settings.access_log:
             # Logged after the response is sent: the event loop runs the callback when this

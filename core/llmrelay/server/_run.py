@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ._app import create_app
+from ._idle import close_idle_connections
 
 if TYPE_CHECKING:
     from .._config import Config
@@ -169,11 +170,18 @@ async def serving(
     )
     await runner.setup()
     server = Server(runner, app[STATE])
+    assert runner.server is not None  # (set up just above)
+    sweeper = asyncio.get_running_loop().create_task(
+        close_idle_connections(runner.server, app[STATE].idle), name="llmrelay-idle-sweeper"
+    )
     try:
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
         await site.start()
         yield server
     finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
         await server.shutdown()
 
 
@@ -214,6 +222,34 @@ def _malformed_request(record: logging.LogRecord) -> bool:
 _http_log.addFilter(_malformed_request)
 
 
+class _OutOfDescriptors(logging.Filter):
+    """asyncio's report of an ``accept()`` that failed for want of file descriptors, once per
+    ``every`` seconds and as one line: the loop retries every listening socket and logs each
+    failure with a traceback, which filled 349 MB of log in 100 s while the worker was out of
+    descriptors."""
+
+    every = 10.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: float | None = None
+        self._dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("socket.accept() out of system resource"):
+            return True
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.every:
+            self._dropped += 1
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        record.msg = "cannot accept connections: %s (%d more such failures not logged)"
+        record.args = (exc or "out of system resources", self._dropped)
+        record.exc_info = record.exc_text = None
+        self._last, self._dropped = now, 0
+        return True
+
+
 # -- the process ---------------------------------------------------------------------------
 
 
@@ -232,6 +268,9 @@ def configure_logging(level: str) -> None:
     )
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("llmrelay").setLevel(level.upper())
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _OutOfDescriptors) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_OutOfDescriptors())
 
 
 class _Formatter(logging.Formatter):

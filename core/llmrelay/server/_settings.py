@@ -7,10 +7,12 @@ process and into tests unchanged.
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass, field
 
 __all__ = [
     "DEFAULT_BODY_TIMEOUT",
+    "DEFAULT_HEADER_TIMEOUT",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_SHUTDOWN_GRACE",
@@ -27,6 +29,9 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 #: bodies take), so without a deadline a client that stalls mid-upload would hold one of the
 #: limited places for as long as it keeps its connection open.
 DEFAULT_BODY_TIMEOUT = 60.0
+#: Seconds a connection may go without a request in progress (before its first request's
+#: headers are in, or between requests) before it is closed.
+DEFAULT_HEADER_TIMEOUT = 60.0
 #: Chat requests one worker answers at once; more get a 503 with ``Retry-After``.
 DEFAULT_MAX_CONCURRENCY = 256
 #: Seconds running requests get to finish after SIGTERM. Below Kubernetes' default
@@ -45,7 +50,9 @@ class ServerSettings:
     ``api_key`` is excluded from ``repr`` so it never reaches a log line or a traceback.
     ``drop_unsupported`` drops request options no provider understands instead of answering
     400, for clients that always send options such as ``temperature``. ``body_timeout`` is
-    the time a client gets to send its request body (``408`` after it).
+    the time a client gets to send its request body (``408`` after it); ``header_timeout``
+    the time a connection may go without a request in progress (sending no request, or half
+    its headers, or idle between requests) before it is closed.
     """
 
     api_key: str | None = field(default=None, repr=False)
@@ -55,6 +62,7 @@ class ServerSettings:
     drop_unsupported: bool = False
     access_log: bool = True
     body_timeout: float = DEFAULT_BODY_TIMEOUT
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
 
     def __post_init__(self) -> None:
         if self.api_key is not None:
@@ -68,8 +76,10 @@ class ServerSettings:
             raise ValueError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
         if self.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {self.max_concurrency}")
-        if not self.body_timeout > 0:
-            raise ValueError(f"body_timeout must be positive, got {self.body_timeout}")
+        for name in ("body_timeout", "header_timeout"):
+            seconds = getattr(self, name)
+            if not 0 < seconds < math.inf:
+                raise ValueError(f"{name} must be a positive number of seconds, got {seconds}")
         if self.shutdown_grace < 0:
             raise ValueError(f"shutdown_grace must not be negative, got {self.shutdown_grace}")
 

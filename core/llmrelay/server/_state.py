@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from .._registry import Registry
+from ._idle import IdleConnections
 from ._settings import ServerSettings
 
 __all__ = [
@@ -48,6 +49,11 @@ class ServerState:
     tasks: set[asyncio.Task[object]] = field(default_factory=set)
     draining: bool = False
     key: bytes | None = field(default=None, repr=False)
+    #: The connections with a request in progress, for closing those that send none.
+    idle: IdleConnections = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.idle = IdleConnections(self.settings.header_timeout)
 
 
 @dataclass(slots=True)
