@@ -250,6 +250,32 @@ async def test_async_client_stream(local: ReplicaState) -> None:
     assert local.last_body["stream_options"] == {"include_usage": True}
 
 
+async def test_a_deadline_that_cuts_a_stream_is_a_timeout_error(local: ReplicaState) -> None:
+    """Issue 4: a deadline reached at any point raises a TimeoutError. After some text it was
+    a StreamInterrupted only, which ``except TimeoutError`` missed."""
+    local.delay = 0.3  # a chunk every 0.3 s
+    async with AsyncClient() as client:
+        stream = await client.chat.completions.create(
+            model="local/llama3", messages=HI, stream=True, timeout=0.5
+        )
+        texts: list[str | None] = []
+
+        async def read() -> None:
+            async for chunk in stream:
+                texts.append(chunk.choices[0].delta.content if chunk.choices else None)
+
+        with pytest.raises(TimeoutError) as info:
+            await read()
+    assert any(texts)  # the answer had begun
+    error = info.value
+    assert isinstance(error, llmrelay.errors.StreamTimedOut)
+    assert isinstance(error, StreamInterrupted)
+    assert isinstance(error, llmrelay.errors.ProviderTimeout)
+    assert error.retryable is False
+    assert isinstance(error.__cause__, llmrelay.errors.ProviderTimeout)
+    assert "deadline" in str(error)
+
+
 async def test_stream_without_reported_usage_has_none(local: ReplicaState) -> None:
     async with AsyncClient() as client:
         stream = await client.chat.completions.create(

@@ -69,6 +69,7 @@ ERRORS = {
     "RateLimited": (errors.HTTPStatusError,),
     "ServerError": (errors.HTTPStatusError,),
     "StreamInterrupted": (errors.ProviderError,),
+    "StreamTimedOut": (errors.StreamInterrupted, errors.ProviderTimeout, TimeoutError),
 }
 
 

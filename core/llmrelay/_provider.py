@@ -548,7 +548,12 @@ class ChunkStream(AsyncIterator[Chunk]):
                     what = "reasoning was sent"
                 else:
                     what = "the answer had started"
-                interrupted = errors.StreamInterrupted(
+                cut = (
+                    errors.StreamTimedOut
+                    if isinstance(exc, errors.ProviderTimeout)
+                    else errors.StreamInterrupted
+                )
+                interrupted = cut(
                     f"failed after {what}: {exc.reason}",
                     provider=self.provider,
                     status=exc.status,

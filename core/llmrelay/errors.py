@@ -23,6 +23,7 @@ Catch :class:`LLMRelayError` to handle anything llmrelay raises on purpose. The 
     │   ├── InvalidResponse                    malformed, empty or contract-breaking answer
     │   ├── MisuseDetected (ValueError)        the provider's abuse filter refused the prompt
     │   └── StreamInterrupted                  failed after the answer began: never retried
+    │       └── StreamTimedOut (TimeoutError)  a timeout cut it: also a ProviderTimeout
     └── AllProvidersFailed                     every provider failed; .errors keeps each one
 
 Subclassing builtins lets callers keep the idioms they know: ``except ValueError`` still catches
@@ -56,6 +57,7 @@ __all__ = [
     "RateLimited",
     "ServerError",
     "StreamInterrupted",
+    "StreamTimedOut",
 ]
 
 #: How much of a response body an error keeps: enough to diagnose, short enough for one line.
@@ -221,6 +223,17 @@ class StreamInterrupted(ProviderError):
     Never retried and never handed to another provider: that would duplicate or splice text.
     ``__cause__`` holds the underlying error.
     """
+
+
+class StreamTimedOut(StreamInterrupted, ProviderTimeout):
+    """A timeout (the call's deadline, or the read timeout) cut the answer after it began.
+
+    A ``StreamInterrupted`` (never retried, never handed to another provider) that is also a
+    ``ProviderTimeout``, so a ``TimeoutError``: ``except TimeoutError`` catches a deadline
+    wherever in the call it falls. ``__cause__`` holds the ``ProviderTimeout``.
+    """
+
+    default_retryable = False
 
 
 class AllProvidersFailed(LLMRelayError):
