@@ -110,6 +110,52 @@ def test_the_cool_down_doubles_up_to_the_cap_and_resets_on_success() -> None:
     assert tracker.cooldown("b", 2, 10) == 10
 
 
+def test_requests_in_flight_when_a_provider_fails_count_as_one_failure() -> None:
+    """Ten requests sent together into one blip counted ten consecutive failures: the longest
+    cool-down at once. A request sent before the last failure was counted fails in the same
+    outage; the next one sent after it, if it fails too, is the next step."""
+    clock = Clock()
+    tracker = Health(clock)
+    sent = clock()
+    clock.now += 0.1
+    for _ in range(10):
+        tracker.failed("a", since=sent)
+    assert (tracker.failures("a"), tracker.cooldown("a", 5, 300)) == (1, 5)
+    clock.now += 6  # its cool-down over, a new request is sent and fails
+    tracker.failed("a", since=clock())
+    assert tracker.failures("a") == 2
+
+
+async def test_a_stream_that_begins_is_a_success_even_if_closed_early(
+    use_plugins: Callable[..., Registry],
+) -> None:
+    """The first chunk resets the provider's health ("its first success resets it"): only a
+    stream read to its FinishReason did, so one closed early left the failures counted."""
+    from llmrelay import relay
+    from llmrelay._routing import health
+
+    class Chatty(Provider):
+        name = "chatty"
+        url = "http://chatty.invalid"
+        default_model = "m"
+        models = ("m",)
+
+        @classmethod
+        async def generate(
+            cls, model: str, messages: list[Message], call: Call
+        ) -> AsyncGenerator[Chunk, None]:
+            yield "one "
+            yield "two"
+            yield FinishReason("stop")
+
+    use_plugins(("chatty", Plugin(Chatty)))
+    health.failed("chatty")
+    stream = relay("m", [{"role": "user", "content": "hi"}])
+    assert await anext(stream) == "one "
+    await stream.aclose()
+    assert health.failures("chatty") == 0
+
+
 def test_among_cooling_providers_fewer_failures_go_first(registry: Registry) -> None:
     tracker = Health(Clock())
     for _ in range(3):

@@ -26,7 +26,7 @@ from ._provider import (
 from ._registry import Registry, get_registry
 from ._routing import Health, health, route
 from ._transport import SessionClosed
-from ._types import Chunk, FinishReason, Message, Messages, validate_messages
+from ._types import Chunk, Message, Messages, validate_messages
 
 __all__ = ["RelayStream", "relay"]
 
@@ -69,6 +69,8 @@ class RelayStream(ChunkStream):
         self._timeout = timeout
         self._deadline: float | None = None
         self._current: ChunkStream | None = None
+        self._started = 0.0  # when the current candidate was started (on the health clock)
+        self._sound = False  # some of the answer came: the provider answering is noted sound
         self._finished = False
         self._reading = False  # a read is under way (in this task or another)
 
@@ -96,7 +98,8 @@ class RelayStream(ChunkStream):
                     self._finished = True
                     await stream.aclose()
                     raise
-                if isinstance(chunk, FinishReason):
+                if not self._sound:  # its first chunk: it works (the docs' "first success")
+                    self._sound = True
                     self._health.succeeded(stream.provider)
                 return chunk
         finally:
@@ -177,6 +180,7 @@ class RelayStream(ChunkStream):
                     break
                 call.timeout = remaining
             self.provider = provider.name
+            self._started = self._health.clock()
             return provider, model, call
         self._finished = True
         raise self._final_error()
@@ -209,7 +213,7 @@ class RelayStream(ChunkStream):
         (only the provider answering can have: an earlier one that had would have ended the
         relay here)."""
         if _provider_side(exc):
-            self._health.failed(provider)
+            self._health.failed(provider, since=self._started)
         if delivered or isinstance(exc, errors.StreamInterrupted | SessionClosed):
             self._finished = True  # (closed under it: the next provider's session, too)
             raise exc

@@ -51,9 +51,18 @@ class Health:
         self._records: dict[str, _Record] = {}
         self._lock = threading.Lock()
 
-    def failed(self, provider: str) -> None:
+    def failed(self, provider: str, since: float | None = None) -> None:
+        """Count a failure of ``provider``, of a request sent at ``since`` (on ``clock``).
+
+        A request sent before the last failure was counted fails in the same outage: it
+        counts once with it. Ten requests in flight when a provider blipped counted ten
+        consecutive failures, the longest cool-down at once, where the docs promise a
+        cool-down that grows with each failed attempt after one.
+        """
         with self._lock:
             record = self._records.setdefault(provider, _Record())
+            if since is not None and record.failures and record.last_failure >= since:
+                return
             record.failures += 1
             record.last_failure = self.clock()
 
