@@ -432,14 +432,29 @@ def test_a_broken_cache_is_ignored(cache_dir: Path) -> None:
         assert cached_models(endpoint) == ()
 
 
-async def test_a_model_list_of_another_shape_is_invalid(serve: Serve) -> None:
+@pytest.mark.parametrize(
+    ("answer", "words"),
+    [
+        ({"models": ["a"]}, "not OpenAI's"),
+        # These replaced a good cache with nothing, or put escapes on the user's terminal.
+        ({"data": []}, "the model list is empty"),
+        ({"data": [{"id": "ok"}, {"name": "x"}]}, "entry 1 has no usable 'id'"),
+        ({"data": [{"id": "ok"}, 5]}, "entry 1 has no usable 'id'"),
+        ({"data": [{"id": "  "}]}, "entry 0 has no usable 'id'"),
+        ({"data": [{"id": "\u001b[31mRED"}]}, "entry 0 has no usable 'id'"),
+        ({"data": [{"id": "new\nline"}]}, "entry 0 has no usable 'id'"),
+    ],
+)
+async def test_a_model_list_of_another_shape_is_invalid(
+    serve: Serve, answer: object, words: str
+) -> None:
     async def models(request: web.Request) -> web.Response:
-        return web.json_response({"models": ["a"]})
+        return web.json_response(answer)
 
     app = web.Application()
     app.router.add_get("/v1/models", models)
     base = await serve(app)
-    with pytest.raises(errors.InvalidResponse, match="not OpenAI's"):
+    with pytest.raises(errors.InvalidResponse, match=words):
         await fetch_models(EndpointConfig(name="odd", base_url=f"{base}/v1"))
 
 
@@ -475,6 +490,26 @@ def test_llmrelay_models_refresh(tmp_path: Path, cache_dir: Path) -> None:
         assert unknown.exit_code == 2
         assert "no [[endpoints]] entry is named 'nope'" in unknown.stderr
         assert "(configured: local)" in unknown.stderr
+        # One endpoint failing does not stop the others being refreshed.
+        config.write_text(
+            f'[[endpoints]]\nname = "local"\nbase_url = "{base}/v1"\n'
+            '[[endpoints]]\nname = "dead"\nbase_url = "http://127.0.0.1:9/v1"\n'
+        )
+        path.unlink()
+        both = run_cli(
+            "models",
+            "--refresh",
+            "dead",
+            "--refresh",
+            "local",
+            env={**env, "LLMRELAY_MAX_RETRIES": "0"},
+        )
+        assert both.returncode == 1
+        assert both.stderr.splitlines()[0].startswith("error: dead: cannot connect to ")
+        assert both.stderr.splitlines()[0].endswith(" (its previous list is kept)")
+        assert both.stderr.splitlines()[1] == f"local: 2 model(s) cached in {path}"
+        assert "llama3       local" in both.stdout  # the listing still comes
+        config.write_text(f'[[endpoints]]\nname = "local"\nbase_url = "{base}/v1"\n')
     down = runner.invoke(
         cli, ["models", "--refresh", "local"], env={**env, "LLMRELAY_MAX_RETRIES": "0"}
     )

@@ -165,5 +165,21 @@ def _model_ids(provider: str, data: Any) -> list[str]:
             provider=provider,
             body=shown,
         )
-    ids = (entry.get("id") for entry in entries if isinstance(entry, dict))
-    return list(dict.fromkeys(i for i in ids if isinstance(i, str) and i))
+    if not entries:
+        raise errors.InvalidResponse("the model list is empty", provider=provider)
+    ids = []
+    for index, entry in enumerate(entries):
+        model = entry.get("id") if isinstance(entry, dict) else None
+        # A usable name: text, not blank, nothing a terminal or a table would act on.
+        if not isinstance(model, str) or not model.strip() or not model.isprintable():
+            from ._transport import excerpt
+
+            shown = excerpt(json.dumps(entry, ensure_ascii=True))
+            raise errors.InvalidResponse(
+                f"the model list's entry {index} has no usable 'id' (a printable, non-blank "
+                f"string): {shown}",
+                provider=provider,
+                body=shown,
+            )
+        ids.append(model)
+    return list(dict.fromkeys(ids))

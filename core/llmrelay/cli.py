@@ -252,13 +252,14 @@ def models(as_json: bool, refresh: tuple[str, ...]) -> None:
     """List every model with the providers that serve it, in the order they are tried."""
     from ._client import list_models
 
-    if refresh:
-        _refresh_models(refresh)
+    failed = _refresh_models(refresh) if refresh else 0
 
     table = {model.id: model.providers for model in list_models()}
     _warn_unserved_endpoints()
     if as_json:
         click.echo(json.dumps(table, indent=2))
+        if failed:
+            sys.exit(1)
         return
     if not table:
         from ._config import get_config
@@ -280,6 +281,8 @@ def models(as_json: bool, refresh: tuple[str, ...]) -> None:
     width = max((len(m) for m in table), default=0)
     for model, names in table.items():
         click.echo(f"{model.ljust(width)}  {', '.join(names)}")
+    if failed:
+        sys.exit(1)  # (after the listing: the other endpoints were refreshed)
 
 
 def _warn_unserved_endpoints() -> None:
@@ -297,12 +300,17 @@ def _unknown(name: str) -> None:
     return None
 
 
-def _refresh_models(names: tuple[str, ...]) -> None:
-    """Fetch and cache each endpoint's model list; progress goes to stderr."""
+def _refresh_models(names: tuple[str, ...]) -> int:
+    """Fetch and cache each endpoint's model list; progress and failures go to stderr.
+
+    Each endpoint on its own: one that fails keeps its previous list and says why, and the
+    others are still refreshed (a failure stopped the rest). Returns how many failed.
+    """
     from ._config import get_config
     from ._endpoints import fetch_models, save_models
     from ._registry import get_registry, reset_registry
     from ._routing import ENDPOINTS_PLUGIN, unserved_endpoints
+    from .errors import ProviderError
 
     config = get_config()
     endpoints = {endpoint.name: endpoint for endpoint in config.endpoints}
@@ -316,14 +324,21 @@ def _refresh_models(names: tuple[str, ...]) -> None:
                 param_hint="--refresh",
             )
 
-    async def refresh_all() -> None:
+    async def refresh_all() -> int:
         from . import _transport
 
+        failed = 0
         try:
             for name in dict.fromkeys(names):
                 endpoint = endpoints[name]
-                found = await fetch_models(endpoint)
-                path = save_models(endpoint, found)
+                try:
+                    found = await fetch_models(endpoint)
+                    path = save_models(endpoint, found)
+                except LLMRelayError as exc:
+                    failed += 1
+                    kept = " (its previous list is kept)" if isinstance(exc, ProviderError) else ""
+                    click.echo(f"error: {exc}{kept}", err=True)
+                    continue
                 note = (
                     "; the configuration lists models for it, and those are served"
                     if endpoint.models
@@ -334,9 +349,11 @@ def _refresh_models(names: tuple[str, ...]) -> None:
                 click.echo(f"{name}: {len(found)} model(s) cached in {path}{note}", err=True)
         finally:
             await _transport.aclose()
+        return failed
 
-    asyncio.run(refresh_all())
+    failed = asyncio.run(refresh_all())
     reset_registry()  # the endpoints' providers are registered again, with the new lists
+    return failed
 
 
 @cli.command("config")
