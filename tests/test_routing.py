@@ -187,6 +187,13 @@ def test_disabled_providers_are_left_out(registry: Registry) -> None:
     cfg = config(providers={"z": {"disabled": True}})
     with pytest.raises(ModelNotFound, match="z is disabled"):
         route("other", registry, cfg)
+    # A disabled provider's names are not suggested: they lead to another refusal.
+    with pytest.raises(ModelNotFound) as info:
+        route("otherz", registry, cfg)
+    assert not any("other" in name for name in info.value.suggestions)
+    with pytest.raises(ModelNotFound) as info:
+        route("otherz", registry, config())
+    assert "other" in info.value.suggestions  # (enabled, it is)
 
 
 def test_aliases(registry: Registry) -> None:

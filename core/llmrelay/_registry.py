@@ -203,8 +203,12 @@ class Registry:
         # sorted() is stable: registration order breaks ties.
         return sorted(serving, key=lambda pair: not pair[0].working)
 
-    def models_names(self) -> Iterable[str]:
+    def models_names(self, usable: Callable[[str], bool] | None = None) -> Iterable[str]:
+        """Every name a model may be asked by: models, aliases and ``provider/model`` pins,
+        of the providers whose name ``usable`` accepts (all, without it)."""
         for info in self.providers.values():
+            if usable is not None and not usable(info.provider.name):
+                continue
             yield from info.provider.models
             yield from info.provider.model_aliases
             yield from (f"{info.provider.name}/{m}" for m in info.provider.models)

@@ -170,9 +170,11 @@ def _not_found(
     prefix, pinned, _ = model.partition("/")
     if pinned and prefix in registry.providers:
         return exc  # the provider's own suggestions: its models
-    known = [*registry.models_names(), *config.aliases]
+    # Names of disabled providers are not suggested: they lead straight to another refusal.
+    enabled = (lambda name: not config.disabled(name)) if config.providers else None
+    known = [*registry.models_names(enabled), *config.aliases]
     close = difflib.get_close_matches(model, list(dict.fromkeys(known)), n=3, cutoff=0.4)
-    found = ModelNotFound(model, close or exc.suggestions)
+    found = ModelNotFound(model, close or ([] if enabled else exc.suggestions))
     if pinned and not any(name.startswith(f"{prefix}/") for name in known):
         # "name/model" with no provider "name", and no model named "name/...": most often a
         # plugin not installed (model names may hold "/": "meta-llama/Llama-3.1-8B")
