@@ -22,7 +22,14 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from . import errors
-from ._redact import REDACTED, SECRET_HEADERS, looks_secret, looks_secret_query, redact
+from ._redact import (
+    REDACTED,
+    SECRET_HEADERS,
+    cookie_values,
+    looks_secret,
+    looks_secret_query,
+    redact,
+)
 
 __all__ = ["MATCH_ON", "cassette", "vcr_config"]
 
@@ -77,10 +84,8 @@ class _Scrubber:
 
     def _remember_header(self, name: str, value: str) -> None:
         if name in ("cookie", "set-cookie"):
-            for part in value.split(";"):
-                _key, eq, cookie = part.partition("=")
-                if eq:
-                    self._remember(cookie)
+            for cookie in cookie_values(value):
+                self._remember(cookie)
         else:
             self._remember(value)
             self._remember(value.partition(" ")[2])  # "Bearer <token>" -> the token

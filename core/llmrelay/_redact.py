@@ -12,6 +12,7 @@ from collections.abc import Callable
 __all__ = [
     "REDACTED",
     "SECRET_HEADERS",
+    "cookie_values",
     "looks_secret",
     "looks_secret_query",
     "redact",
@@ -44,6 +45,17 @@ _SECRET_LOOKING = re.compile(r"auth|key|token|secret|cookie|passw|signature|sess
 def looks_secret(header: str) -> bool:
     """Whether a request header named ``header`` may carry a credential."""
     return header.lower() in SECRET_HEADERS or _SECRET_LOOKING.search(header) is not None
+
+
+def cookie_values(header: str) -> list[str]:
+    """The values in a ``Cookie`` or ``Set-Cookie`` header (``a=1; b=2``: ``["1", "2"]``),
+    each of which a server may quote back on its own."""
+    values = []
+    for part in header.split(";"):
+        _name, eq, value = part.partition("=")
+        if eq:
+            values.append(value.strip())
+    return values
 
 
 #: Words that make a query parameter's name a credential's, as whole parts of the name split at

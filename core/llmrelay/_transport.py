@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from . import errors
 from ._json import loads
 from ._proxy import ProxyURL
-from ._redact import looks_secret, redact, remember_secret
+from ._redact import cookie_values, looks_secret, redact, remember_secret
 
 if TYPE_CHECKING:
     import aiohttp
@@ -616,9 +616,9 @@ def _remember_sent_secrets(headers: Mapping[str, str] | None) -> None:
         if looks_secret(name):
             remember_secret(value)
             remember_secret(value.partition(" ")[2])  # "Bearer <token>": the token
-            if name.lower() == "cookie":  # each cookie's value, which a server may quote alone
-                for pair in value.split(";"):
-                    remember_secret(pair.partition("=")[2].strip())
+            if name.lower() == "cookie":
+                for cookie in cookie_values(value):
+                    remember_secret(cookie)
 
 
 def _is_http_proxy(proxy: ProxyURL | None, host: str, port: int | None) -> bool:
