@@ -33,6 +33,17 @@ class ProxyURL:
     def is_socks(self) -> bool:
         return self.scheme.startswith("socks")
 
+    @property
+    def secret(self) -> str | None:
+        """The credential: the password, or a user without one (``TOKEN@``, ``KEY:@``: proxy
+        services take the key in the user's place), but for SOCKS4's user, an identifier
+        with no password."""
+        if self.password:
+            return self.password
+        if self.username is not None and self.scheme != "socks4":
+            return self.username
+        return None
+
     def url(self, *, with_password: bool = True) -> str:
         """The URL (credentials percent-encoded); ``socks5h`` is spelled ``socks5`` (remote DNS).
 
@@ -40,13 +51,8 @@ class ProxyURL:
         """
         scheme = "socks5" if self.scheme == "socks5h" else self.scheme
         auth = ""
-        if (
-            self.username is not None
-            and not with_password
-            and not self.password
-            and self.scheme != "socks4"  # SOCKS4's user is an identifier, with no password
-        ):
-            auth = "***@"  # a token in the user's place (``TOKEN@``, ``KEY:@``) is the secret
+        if not with_password and not self.password and self.secret is not None:
+            auth = "***@"  # no password: the user is the credential
         elif self.username is not None:
             auth = quote(self.username, safe="")
             if self.password is not None:
@@ -108,17 +114,15 @@ def parse_proxy(value: str, *, source: str | None = None) -> ProxyURL:
         raise refuse("port 0")
     if port is None:
         port = _DEFAULT_PORTS.get(scheme, 1080)
-    if parts.password:
-        remember_secret(unquote(parts.password))
-    elif parts.username and scheme != "socks4":  # the user's place holds the credential
-        remember_secret(unquote(parts.username))
-    return ProxyURL(
+    proxy = ProxyURL(
         scheme=scheme,
         host=parts.hostname,
         port=port,
         username=unquote(parts.username) if parts.username is not None else None,
         password=unquote(parts.password) if parts.password is not None else None,
     )
+    remember_secret(proxy.secret)
+    return proxy
 
 
 def _hide_password(value: str, redact: Callable[[str], str]) -> str:
