@@ -23,12 +23,20 @@ from tests.endpoint_support import endpoint, run_cli
 from tests.support import Plugin
 
 
-def fake(name: str, *, working: bool = True, models: tuple[str, ...] = ("m",)) -> type[Provider]:
+def fake(
+    name: str,
+    *,
+    working: bool = True,
+    models: tuple[str, ...] = ("m",),
+    text: tuple[str, ...] = (),
+) -> type[Provider]:
     class Fake(Provider):
         @classmethod
         async def generate(
             cls, model: str, messages: list[Message], call: Call
         ) -> AsyncGenerator[Chunk, None]:
+            for chunk in text:
+                yield chunk
             yield FinishReason("stop")
 
     Fake.name, Fake.url, Fake.working = name, "http://127.0.0.1:9", working
@@ -134,21 +142,7 @@ async def test_a_stream_that_begins_is_a_success_even_if_closed_early(
     from llmrelay import relay
     from llmrelay._routing import health
 
-    class Chatty(Provider):
-        name = "chatty"
-        url = "http://chatty.invalid"
-        default_model = "m"
-        models = ("m",)
-
-        @classmethod
-        async def generate(
-            cls, model: str, messages: list[Message], call: Call
-        ) -> AsyncGenerator[Chunk, None]:
-            yield "one "
-            yield "two"
-            yield FinishReason("stop")
-
-    use_plugins(("chatty", Plugin(Chatty)))
+    use_plugins(("chatty", Plugin(fake("chatty", text=("one ", "two")))))
     health.failed("chatty")
     stream = relay("m", [{"role": "user", "content": "hi"}])
     assert await anext(stream) == "one "

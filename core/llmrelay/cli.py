@@ -258,9 +258,14 @@ def models(as_json: bool, refresh: tuple[str, ...]) -> None:
     _warn_unserved_endpoints()
     if as_json:
         click.echo(json.dumps(table, indent=2))
-        if failed:
-            sys.exit(1)
-        return
+    else:
+        _print_models(table)
+    if failed:
+        sys.exit(1)  # (after the listing: the other endpoints were refreshed)
+
+
+def _print_models(table: dict[str, list[str]]) -> None:
+    """The model table at a terminal, or why it is empty."""
     if not table:
         from ._config import get_config
         from ._registry import get_registry
@@ -281,8 +286,6 @@ def models(as_json: bool, refresh: tuple[str, ...]) -> None:
     width = max((len(m) for m in table), default=0)
     for model, names in table.items():
         click.echo(f"{model.ljust(width)}  {', '.join(names)}")
-    if failed:
-        sys.exit(1)  # (after the listing: the other endpoints were refreshed)
 
 
 def _warn_unserved_endpoints() -> None:
