@@ -651,3 +651,45 @@ async def test_a_host_header_from_the_configuration_is_sent(serve: Serve) -> Non
     answer = await provider_for(endpoint).create_async_generator("llama3", HI).text()
     assert answer
     assert app[STATE].last_headers["Host"] == "api.internal.example"
+
+
+_DETAILED_USAGE = {
+    "prompt_tokens": 20,
+    "completion_tokens": 12,
+    "total_tokens": 32,
+    "prompt_tokens_details": {"cached_tokens": 16, "audio_tokens": 0},
+    "completion_tokens_details": {"reasoning_tokens": 8, "accepted_prediction_tokens": 0},
+    "prompt_cache_hit_tokens": 16,  # DeepSeek's
+    "cost": 0.00042,  # OpenRouter's
+}
+
+
+def test_usage_details_are_kept_in_whole_answers_and_streams() -> None:
+    """What a server reports beside the counts reaches the caller as it came."""
+    from llmrelay_openai_compat._provider import _completion
+
+    answer = {
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}}],
+        "usage": _DETAILED_USAGE,
+    }
+    usage = _completion("p", answer).usage
+    assert usage is not None
+    assert usage.model_dump() == _DETAILED_USAGE
+    events: list[dict[str, Any] | str] = [
+        {"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}]},
+        {"choices": [], "usage": _DETAILED_USAGE},
+        "[DONE]",
+    ]
+    streamed = _parse([_sse(events, "\n")])
+    assert streamed == ["Hi", Usage.model_validate(_DETAILED_USAGE), FinishReason("stop")]
+    reported = [item for item in streamed if isinstance(item, Usage)]
+    assert reported[0].model_dump() == _DETAILED_USAGE
+
+
+def test_usage_without_a_total_is_summed_and_its_details_kept() -> None:
+    from llmrelay_openai_compat._provider import _usage
+
+    usage = _usage("p", {"prompt_tokens": 2, "completion_tokens": 3, "queue_time": 0.01})
+    assert (usage.total_tokens, usage.model_extra) == (5, {"queue_time": 0.01})
+    with pytest.raises(errors.InvalidResponse, match="usage"):
+        _usage("p", {"prompt_tokens": -1, "completion_tokens": 3, "cost": 1})

@@ -1772,3 +1772,41 @@ def test_running_out_of_descriptors_is_logged_once_in_a_while() -> None:
     later = record("socket.accept() out of system resource")
     assert keep.filter(later)
     assert "(5 more such failures not logged)" in later.getMessage()
+
+
+async def test_the_openai_sdk_reads_the_usage_details_the_upstream_reported(
+    replica: ReplicaState, relay_server: StartServer, client: MakeClient
+) -> None:
+    """A reasoning model's ``completion_tokens_details`` (and the prompt's) pass through the
+    relay to an OpenAI client, in a whole answer and in a stream's usage chunk."""
+    replica.mode = "reasoning"
+    server = await relay_server()
+    openai_client = client(server)
+    completion = await openai_client.chat.completions.create(model="llama3", messages=HI)
+    usage = completion.usage
+    assert usage is not None
+    assert usage.completion_tokens_details is not None
+    thoughts = usage.completion_tokens_details.reasoning_tokens
+    assert thoughts is not None
+    assert 0 < thoughts < usage.completion_tokens
+    assert usage.prompt_tokens_details is not None
+    assert usage.prompt_tokens_details.cached_tokens == 0
+    stream = await openai_client.chat.completions.create(
+        model="llama3", messages=HI, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [chunk async for chunk in stream]
+    last = chunks[-1].usage
+    assert last is not None
+    assert last.completion_tokens_details is not None
+    assert last.completion_tokens_details.reasoning_tokens == thoughts
+
+
+def test_usage_on_the_wire_carries_the_details_as_model_dump_does() -> None:
+    from llmrelay.server._wire import ChunkEncoder, completion_body
+
+    usage = Usage(3, 4, completion_tokens_details={"reasoning_tokens": 2}, note="é\u2028")
+    body = json.loads(completion_body("chatcmpl-1", 7, "m", "", "stop", usage).decode())
+    assert body["usage"] == usage.model_dump(mode="json")
+    frame = ChunkEncoder("chatcmpl-1", 1, "m", include_usage=True).usage(usage)
+    (line, _) = frame.decode().splitlines()  # one line: the line breaker is escaped
+    assert json.loads(line.removeprefix("data: "))["usage"] == usage.model_dump(mode="json")

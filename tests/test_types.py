@@ -253,3 +253,20 @@ def test_messages_checked_in_python_are_what_the_validator_gives(messages: list[
         if not isinstance(want.content, list):  # (a list in a frozen model cannot be hashed)
             assert hash(got) == hash(want)
         assert got.model_dump_json() == want.model_dump_json()
+
+
+def test_usage_keeps_what_else_the_provider_reported() -> None:
+    """Fields beside the three counts (OpenAI's token details, a cost) are kept as they came,
+    compared, dumped, and read as attributes; even one named like ``__init__``'s parameters."""
+    details = {"reasoning_tokens": 5, "audio_tokens": 0}
+    usage = Usage(10, 7, completion_tokens_details=details, cost=0.25, self=1)
+    assert usage.total_tokens == 17
+    assert usage.model_extra == {"completion_tokens_details": details, "cost": 0.25, "self": 1}
+    assert usage.completion_tokens_details == details  # type: ignore[attr-defined]
+    assert usage.model_dump()["completion_tokens_details"] == details
+    assert usage != Usage(10, 7)  # what was reported differs
+    validated = Usage.model_validate(
+        {"prompt_tokens": 1, "completion_tokens": 2, "prompt_tokens_details": None}
+    )
+    assert validated.model_extra == {"prompt_tokens_details": None}
+    assert Usage(1, 2).model_extra == {}  # the plain counts' path: as validation leaves it

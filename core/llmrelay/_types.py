@@ -277,10 +277,16 @@ class FinishReason(BaseModel):
 class Usage(BaseModel):
     """Token counts as the provider reported them; llmrelay never invents them.
 
+    Whatever else the provider reported with them is kept as extra fields, as it came:
+    OpenAI's ``completion_tokens_details`` (``reasoning_tokens``) and ``prompt_tokens_details``
+    (``cached_tokens``), DeepSeek's ``prompt_cache_hit_tokens``, OpenRouter's ``cost``, ... Read
+    them as attributes (``usage.completion_tokens_details``) or all at once in ``model_extra``;
+    ``llmrelay serve`` sends them on.
+
     Its ``str()`` is empty for the same reason as :class:`FinishReason`'s.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="allow")
 
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
@@ -288,11 +294,13 @@ class Usage(BaseModel):
 
     def __init__(
         self,
+        /,
         prompt_tokens: int,
         completion_tokens: int,
         total_tokens: int | None = None,
         **data: Any,
     ) -> None:
+        # ``self`` is positional-only: a provider's extra field named "self" is an extra.
         if (
             not data
             and type(prompt_tokens) is int
@@ -311,7 +319,7 @@ class Usage(BaseModel):
                 "completion_tokens": completion_tokens,
                 "total_tokens": total,
             }
-            fill(self, counts, None)
+            fill(self, counts, {})
             return
         data["prompt_tokens"] = prompt_tokens
         data["completion_tokens"] = completion_tokens

@@ -163,7 +163,14 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     }
     thoughts = _thoughts(body) if state.mode in REASONING_FIELD else []
     tokens = len(words) + len(thoughts)
-    usage = {"prompt_tokens": 9, "completion_tokens": tokens, "total_tokens": 9 + tokens}
+    usage: dict[str, Any] = {
+        "prompt_tokens": 9,
+        "completion_tokens": tokens,
+        "total_tokens": 9 + tokens,
+    }
+    if thoughts:  # as OpenAI reports a reasoning model's: the thinking's share, the cache's
+        usage["completion_tokens_details"] = {"reasoning_tokens": len(thoughts)}
+        usage["prompt_tokens_details"] = {"cached_tokens": 0}
     if not body.get("stream"):
         message = {"role": "assistant", "content": "".join(words)}
         if thoughts:
@@ -191,7 +198,7 @@ async def _stream(
     state: ReplicaState,
     base: dict[str, Any],
     words: list[str],
-    usage: dict[str, int],
+    usage: dict[str, Any],
     body: dict[str, Any],
     thoughts: list[str],
 ) -> web.StreamResponse:

@@ -60,13 +60,22 @@ def _string(text: str) -> str:
 
 
 def _usage(usage: Usage) -> str:
-    """OpenAI's ``usage`` object, filled in from the three counts ``Usage`` holds (what
-    ``model_dump`` gives, at a fraction of its cost on a cold path; a test pins the two equal)."""
-    return (
+    """OpenAI's ``usage`` object: the three counts ``Usage`` holds, then what else the provider
+    reported with them (``completion_tokens_details``, ...), as it came (what ``model_dump``
+    gives, at a fraction of its cost; a test pins the two equal)."""
+    counts = (
         f'{{"prompt_tokens":{usage.prompt_tokens:d},'
         f'"completion_tokens":{usage.completion_tokens:d},'
-        f'"total_tokens":{usage.total_tokens:d}}}'
+        f'"total_tokens":{usage.total_tokens:d}'
     )
+    extra = usage.__pydantic_extra__
+    if not extra:
+        return counts + "}"
+    # JSON's forms of what a plugin may have put there (a datetime, a Decimal), as pydantic
+    # writes them; what came from a server's JSON is JSON already.
+    from pydantic_core import to_jsonable_python
+
+    return f"{counts},{_dumps(to_jsonable_python(extra))[1:]}"
 
 
 def frame(payload: Any) -> bytes:

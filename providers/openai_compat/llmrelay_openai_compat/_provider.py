@@ -483,14 +483,24 @@ def _finish(reason: Any) -> str:
 
 
 def _usage(provider: str, usage: Any) -> Usage:
+    """The ``usage`` object as a :class:`Usage`: its three counts, and whatever else the server
+    reported beside them (``completion_tokens_details``, ``prompt_tokens_details``, a cost, a
+    cache's hits...) kept as it came, as extra fields."""
     try:
-        return Usage(
+        counts = (
             int(usage["prompt_tokens"]),
             int(usage["completion_tokens"]),
             int(usage.get("total_tokens") or 0) or None,
         )
+        if len(usage) == 3 and "total_tokens" in usage:  # the counts and nothing else
+            return Usage(*counts)
+        return Usage(*counts, **{k: v for k, v in usage.items() if k not in _COUNTS})
     except (KeyError, TypeError, ValueError):
         raise _invalid(provider, f"usage {usage!r}") from None
+
+
+#: The counts of a ``usage`` object; anything else in it is kept as an extra field.
+_COUNTS = frozenset({"prompt_tokens", "completion_tokens", "total_tokens"})
 
 
 def _json(provider: str, data: str | bytes) -> Any:
