@@ -635,7 +635,10 @@ def test_an_abandoned_stream_is_closed_quietly_when_its_loop_ends(
     with pytest.raises(LookupError):
         asyncio.run(abandon())
     assert "asynchronous generator" not in caplog.text
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # The client's side only: the replica (aiohttp.server, in its thread) may log its own
+    # failed write to the connection the client dropped, a race the test does not judge.
+    client_side = [r for r in caplog.records if not r.name.startswith("aiohttp.server")]
+    assert not [r for r in client_side if r.levelno >= logging.ERROR]
 
 
 def test_sync_client_stops_its_thread(threaded: ReplicaState) -> None:

@@ -18,7 +18,13 @@ from pydantic import ValidationError
 
 from llmrelay import FinishReason, Reasoning, Usage, errors
 from llmrelay._config import EndpointConfig
-from llmrelay._endpoints import cached_models, fetch_models, models_cache_path, save_models
+from llmrelay._endpoints import (
+    cache_problem,
+    cached_models,
+    fetch_models,
+    models_cache_path,
+    save_models,
+)
 from llmrelay.cli import cli
 from llmrelay.errors import (
     AuthenticationFailed,
@@ -424,12 +430,58 @@ async def test_fetched_models_are_cached_and_served(serve: Serve, cache_dir: Pat
     assert cached_models(moved) == ()  # fetched from another server: not trusted
 
 
-def test_a_broken_cache_is_ignored(cache_dir: Path) -> None:
+def test_a_broken_cache_is_ignored_and_said_so(
+    cache_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     endpoint = EndpointConfig(name="local", base_url="http://127.0.0.1:9/v1")
-    models_cache_path("local").parent.mkdir(parents=True)
-    for text in ("{not json", '{"models": "llama3"}', "[]"):
-        models_cache_path("local").write_text(text)
-        assert cached_models(endpoint) == ()
+    path = models_cache_path("local")
+    assert cache_problem(endpoint) is None  # none cached: nothing to say
+    path.parent.mkdir(parents=True)
+    for text, why in [
+        ("{not json", "Expecting property name"),
+        ('{"models": "llama3"}', "no list of model names in it"),
+        ("[]", "no list of model names in it"),
+        (
+            '{"base_url": "http://user:pw@old:1/v1", "models": ["a"]}',
+            "fetched from http://user:***@old:1/v1, the endpoint is now http://127.0.0.1:9/v1",
+        ),
+    ]:
+        path.write_text(text)
+        with caplog.at_level(logging.WARNING, logger="llmrelay"):
+            assert cached_models(endpoint) == ()
+        problem = cache_problem(endpoint)
+        assert problem is not None
+        assert problem.startswith(f"[[endpoints]] 'local': ignoring its model cache {path}: ")
+        assert why in problem
+        assert problem.endswith("; run `llmrelay models --refresh local`")
+        assert caplog.messages[-1] == problem
+    path.write_bytes(b"\xff\xfe")
+    assert "invalid start byte" in (cache_problem(endpoint) or "")
+    save_models(endpoint, ["llama3"])
+    assert (cached_models(endpoint), cache_problem(endpoint)) == (("llama3",), None)
+    # ``llmrelay config`` says it, for an endpoint that relies on the cache only.
+    path.write_text("{not json")
+    config = tmp_path / "config.toml"
+    config.write_text('[[endpoints]]\nname = "local"\nbase_url = "http://127.0.0.1:9/v1"\n')
+    env = {"LLMRELAY_CONFIG": str(config), "LLMRELAY_CACHE_DIR": str(cache_dir)}
+    shown = CliRunner().invoke(cli, ["config"], env=env)
+    assert shown.exit_code == 0
+    assert f"warning: [[endpoints]] 'local': ignoring its model cache {path}: " in shown.stderr
+    config.write_text(config.read_text() + 'models = ["llama3"]\n')
+    listed = CliRunner().invoke(cli, ["config"], env=env)
+    assert "model cache" not in listed.stderr  # its models are configured: the cache is unused
+
+
+async def test_a_refused_refresh_says_the_servers_message(serve: Serve, cache_dir: Path) -> None:
+    base = await serve(make_app(key="sk-right-123456789"))
+    endpoint = EndpointConfig(name="local", base_url=f"{base}/v1", api_key_env="LOCAL_KEY")
+    os.environ["LOCAL_KEY"] = "sk-wrong-123456789"
+    try:
+        with pytest.raises(AuthenticationFailed) as refused:
+            await fetch_models(endpoint)
+    finally:
+        del os.environ["LOCAL_KEY"]
+    assert str(refused.value) == ("local: HTTP 401: Incorrect API key provided. (invalid_api_key)")
 
 
 @pytest.mark.parametrize(

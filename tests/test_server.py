@@ -1453,6 +1453,14 @@ def test_the_start_warns_of_what_will_fail(
     )
     monkeypatch.setenv("KEYED_TEST_KEY", "sk-set")
     assert len(_setup_problems(get_config(), registry)) == 1
+    # A model cache the endpoint relies on that cannot be used: said too.
+    monkeypatch.setenv("LLMRELAY_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "models").mkdir(parents=True)
+    (tmp_path / "cache" / "models" / "orphan.json").write_text("{cut", encoding="utf-8")
+    problems = _setup_problems(get_config(), registry)
+    assert len(problems) == 2
+    assert problems[1].startswith("[[endpoints]] 'orphan': ignoring its model cache ")
+    assert problems[1].endswith("; run `llmrelay models --refresh orphan`")
 
 
 # -- the access log ------------------------------------------------------------------------

@@ -216,20 +216,40 @@ _new_chunk = cast(
 
 def list_models(registry: Registry | None = None) -> ModelList:
     """Every model and alias, with the providers serving it in the order they would be tried
-    (by :func:`~llmrelay._routing.route`, so disabled providers are left out)."""
+    (by :func:`~llmrelay._routing.route`, so disabled providers are left out).
+
+    A provider's model id that a request would read as another provider pinned (``a/llama3``
+    listed by ``r`` while a provider ``a`` exists) is listed as ``r/a/llama3``, the name that
+    reaches it. Linear in the number of models: a refreshed list may hold tens of thousands.
+    """
     from ._config import get_config
     from ._registry import get_registry
-    from ._routing import route
+    from ._routing import ordered, route
 
     registry, config = registry or get_registry(), get_config()
-    models = []
-    for name in dict.fromkeys([*registry.models(), *config.aliases]):
+    listed = registry.listing()
+    entries: dict[str, list[str]] = {}
+    for name in dict.fromkeys([*listed, *config.aliases]):
+        prefix, pin, _ = name.partition("/")
+        pinned = pin and prefix in registry.providers
         try:
-            providers = [p.name for p, _ in route(name, registry, config)]
+            if name in config.aliases or pinned:  # read as a request reads it: route()
+                candidates = route(name, registry, config)
+            else:  # (from the listing: no search per name)
+                candidates = ordered(name, listed[name], registry, config)
         except LookupError:  # served only by disabled providers, or an alias to nothing
-            continue
-        models.append(Model(id=name, owned_by=providers[0], providers=providers))
-    return ModelList(data=models)
+            candidates = []
+        if candidates:
+            entries.setdefault(name, [p.name for p, _ in candidates])
+        if pinned and name in listed and name not in config.aliases:
+            # A model id that reads as provider ``prefix`` pinned ("a/llama3" listed by "r"
+            # while a provider "a" exists): its own providers serve it as "r/a/llama3".
+            for provider, _ in listed[name]:
+                if not config.disabled(provider.name):
+                    entries.setdefault(f"{provider.name}/{name}", [provider.name])
+    return ModelList(
+        data=[Model(id=name, owned_by=names[0], providers=names) for name, names in entries.items()]
+    )
 
 
 #: The generator of completion ids: its own, seeded from os.urandom (and again in a forked

@@ -15,22 +15,26 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from . import errors
 from ._config import EndpointConfig
-from ._redact import remember_secret
+from ._redact import redact, remember_secret
 
 __all__ = [
     "cache_dir",
+    "cache_problem",
+    "cache_problems",
     "cached_models",
     "fetch_models",
     "models_cache_path",
     "request_headers",
     "save_models",
+    "upstream_error",
 ]
 
 log = logging.getLogger("llmrelay")
@@ -74,28 +78,51 @@ def models_cache_path(name: str) -> Path:
 
 
 def cached_models(endpoint: EndpointConfig) -> tuple[str, ...]:
-    """The model list cached for ``endpoint``; empty when there is none or it is unusable."""
+    """The model list cached for ``endpoint``; empty when there is none or it is unusable
+    (:func:`cache_problem` says why; it is logged here too)."""
+    models, problem = _read_cache(endpoint)
+    if problem is not None:
+        log.warning("%s", problem)
+    return models
+
+
+def cache_problem(endpoint: EndpointConfig) -> str | None:
+    """Why the model list cached for ``endpoint`` is not used, or None: none is cached, or it
+    is used. ``llmrelay config`` and ``llmrelay serve`` say it, for an endpoint whose models
+    the configuration does not list (a library's warning reaches no one by default)."""
+    return _read_cache(endpoint)[1]
+
+
+def cache_problems(endpoints: Iterable[EndpointConfig]) -> list[str]:
+    """:func:`cache_problem` of each endpoint whose models the configuration does not list
+    (those that serve what was fetched and cached)."""
+    found = (cache_problem(endpoint) for endpoint in endpoints if not endpoint.models)
+    return [problem for problem in found if problem is not None]
+
+
+def _read_cache(endpoint: EndpointConfig) -> tuple[tuple[str, ...], str | None]:
+    """The cached model list of ``endpoint``, or nothing and the reason it is not used."""
     path = models_cache_path(endpoint.name)
+    fix = f"run `llmrelay models --refresh {endpoint.name}`"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return ()
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring the model cache %s: %s", path, exc)
-        return ()
+        return (), None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        return (), f"[[endpoints]] {endpoint.name!r}: ignoring its model cache {path}: {exc}; {fix}"
     models = data.get("models") if isinstance(data, dict) else None
     if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
-        log.warning("ignoring the model cache %s: no list of model names in it", path)
-        return ()
-    if data.get("base_url") != endpoint.base_url:
-        log.info(
-            "ignoring the model cache %s: fetched from %s, the endpoint is now %s",
-            path,
-            data.get("base_url"),
-            endpoint.base_url,
+        return (), (
+            f"[[endpoints]] {endpoint.name!r}: ignoring its model cache {path}: no list of "
+            f"model names in it; {fix}"
         )
-        return ()
-    return tuple(dict.fromkeys(models))
+    if data.get("base_url") != endpoint.base_url:
+        return (), (
+            f"[[endpoints]] {endpoint.name!r}: ignoring its model cache {path}: fetched from "
+            f"{redact(str(data.get('base_url')))}, the endpoint is now "
+            f"{redact(endpoint.base_url)}; {fix}"
+        )
+    return tuple(dict.fromkeys(models)), None
 
 
 def save_models(endpoint: EndpointConfig, models: list[str]) -> Path:
@@ -150,7 +177,10 @@ async def fetch_models(endpoint: EndpointConfig, *, proxy: str | None = None) ->
         retry=RetryPolicy(max_retries=config.max_retries),
     )
     headers = request_headers(endpoint.name, endpoint.api_key_env, endpoint.headers)
-    response = await call.request("GET", call.url("models"), headers=headers)
+    try:
+        response = await call.request("GET", call.url("models"), headers=headers)
+    except errors.HTTPStatusError as exc:
+        raise upstream_error(exc) from None
     return _model_ids(endpoint.name, response.json(endpoint.name))
 
 
@@ -183,3 +213,41 @@ def _model_ids(provider: str, data: Any) -> list[str]:
             )
         ids.append(model)
     return list(dict.fromkeys(ids))
+
+
+_MESSAGE = re.compile(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)(")?')
+
+
+def upstream_error(exc: errors.HTTPStatusError) -> errors.HTTPStatusError:
+    """``exc`` with the message of its ``{"error": {"message": ...}}`` body as the reason.
+
+    The transport quotes the start of an error body; for an OpenAI-style body the upstream
+    message (and its ``code``) says it better. Anything else comes back unchanged.
+    """
+    body = exc.body or ""
+    message: str | None = None
+    code: Any = None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        match = _MESSAGE.search(body)  # the excerpt was cut: take what there is
+        if match:
+            message = match.group(1) + ("" if match.group(2) else "...")
+    else:
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict):
+            message = error.get("message") if isinstance(error.get("message"), str) else None
+            code = error.get("code") or error.get("type")
+        elif isinstance(error, str):
+            message = error
+    if not message:
+        return exc
+    reason = f"HTTP {exc.status}: {message}" + (f" ({code})" if isinstance(code, str) else "")
+    return type(exc)(
+        reason,
+        provider=exc.provider,
+        status=exc.status,
+        retryable=exc.retryable,
+        retry_after=exc.retry_after,
+        body=exc.body,
+    )

@@ -164,12 +164,28 @@ class Registry:
 
     def models(self) -> dict[str, list[str]]:
         """Every model and alias, with the names of the providers serving it, in resolve order."""
-        names: dict[str, None] = {}
+        return {name: [p.name for p, _ in pairs] for name, pairs in self.listing().items()}
+
+    def listing(self) -> dict[str, list[tuple[type[Provider], str]]]:
+        """Every model and alias, with the providers listing it (each with its own model
+        name), in resolve order: what :meth:`resolve` gives for each name read as a bare
+        name, never as ``provider/model`` pinned ("x/y" may be a model's own name).
+
+        Made in one pass over the lists, not one search per name: a provider may list tens of
+        thousands of models (a refreshed list), and ``llmrelay serve`` lists them on its loop.
+        """
+        listed: dict[str, list[tuple[type[Provider], str]]] = {}
         for info in self.providers.values():
-            names.update(dict.fromkeys(info.provider.models))
-            names.update(dict.fromkeys(info.provider.model_aliases))
-        # Not resolve(): a model named "x/y" must not be read as provider x pinned.
-        return {model: [p.name for p, _ in self._serving(model)] for model in names}
+            provider = info.provider
+            for name in (*provider.models, *provider.model_aliases):
+                pairs = listed.setdefault(name, [])
+                if not pairs or pairs[-1][0] is not provider:  # a model also an alias: once
+                    pairs.append((provider, provider.model_aliases.get(name, name)))
+        # sorted() is stable: registration order breaks ties (as in _serving).
+        return {
+            name: sorted(pairs, key=lambda pair: not pair[0].working)
+            for name, pairs in listed.items()
+        }
 
     def resolve(self, model: str) -> list[tuple[type[Provider], str]]:
         """The providers to try for ``model``, in order, each with its own model name.

@@ -24,6 +24,7 @@ __all__ = [
     "Health",
     "config_problems",
     "health",
+    "ordered",
     "route",
     "unserved_endpoints",
     "unserved_endpoints_problem",
@@ -125,6 +126,22 @@ def route(
         if unserved:  # the model may be one of theirs
             found = _with_message(found, f"{found} ({unserved})")
         raise found from None
+    return ordered(model, candidates, registry, config, tracker)
+
+
+def ordered(
+    model: str,
+    candidates: list[tuple[type[Provider], str]],
+    registry: Registry,
+    config: Config,
+    tracker: Health = health,
+) -> list[tuple[type[Provider], str]]:
+    """``candidates`` (the providers ``registry`` resolves ``model`` to) in :func:`route`'s
+    order, disabled providers left out.
+
+    Raises:
+        ModelNotFound: every candidate is disabled in the configuration.
+    """
     # Without [providers.*] settings nothing is disabled: no filtering per request then.
     usable = (
         [pair for pair in candidates if not config.disabled(pair[0].name)]
@@ -235,11 +252,15 @@ def unserved_endpoints_problem(config: Config, registry: Registry) -> str | None
 
 def config_problems(config: Config, registry: Registry) -> list[str]:
     """What in ``config`` names providers or models this registry does not know (typos),
-    endpoints nothing serves, and aliases that hide a model served under the same name."""
+    endpoints nothing serves or whose cached model list is unusable, and aliases that hide a
+    model served under the same name."""
+    from ._endpoints import cache_problems
+
     problems = []
     unserved = unserved_endpoints_problem(config, registry)
     if unserved:
         problems.append(unserved)
+    problems += cache_problems(config.endpoints)
     for name in config.providers:
         if name not in registry.providers:
             close = difflib.get_close_matches(name, list(registry.providers), n=1)

@@ -104,6 +104,11 @@ def _thoughts(body: dict[str, Any]) -> list[str]:
 
 
 async def _models(request: web.Request) -> web.Response:
+    key = request.app[STATE].key
+    if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
+        return _error(  # as OpenAI's: the list needs the key too
+            401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+        )
     return web.json_response(
         {
             "object": "list",

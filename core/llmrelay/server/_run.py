@@ -368,7 +368,9 @@ def warn_of_setup_problems() -> None:
 
 def _setup_problems(config: Config, registry: Registry) -> list[str]:
     """What will make requests fail that the start can already tell: configured endpoints no
-    plugin serves, and providers whose key variable is not set."""
+    plugin serves or whose cached model list is unusable, and providers whose key variable is
+    not set."""
+    from .._endpoints import cache_problems
     from .._env import getenv
     from .._routing import unserved_endpoints_problem
 
@@ -376,6 +378,7 @@ def _setup_problems(config: Config, registry: Registry) -> list[str]:
     unserved = unserved_endpoints_problem(config, registry)
     if unserved:
         problems.append(unserved)
+    problems += cache_problems(config.endpoints)
     for name, info in registry.providers.items():
         key_env = info.provider.api_key_env
         if key_env and not getenv(key_env) and not config.disabled(name):

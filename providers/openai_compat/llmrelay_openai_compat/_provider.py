@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import math
-import re
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -29,7 +28,7 @@ from llmrelay import (
     errors,
 )
 from llmrelay._config import EndpointConfig
-from llmrelay._endpoints import cached_models, request_headers
+from llmrelay._endpoints import cached_models, request_headers, upstream_error
 from llmrelay._env import getenv
 from llmrelay._json import loads
 from llmrelay._provider import _owner
@@ -546,44 +545,6 @@ def error_from_body(
 
     # Upstream text is untrusted: shortened and scrubbed like every other error body.
     return cls(excerpt(message), provider=provider, status=status, body=excerpt(json.dumps(data)))
-
-
-_MESSAGE = re.compile(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)(")?')
-
-
-def upstream_error(exc: errors.HTTPStatusError) -> errors.HTTPStatusError:
-    """``exc`` with the message of its ``{"error": {"message": ...}}`` body as the reason.
-
-    The transport quotes the start of an error body; for an OpenAI-style body the upstream
-    message (and its ``code``) says it better. Anything else comes back unchanged.
-    """
-    body = exc.body or ""
-    message: str | None = None
-    code: Any = None
-    try:
-        data = json.loads(body)
-    except ValueError:
-        match = _MESSAGE.search(body)  # the excerpt was cut: take what there is
-        if match:
-            message = match.group(1) + ("" if match.group(2) else "...")
-    else:
-        error = data.get("error") if isinstance(data, dict) else None
-        if isinstance(error, dict):
-            message = error.get("message") if isinstance(error.get("message"), str) else None
-            code = error.get("code") or error.get("type")
-        elif isinstance(error, str):
-            message = error
-    if not message:
-        return exc
-    reason = f"HTTP {exc.status}: {message}" + (f" ({code})" if isinstance(code, str) else "")
-    return type(exc)(
-        reason,
-        provider=exc.provider,
-        status=exc.status,
-        retryable=exc.retryable,
-        retry_after=exc.retry_after,
-        body=exc.body,
-    )
 
 
 def provider_for(endpoint: EndpointConfig) -> type[OpenAICompatible]:
