@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any
 
 import pytest
@@ -56,6 +57,12 @@ def test_a_body_that_contains_itself_is_refused_as_json_dumps_refuses_it() -> No
     body["messages"].append(body)
     with pytest.raises(ValueError, match="Circular reference detected"):
         encode_json(body)
+    deep: list[Any] = []
+    for _ in range(5 * sys.getrecursionlimit()):  # no cycle, but deeper than any stack
+        deep = [deep]
+    with pytest.raises(ValueError, match="nesting deeper than Python's recursion limit"):
+        encode_json({"stop": deep})
+    assert encode_json({"stop": [[["x"]]]}) == '{"stop": [[["x"]]]}'  # the encoder still works
 
 
 def test_a_failure_leaves_nothing_behind_for_the_next_body() -> None:

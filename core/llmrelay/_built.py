@@ -12,7 +12,8 @@ the validator's result by a test (tests/test_types.py, tests/test_client.py).
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel
 
@@ -21,7 +22,24 @@ __all__ = ["built", "fill"]
 M = TypeVar("M", bound=BaseModel)
 
 _new_instance = object.__new__
-_set_slot = object.__setattr__
+
+
+def _slot_setter(name: str) -> Callable[[BaseModel, Any], None]:
+    """The setter of ``BaseModel``'s slot ``name``; ``object.__setattr__`` for it should a
+    pydantic release lay its slots out otherwise."""
+    setter = getattr(BaseModel.__dict__.get(name), "__set__", None)
+    if setter is None:  # pragma: no cover - another pydantic's layout
+        return lambda model, value: object.__setattr__(model, name, value)
+    return cast("Callable[[BaseModel, Any], None]", setter)
+
+
+#: The setters of the four slots every pydantic model has (``BaseModel``'s own descriptors):
+#: called directly, each skips the look-up by name ``object.__setattr__`` makes, and its
+#: argument tuple: about 15 % of a model's cost (11.2k -> 9.5k instructions, callgrind).
+_set_dict = _slot_setter("__dict__")
+_set_fields_set = _slot_setter("__pydantic_fields_set__")
+_set_extra = _slot_setter("__pydantic_extra__")
+_set_private = _slot_setter("__pydantic_private__")
 
 
 def fill(
@@ -36,13 +54,13 @@ def fill(
     ``extra`` is what validation gives a model without extra fields: ``{}`` for one with
     ``extra="allow"``, else None.
     """
-    _set_slot(model, "__dict__", values)
+    _set_dict(model, values)
     fields_set = set(values)
     if defaulted:
         fields_set -= defaulted
-    _set_slot(model, "__pydantic_fields_set__", fields_set)
-    _set_slot(model, "__pydantic_extra__", extra)
-    _set_slot(model, "__pydantic_private__", None)
+    _set_fields_set(model, fields_set)
+    _set_extra(model, extra)
+    _set_private(model, None)
     return model
 
 
