@@ -616,6 +616,20 @@ def test_the_deadline_handed_to_aiohttp_is_not_rounded_up(total: float) -> None:
         assert timeout.ceil_threshold >= total  # aiohttp rounds only a longer timeout
 
 
+def test_first_attempts_of_one_deadline_share_one_aiohttp_timeout() -> None:
+    """What is left of a 120 s deadline microseconds after it started rounds up to 120 s, so
+    every first attempt gets the same ``ClientTimeout`` (built once); what is left later is
+    rounded up to the millisecond, never down (the deadline has passed when it fires)."""
+    first = _whole_answer_timeout(SHORT, 119.99997)
+    assert first is _whole_answer_timeout(SHORT, 119.99999)
+    assert first.total == 120.0
+    assert _whole_answer_timeout(SHORT, 3.2004).total == 3.201
+    assert _whole_answer_timeout(SHORT, 0.0000001).total == 0.001  # never 0: no limit at all
+    stream = _stream_timeout(SHORT, 119.99997)
+    assert stream is _stream_timeout(SHORT, 119.99999)
+    assert (stream.total, stream.sock_read) == (120.0, SHORT.read)
+
+
 async def test_deadline_reached_during_retries_is_a_timeout(faults: Server) -> None:
     policy = RetryPolicy(max_retries=10, backoff=0.15, max_backoff=1.0, jitter=0.01)
     call = fast_call(faults.base, "/status/503", retry=policy, timeout=0.6)

@@ -263,7 +263,8 @@ if hasattr(os, "register_at_fork"):  # POSIX
 def completion_id() -> str:
     """``chatcmpl-`` and 24 random hex digits, the shape of OpenAI's ids (the client's and the
     server's)."""
-    return f"chatcmpl-{_ids.getrandbits(96):024x}"
+    # (bytes.hex(): 3.4k instructions against 4.7k for an f-string's ``:024x`` of the int)
+    return "chatcmpl-" + _ids.getrandbits(96).to_bytes(12, "little").hex()
 
 
 #: What validation leaves unset in a message without reasoning (its default, None, is set).

@@ -434,12 +434,9 @@ def _stream_timeout(timeouts: Timeouts, total: float | None) -> aiohttp.ClientTi
     """
     if total is None:
         return _socket_timeout(timeouts)
-    import aiohttp
-
+    total = _to_the_millisecond(total)
     read = timeouts.read if timeouts.read < total else None
-    return aiohttp.ClientTimeout(
-        total=total, sock_connect=timeouts.connect, sock_read=read, ceil_threshold=_EXACT
-    )
+    return _deadline_timeout(total, timeouts.connect, read)
 
 
 def _whole_answer_timeout(timeouts: Timeouts, total: float | None) -> aiohttp.ClientTimeout:
@@ -450,9 +447,30 @@ def _whole_answer_timeout(timeouts: Timeouts, total: float | None) -> aiohttp.Cl
     """
     if total is None:
         return _connect_timeout(timeouts.connect)
+    return _deadline_timeout(_to_the_millisecond(total), timeouts.connect, None)
+
+
+def _to_the_millisecond(total: float) -> float:
+    """``total`` (what is left of a deadline) rounded up to the next millisecond.
+
+    A call's first attempt starts microseconds after its deadline does, so what is left is
+    the call's ``timeout`` less those microseconds: rounded, it is the ``timeout`` again, and
+    one ``ClientTimeout`` (about 9k instructions to build, attrs' frozen class) serves every
+    such attempt (:func:`_deadline_timeout`). Up, never down: when aiohttp's timer fires, the
+    deadline has passed, so the attempt ends as the deadline's error, not as a timeout worth
+    a retry; and it ends at most a millisecond late.
+    """
+    return math.ceil(total * 1000) / 1000
+
+
+@functools.lru_cache(maxsize=256)
+def _deadline_timeout(total: float, connect: float, read: float | None) -> aiohttp.ClientTimeout:
+    """aiohttp's timeout bounding a whole attempt by ``total`` (built once per value)."""
     import aiohttp
 
-    return aiohttp.ClientTimeout(total=total, sock_connect=timeouts.connect, ceil_threshold=_EXACT)
+    return aiohttp.ClientTimeout(
+        total=total, sock_connect=connect, sock_read=read, ceil_threshold=_EXACT
+    )
 
 
 @functools.lru_cache(maxsize=32)
