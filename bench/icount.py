@@ -6,8 +6,13 @@
 
 On a shared 2-core machine, requests per second and even CPU µs per request move by 20% or
 more between identical runs (other work, the host's caches and clock). Counting the
-instructions the client executes (valgrind's callgrind) gives the same number every time for
-the same code and the same load, so it shows what a change really saved.
+instructions the client executes (valgrind's callgrind) moves far less, so it shows what a
+change saved. Not nothing: the count includes the event loop's iterations, which depend on
+whether an answer arrives in one read or two, and that on what else the machine does. The
+same code gave 593k and 650k instructions per OpenAI request in runs minutes apart
+(2026-12-07), and two runs at once (one per core) move it further: compare runs made back
+to back, one at a time, and time a single piece with a microbenchmark (no I/O) under
+callgrind when the change is smaller than that.
 
 For each case it runs bench/client.py under ``valgrind --tool=callgrind`` twice against
 bench/replica.py, with ``--n N1`` and ``--n N2`` units, concurrency 1, and reports
