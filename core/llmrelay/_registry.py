@@ -181,11 +181,7 @@ class Registry:
                 pairs = listed.setdefault(name, [])
                 if not pairs or pairs[-1][0] is not provider:  # a model also an alias: once
                     pairs.append((provider, provider.model_aliases.get(name, name)))
-        # sorted() is stable: registration order breaks ties (as in _serving).
-        return {
-            name: sorted(pairs, key=lambda pair: not pair[0].working)
-            for name, pairs in listed.items()
-        }
+        return {name: _in_resolve_order(pairs) for name, pairs in listed.items()}
 
     def resolve(self, model: str) -> list[tuple[type[Provider], str]]:
         """The providers to try for ``model``, in order, each with its own model name.
@@ -216,8 +212,7 @@ class Registry:
             for info in self.providers.values()
             if model in info.provider.models or model in info.provider.model_aliases
         ]
-        # sorted() is stable: registration order breaks ties.
-        return sorted(serving, key=lambda pair: not pair[0].working)
+        return _in_resolve_order(serving)
 
     def models_names(self, usable: Callable[[str], bool] | None = None) -> Iterable[str]:
         """Every name a model may be asked by: models, aliases and ``provider/model`` pins,
@@ -228,6 +223,18 @@ class Registry:
             yield from info.provider.models
             yield from info.provider.model_aliases
             yield from (f"{info.provider.name}/{m}" for m in info.provider.models)
+
+
+def _in_resolve_order(
+    pairs: list[tuple[type[Provider], str]],
+) -> list[tuple[type[Provider], str]]:
+    """``pairs`` (in registration order) with working providers first: ``sorted()`` is
+    stable, so registration order breaks ties."""
+    return sorted(pairs, key=_not_working)
+
+
+def _not_working(pair: tuple[type[Provider], str]) -> bool:
+    return not pair[0].working
 
 
 def _no_hook(plugin: object) -> str:
