@@ -80,9 +80,9 @@ def models_cache_path(name: str) -> Path:
 def cached_models(endpoint: EndpointConfig) -> tuple[str, ...]:
     """The model list cached for ``endpoint``; empty when there is none or it is unusable
     (:func:`cache_problem` says why; it is logged here too)."""
-    models, problem = _read_cache(endpoint)
-    if problem is not None:
-        log.warning("%s", problem)
+    models, why = _read_cache(endpoint)
+    if why is not None:
+        log.warning("%s", _cache_problem(endpoint, why))
     return models
 
 
@@ -90,7 +90,8 @@ def cache_problem(endpoint: EndpointConfig) -> str | None:
     """Why the model list cached for ``endpoint`` is not used, or None: none is cached, or it
     is used. ``llmrelay config`` and ``llmrelay serve`` say it, for an endpoint whose models
     the configuration does not list (a library's warning reaches no one by default)."""
-    return _read_cache(endpoint)[1]
+    why = _read_cache(endpoint)[1]
+    return None if why is None else _cache_problem(endpoint, why)
 
 
 def cache_problems(endpoints: Iterable[EndpointConfig]) -> list[str]:
@@ -100,27 +101,31 @@ def cache_problems(endpoints: Iterable[EndpointConfig]) -> list[str]:
     return [problem for problem in found if problem is not None]
 
 
-def _read_cache(endpoint: EndpointConfig) -> tuple[tuple[str, ...], str | None]:
-    """The cached model list of ``endpoint``, or nothing and the reason it is not used."""
+def _cache_problem(endpoint: EndpointConfig, why: str) -> str:
+    """What to say of ``endpoint``'s unusable model cache, ``why`` it is not used."""
     path = models_cache_path(endpoint.name)
-    fix = f"run `llmrelay models --refresh {endpoint.name}`"
+    return (
+        f"[[endpoints]] {endpoint.name!r}: ignoring its model cache {path}: {why}; "
+        f"run `llmrelay models --refresh {endpoint.name}`"
+    )
+
+
+def _read_cache(endpoint: EndpointConfig) -> tuple[tuple[str, ...], str | None]:
+    """The cached model list of ``endpoint``, or nothing and why it is not used."""
+    path = models_cache_path(endpoint.name)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return (), None
     except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-        return (), f"[[endpoints]] {endpoint.name!r}: ignoring its model cache {path}: {exc}; {fix}"
+        return (), str(exc)
     models = data.get("models") if isinstance(data, dict) else None
     if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
-        return (), (
-            f"[[endpoints]] {endpoint.name!r}: ignoring its model cache {path}: no list of "
-            f"model names in it; {fix}"
-        )
+        return (), "no list of model names in it"
     if data.get("base_url") != endpoint.base_url:
         return (), (
-            f"[[endpoints]] {endpoint.name!r}: ignoring its model cache {path}: fetched from "
-            f"{redact(str(data.get('base_url')))}, the endpoint is now "
-            f"{redact(endpoint.base_url)}; {fix}"
+            f"fetched from {redact(str(data.get('base_url')))}, "
+            f"the endpoint is now {redact(endpoint.base_url)}"
         )
     return tuple(dict.fromkeys(models)), None
 
