@@ -1818,3 +1818,17 @@ def test_usage_on_the_wire_carries_the_details_as_model_dump_does() -> None:
     frame = ChunkEncoder("chatcmpl-1", 1, "m", include_usage=True).usage(usage)
     (line, _) = frame.decode().splitlines()  # one line: the line breaker is escaped
     assert json.loads(line.removeprefix("data: "))["usage"] == usage.model_dump(mode="json")
+
+
+def test_usage_fields_json_cannot_carry_are_sent_as_model_dump_json_writes_them() -> None:
+    """A plugin's float NaN or infinity becomes null, as in ``model_dump_json``: a client's
+    JSON parser refuses the bare ``NaN`` Python's encoder would write."""
+    from llmrelay.server._wire import completion_body
+
+    usage = Usage(3, 4, cost=float("nan"), limits=[float("inf"), 1.5])
+    body = completion_body("chatcmpl-1", 7, "m", "", "stop", usage).decode()
+    assert "NaN" not in body
+    assert "Infinity" not in body
+    sent = json.loads(body, parse_constant=lambda name: pytest.fail(f"{name} sent"))["usage"]
+    assert sent == json.loads(usage.model_dump_json())
+    assert (sent["cost"], sent["limits"]) == (None, [None, 1.5])

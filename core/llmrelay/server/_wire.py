@@ -71,11 +71,12 @@ def _usage(usage: Usage) -> str:
     extra = usage.__pydantic_extra__
     if not extra:
         return counts + "}"
-    # JSON's forms of what a plugin may have put there (a datetime, a Decimal), as pydantic
-    # writes them; what came from a server's JSON is JSON already.
+    # JSON's forms of what a plugin may have put there (a datetime, a Decimal, a float NaN,
+    # which JSON cannot carry: null), as ``model_dump_json`` writes them; what came from a
+    # server's JSON is JSON already.
     from pydantic_core import to_jsonable_python
 
-    return f"{counts},{_dumps(to_jsonable_python(extra))[1:]}"
+    return f"{counts},{_dumps(to_jsonable_python(extra, inf_nan_mode='null'))[1:]}"
 
 
 def frame(payload: Any) -> bytes:
