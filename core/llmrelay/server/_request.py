@@ -217,7 +217,27 @@ class ChatRequest(BaseModel):
             if name not in own and name in type(self).model_fields
         }
         options.update(self.model_extra or {})
-        return {name: value for name, value in options.items() if value is not None}
+        return {
+            name: value
+            for name, value in options.items()
+            if value is not None and not _asks_nothing(name, value, options)
+        }
+
+
+def _asks_nothing(name: str, value: object, options: dict[str, Any]) -> bool:
+    """Whether a field whose answer this server cannot carry back (:data:`NOT_FORWARDED`,
+    ``tool_choice``) holds a value that asks for no such answer: OpenAI's defaults, which some
+    clients and frameworks send on every request. Unset, as null is, so they do not cost the
+    request its providers (a ``400`` naming them): ``logprobs: false``, ``modalities:
+    ["text"]``, and without ``tools`` or ``functions`` the tool fields that only steer them
+    (``parallel_tool_calls``, ``tool_choice: "none"``)."""
+    if name == "logprobs":
+        return value is False
+    if name == "modalities":
+        return value == ["text"]
+    if name == "parallel_tool_calls" or (name == "tool_choice" and value == "none"):
+        return "tools" not in options and "functions" not in options
+    return False
 
 
 class _FieldError(ValueError):
