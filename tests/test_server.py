@@ -622,7 +622,7 @@ async def test_a_provider_without_extra_body_is_skipped_for_unknown_fields(
         {"tools": [{"type": "function", "function": {"name": "f"}}]},
         {"functions": [{"name": "f", "parameters": {}}]},
         {"function_call": "auto"},
-        {"parallel_tool_calls": False},
+        {"tool_choice": "auto"},
         {"modalities": ["text", "audio"]},
         {"audio": {"voice": "alloy", "format": "wav"}},
     ],
@@ -648,6 +648,26 @@ async def test_fields_whose_answer_cannot_be_relayed_are_not_forwarded(
     async with http.post(f"{lenient.url}/v1/chat/completions", json=body) as response:
         assert response.status == 200
     assert name not in replica.last_body
+
+
+async def test_those_fields_holding_values_that_ask_for_nothing_are_taken_as_unset(
+    replica: ReplicaState, relay_server: StartServer, client: MakeClient
+) -> None:
+    """OpenAI's defaults of those fields, which some clients send on every request, ask for
+    no answer the server would have to carry back: the request is answered as without them
+    (not 400), and they are not sent upstream."""
+    server = await relay_server()
+    answer = await client(server).chat.completions.create(
+        model="llama3",
+        messages=HI,
+        logprobs=False,
+        modalities=["text"],
+        parallel_tool_calls=False,
+        tool_choice="none",
+    )
+    assert answer.choices[0].message.content
+    sent = replica.last_body
+    assert sent.keys().isdisjoint({"logprobs", "modalities", "parallel_tool_calls", "tool_choice"})
 
 
 async def test_a_forwarded_number_json_cannot_carry_is_400(
