@@ -111,6 +111,19 @@ def test_errors_are_one_clear_line_on_stderr(args: list[str], expected: str) -> 
     assert "Traceback" not in result.stderr
 
 
+def test_chat_says_how_to_leave_out_an_option_a_provider_does_not_take() -> None:
+    asked = ("chat", "--replay", str(HELLO.path), "--option", "temperature=0.2")
+    result = run(*asked, "Привет, как дела?")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "error: provider 'pizzagpt' does not support option(s) temperature (it supports: none); "
+        "remove the --option, or add --drop-unsupported to send the request without it\n"
+    )
+    result = run(*asked, "--drop-unsupported", "Привет, как дела?")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ANSWERS["Привет, как дела?"] + "\n"
+
+
 def test_debug_shows_the_traceback() -> None:
     result = run("--debug", "chat", "-m", "nope", "Hello")
     assert result.returncode == 1
@@ -301,6 +314,22 @@ def test_models_says_when_every_provider_is_disabled(
 ) -> None:
     config, invoke = configured("[providers.pizzagpt]\ndisabled = true\n")
     assert invoke("models").stdout == f"no models: every provider is disabled in {config}\n"
+
+
+def test_models_says_when_aliases_hide_every_model(
+    configured: Callable[..., tuple[Path, Callable[..., Result]]],
+) -> None:
+    """An alias that takes a served name to nothing leaves the listing empty: said as that,
+    with the alias named, not as providers listing nothing."""
+    config, invoke = configured('[aliases]\n"gpt-4o-mini" = "x"\n')
+    result = invoke("models")
+    assert result.exit_code == 0
+    assert result.stdout == (
+        f"no models: the [aliases] of {config} hide every model the providers list "
+        "(see the warnings)\n"
+    )
+    assert "warning: [aliases] gpt-4o-mini = 'x': " in result.stderr
+    assert "'gpt-4o-mini' is served by pizzagpt; the alias hides it" in result.stderr
 
 
 def test_the_cli_shows_warnings_its_way_only_while_it_runs(

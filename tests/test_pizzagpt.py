@@ -17,6 +17,7 @@ from llmrelay.errors import (
     MisuseDetected,
     ModelNotFound,
     ServerError,
+    UnsupportedOption,
 )
 from llmrelay_pizzagpt import MISUSE_TEXT, Pizzagpt
 from tests.pizzagpt_cases import BY_NAME, CASES
@@ -179,10 +180,13 @@ async def test_bad_input_fails_before_any_io(serve: Serve, replica: web.Applicat
         Pizzagpt.create_async_generator(
             "gpt-4o-mini", [{"role": "bot", "content": "x"}], base_url=base
         )
-    with pytest.raises(InvalidRequest, match="does not support option"):
+    with pytest.raises(UnsupportedOption, match="does not support option") as refused:
         Pizzagpt.create_async_generator(
             "gpt-4o-mini", [{"role": "user", "content": "x"}], temperature=0.2, base_url=base
         )
+    assert (refused.value.provider, refused.value.options) == ("pizzagpt", ["temperature"])
+    assert refused.value.supported == []
+    assert isinstance(refused.value, InvalidRequest)
     with pytest.raises(InvalidRequest, match="proxy scheme"):
         Pizzagpt.create_async_generator(
             "gpt-4o-mini", [{"role": "user", "content": "x"}], proxy="ftp://h:1", base_url=base

@@ -70,6 +70,7 @@ ERRORS = {
     "ServerError": (errors.HTTPStatusError,),
     "StreamInterrupted": (errors.ProviderError,),
     "StreamTimedOut": (errors.StreamInterrupted, errors.ProviderTimeout, TimeoutError),
+    "UnsupportedOption": (errors.InvalidRequest,),
 }
 
 
@@ -142,6 +143,8 @@ def _example(name: str) -> errors.LLMRelayError:
     cls = getattr(errors, name)
     if name == "ModelNotFound":
         return errors.ModelNotFound("gpt-5", ["gpt-4o"])
+    if name == "UnsupportedOption":
+        return errors.UnsupportedOption("pizzagpt", ["temperature"], [])
     if name == "AllProvidersFailed":
         return errors.AllProvidersFailed(
             "m",

@@ -796,6 +796,12 @@ def test_record_refuses_before_any_io(tmp_path: Path) -> None:
     result = _record("--provider", "pizzagpt", "--cassette", str(path), "-m", "gpt-5", "hi")
     assert result.exit_code == 1
     assert "no provider serves model 'pizzagpt/gpt-5'" in result.output
+    result = _record("--provider", "pizzagpt", "--cassette", str(path), "--option", "top_p=1", "hi")
+    assert result.exit_code == 1
+    assert (
+        "provider 'pizzagpt' does not support option(s) top_p (it supports: none); "
+        "remove the --option\n"
+    ) in result.output  # a recording holds what was asked: no dropping offered
     path.write_text("keep me", encoding="utf-8")
     result = _record("--provider", "pizzagpt", "--cassette", str(path), "hi")
     assert result.exit_code == 1
@@ -807,11 +813,17 @@ def test_record_refuses_before_any_io(tmp_path: Path) -> None:
 def test_record_with_no_answer_writes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     closed = f"http://127.0.0.1:{free_port()}"
-    result = _record("--provider", "pizzagpt", "--base-url", closed, "--cassette", str(path), "hi")
+    record = ("--provider", "pizzagpt", "--base-url", closed, "--cassette", str(path))
+    result = _record(*record, "hi")
     assert result.exit_code == 1
-    assert f"nothing recorded: the request got no answer; {path} is unchanged" in result.output
+    assert "nothing recorded: the request got no answer; no cassette written" in result.output
     assert "error: pizzagpt: cannot connect to 127.0.0.1" in result.output
     assert list(tmp_path.iterdir()) == []
+    path.write_text("keep me", encoding="utf-8")
+    result = _record(*record, "--overwrite", "hi")
+    assert result.exit_code == 1
+    assert f"nothing recorded: the request got no answer; {path} is unchanged" in result.output
+    assert [p.read_text(encoding="utf-8") for p in tmp_path.iterdir()] == ["keep me"]
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from ._cli_types import (
     request_options,
     timeout_option,
     timeout_options,
+    unsupported_here,
 )
 
 __all__ = ["record"]
@@ -112,7 +113,10 @@ def record(
     if base_url:
         options["base_url"] = base_url
     # Bad messages, model, proxy or options are refused here, before anything is written.
-    stream = provider.create_async_generator(model, messages, proxy=proxy, **options)
+    try:
+        stream = provider.create_async_generator(model, messages, proxy=proxy, **options)
+    except errors.UnsupportedOption as exc:  # (a recording holds what was asked: no dropping)
+        raise unsupported_here(exc, can_drop=False) from None
     rewrite = (base_url.rstrip("/"), provider.url.rstrip("/")) if base_url else None
 
     async def run() -> errors.LLMRelayError | None:
@@ -135,11 +139,13 @@ def record(
         scratch.unlink(missing_ok=True)
         raise
     interactions = len(recorded)
+    # (--overwrite: the cassette there before stays; else there was none, and none is made)
+    kept = f"{path} is unchanged" if path.exists() else "no cassette written"
     if not scratch.exists():
-        click.echo(f"nothing recorded: the request got no answer; {path} is unchanged", err=True)
+        click.echo(f"nothing recorded: the request got no answer; {kept}", err=True)
     elif failure is not None and path.exists():
         scratch.unlink()
-        click.echo(f"the call failed; {path} is unchanged", err=True)
+        click.echo(f"the call failed; {kept}", err=True)
     else:
         scratch.replace(path)
         what = "the failure" if failure is not None else f"{interactions} interaction(s)"

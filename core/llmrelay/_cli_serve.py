@@ -48,7 +48,7 @@ __all__ = ["main", "serve"]
     type=click.IntRange(1024),
     default=None,
     metavar="BYTES",
-    help="Largest request body; larger gets 413. [default: 4 MiB]",
+    help="Largest request body, in bytes; larger gets 413. [default: 4194304 (4 MiB)]",
 )
 @click.option(
     "--body-timeout",

@@ -12,6 +12,8 @@ import click
 if TYPE_CHECKING:
     from click.decorators import FC
 
+    from .errors import InvalidRequest, UnsupportedOption
+
 __all__ = [
     "NO_DEADLINE",
     "SECONDS",
@@ -21,6 +23,7 @@ __all__ = [
     "request_options",
     "timeout_option",
     "timeout_options",
+    "unsupported_here",
 ]
 
 #: What ``--timeout none`` gives: the call has no deadline (``timeout=None``).
@@ -92,6 +95,7 @@ _OWN = {
     ),
     "model": "use -m/--model",
     "messages": "give the prompt (and -s/--system)",
+    "drop_unsupported": "use --drop-unsupported (llmrelay chat)",
 }
 
 
@@ -158,3 +162,17 @@ def option_flags(options: dict[str, Any]) -> list[str]:
         text = value if as_is else json.dumps(value)
         flags += ["--option", f"{name}={text}"]
     return flags
+
+
+def unsupported_here(exc: UnsupportedOption, *, can_drop: bool) -> InvalidRequest:
+    """``exc`` in the command line's words: the options it names came from ``--option``,
+    and ``drop_unsupported=True`` is the ``--drop-unsupported`` flag where there is one."""
+    from .errors import InvalidRequest
+
+    fix = "remove the --option"
+    if can_drop:
+        fix += ", or add --drop-unsupported to send the request without it"
+    return InvalidRequest(
+        f"provider {exc.provider!r} does not support option(s) {', '.join(exc.options)} "
+        f"(it supports: {', '.join(exc.supported) or 'none'}); {fix}"
+    )

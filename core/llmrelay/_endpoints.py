@@ -115,7 +115,7 @@ def _read_cache(endpoint: EndpointConfig) -> tuple[tuple[str, ...], str | None]:
     path = models_cache_path(endpoint.name)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # none yet (or none can be, under a file)
         return (), None
     except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         return (), str(exc)

@@ -207,11 +207,7 @@ class Provider:
         options = {k: v for k, v in kwargs.items() if k not in CALL_OPTIONS}
         unsupported = sorted(options.keys() - cls.supported_options)
         if unsupported and not kwargs.get("drop_unsupported", False):
-            accepted = ", ".join(sorted(cls.supported_options)) or "none"
-            raise errors.InvalidRequest(
-                f"provider {cls.name!r} does not support option(s) {', '.join(unsupported)} "
-                f"(it supports: {accepted}); remove them or pass drop_unsupported=True"
-            )
+            raise errors.UnsupportedOption(cls.name, unsupported, sorted(cls.supported_options))
         for key in unsupported:
             options.pop(key)
         if options:

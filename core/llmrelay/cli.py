@@ -23,8 +23,9 @@ from ._cli_types import (
     request_options,
     timeout_option,
     timeout_options,
+    unsupported_here,
 )
-from .errors import ConfigError, LLMRelayError
+from .errors import ConfigError, LLMRelayError, UnsupportedOption
 
 __all__ = ["main"]
 
@@ -122,6 +123,12 @@ def _show_warning(
 )
 @timeout_option("Total seconds for the call, retries included;")
 @request_option()
+@click.option(
+    "--drop-unsupported",
+    is_flag=True,
+    help="Send each provider the request without the --option(s) it does not support, "
+    "instead of skipping it (or failing when none supports them).",
+)
 @reasoning_option()
 def chat(
     words: tuple[str, ...],
@@ -131,6 +138,7 @@ def chat(
     replay: str | None,
     timeout: float | str | None,
     request_options_given: tuple[tuple[str, Any], ...],
+    drop_unsupported: bool,
     show_reasoning: bool,
 ) -> None:
     """Send PROMPT and stream the answer to stdout (a model's reasoning to stderr).
@@ -152,6 +160,8 @@ def chat(
         messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": prompt})
     options = {**request_options(request_options_given), **timeout_options(timeout)}
+    if drop_unsupported:
+        options["drop_unsupported"] = True
 
     async def run() -> None:
         from . import _transport
@@ -159,7 +169,10 @@ def chat(
         from ._relay import relay
 
         try:
-            stream = relay(model, messages, proxy=proxy, **options)
+            try:
+                stream = relay(model, messages, proxy=proxy, **options)
+            except UnsupportedOption as exc:
+                raise unsupported_here(exc, can_drop=True) from None
             whole = options.get("stream") is False
             await write_answer(stream, show_reasoning=show_reasoning, whole=whole)
         finally:
@@ -255,7 +268,7 @@ def models(as_json: bool, refresh: tuple[str, ...]) -> None:
     failed = _refresh_models(refresh) if refresh else 0
 
     table = {model.id: model.providers for model in list_models()}
-    _warn_unserved_endpoints()
+    _warn_config_problems()
     if as_json:
         click.echo(json.dumps(table, indent=2))
     else:
@@ -278,6 +291,16 @@ def _print_models(table: dict[str, list[str]]) -> None:
             click.echo(
                 f"no models: every provider is disabled in {config.source or 'the configuration'}"
             )
+        elif any(
+            not config.disabled(provider.name)
+            for served in get_registry().listing().values()
+            for provider, _ in served
+        ):
+            click.echo(
+                "no models: the [aliases] of "
+                f"{config.source or 'the configuration'} hide every model the providers list "
+                "(see the warnings)"
+            )
         else:
             click.echo(
                 "no models: no provider lists any (an OpenAI-compatible endpoint without "
@@ -288,14 +311,15 @@ def _print_models(table: dict[str, list[str]]) -> None:
         click.echo(f"{model.ljust(width)}  {', '.join(names)}")
 
 
-def _warn_unserved_endpoints() -> None:
-    """Say on stderr which configured endpoints nothing serves (their models are missing)."""
+def _warn_config_problems() -> None:
+    """Say on stderr what in the configuration leaves models out of the listing, or names
+    what no provider serves, as ``llmrelay config`` does: endpoints nothing serves, aliases
+    that hide a model or point at none, unusable model caches, typos."""
     from ._config import get_config
     from ._registry import get_registry
-    from ._routing import unserved_endpoints_problem
+    from ._routing import config_problems
 
-    problem = unserved_endpoints_problem(get_config(), get_registry())
-    if problem:
+    for problem in config_problems(get_config(), get_registry()):
         click.echo(f"warning: {problem}", err=True)
 
 

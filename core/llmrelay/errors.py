@@ -4,6 +4,7 @@ Catch :class:`LLMRelayError` to handle anything llmrelay raises on purpose. The 
 
     LLMRelayError
     ├── InvalidRequest (ValueError)        bad messages, options or proxy URL; raised before any I/O
+    │   └── UnsupportedOption              a provider does not take an option; .provider .options
     ├── ConfigError (ValueError)           a bad configuration file or environment variable
     ├── ModelNotFound (LookupError)        no provider serves the model; .suggestions
     ├── CassetteMismatch (LookupError)     replay found no recorded answer for a request
@@ -58,6 +59,7 @@ __all__ = [
     "ServerError",
     "StreamInterrupted",
     "StreamTimedOut",
+    "UnsupportedOption",
 ]
 
 #: How much of a response body an error keeps: enough to diagnose, short enough for one line.
@@ -84,6 +86,26 @@ class LLMRelayError(Exception):
 
 class InvalidRequest(LLMRelayError, ValueError):
     """The caller's input cannot be sent: the message says which field and what to fix."""
+
+
+class UnsupportedOption(InvalidRequest):
+    """A provider does not support request options it was given.
+
+    ``provider`` names it, ``options`` the options it refused and ``supported`` the ones it
+    takes, so a caller can leave them out (or pass ``drop_unsupported=True``) and try again,
+    and a front end can say what to change in its own terms (``llmrelay chat`` names its
+    ``--option`` and ``--drop-unsupported`` flags).
+    """
+
+    def __init__(self, provider: str, options: Sequence[str], supported: Sequence[str]) -> None:
+        self.provider = provider
+        self.options = list(options)
+        self.supported = list(supported)
+        super().__init__(
+            f"provider {provider!r} does not support option(s) {', '.join(self.options)} "
+            f"(it supports: {', '.join(self.supported) or 'none'}); "
+            "remove them or pass drop_unsupported=True"
+        )
 
 
 class ConfigError(LLMRelayError, ValueError):
