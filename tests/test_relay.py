@@ -356,6 +356,64 @@ async def test_a_relay_its_deadline_stopped_short_is_a_timeout(
     assert state.hits["/status/503"] >= 3
 
 
+async def test_a_long_retry_after_hands_over_to_the_next_provider_at_once(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    """A provider asking for 30 s is not waited while another can answer now: the next one
+    answers at once, and the first's rate limit is kept with its ``retry_after``."""
+    base, state = server
+    install(
+        use_plugins, fake("first", base, "/status/429?retry_after=30"), fake("second", base, "/ok")
+    )
+    started = time.monotonic()
+    stream = llmrelay.relay("shared", MESSAGES)
+    assert await stream.text() == "second:ok"
+    assert time.monotonic() - started < 5
+    assert state.hits["/status/429"] == 1
+    (limited,) = stream.errors
+    assert (type(limited), limited.provider, limited.retry_after) == (
+        errors.RateLimited,
+        "first",
+        30.0,
+    )
+
+
+async def test_a_short_retry_after_is_waited_even_with_another_provider_behind(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    """A wait no longer than a backoff is a blip: the same provider is asked again."""
+    base, state = server
+    install(
+        use_plugins,
+        fake("first", base, "/status/429?retry_after=0.2"),
+        fake("second", base, "/ok"),
+    )
+    stream = llmrelay.relay("shared", MESSAGES, max_retries=1)
+    assert await stream.text() == "second:ok"
+    assert state.hits["/status/429"] == 2  # retried once after 0.2 s, then handed over
+
+
+async def test_the_last_provider_waits_as_long_as_its_policy_allows(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    """Only a provider with another behind it has its wait cut to the backoff cap (a policy
+    built once per policy; one already below it kept as it is); a lone provider's Retry-After
+    is waited and the provider asked again."""
+    from llmrelay._call import RetryPolicy
+    from llmrelay._relay import _with_another_behind
+
+    policy = RetryPolicy()
+    assert _with_another_behind(policy).max_retry_after == policy.max_backoff
+    assert _with_another_behind(policy) is _with_another_behind(policy)  # built once
+    short = RetryPolicy(max_retry_after=2.0)
+    assert _with_another_behind(short) is short
+    base, state = server
+    install(use_plugins, fake("only", base, "/status/429?retry_after=0.3"))
+    with pytest.raises(errors.RateLimited):
+        await llmrelay.relay("shared", MESSAGES, max_retries=1).text()
+    assert state.hits["/status/429"] == 2
+
+
 async def test_a_relay_deadline_is_quoted_as_given(
     server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
 ) -> None:

@@ -6,13 +6,15 @@ Fallback happens only before the first text chunk reaches the caller. After that
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Collection
 from typing import Any
 
 from . import errors
-from ._call import Call
+from ._call import Call, RetryPolicy
 from ._config import get_config
 from ._options import check_options
 from ._provider import (
@@ -179,6 +181,8 @@ class RelayStream(ChunkStream):
                 if remaining <= 0:
                     break
                 call.timeout = remaining
+            if self._tried < len(self._candidates):  # another provider waits behind it
+                call.retry = _with_another_behind(call.retry)
             self.provider = provider.name
             self._started = self._health.clock()
             return provider, model, call
@@ -248,6 +252,19 @@ class RelayStream(ChunkStream):
         if len(self.errors) == 1:
             return self.errors[0]
         return errors.AllProvidersFailed(self.model, self.errors)
+
+
+@functools.lru_cache(maxsize=16)
+def _with_another_behind(policy: RetryPolicy) -> RetryPolicy:
+    """``policy`` for a provider with another behind it: a Retry-After longer than a backoff
+    can be (``max_backoff``) is not waited, and the next provider is tried at once. A rate
+    limit of 30 s would otherwise hold the answer 30 s, twice over, while another provider
+    could give it now; the provider that asked is cooled down (see ``Health``) and its error
+    kept, ``retry_after`` included, in :attr:`RelayStream.errors`. The last provider waits
+    as long as its policy allows: there is nothing else to try."""
+    if policy.max_retry_after <= policy.max_backoff:
+        return policy
+    return dataclasses.replace(policy, max_retry_after=policy.max_backoff)
 
 
 def _overrides_entry(provider: type[Provider]) -> bool:
