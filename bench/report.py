@@ -295,6 +295,16 @@ def _faults_per_request(rs: list[dict[str, Any]]) -> str:
     return f"{med(xs):.1f} (≤{max(xs):.1f})"
 
 
+def _gc_ms(rs: list[dict[str, Any]]) -> str:
+    """The client's garbage collector time in the timed part, ms per run (median, max), and
+    the median number of full (oldest-generation) collections in it."""
+    xs = [r["client_gc_s"] * 1e3 for r in rs if "client_gc_s" in r]
+    if not xs:  # a raw file from before the column
+        return "–"
+    full = med([float(r["client_gc_collections"][2]) for r in rs if "client_gc_s" in r])
+    return f"{med(xs):.1f} (≤{max(xs):.1f}), {full:g} full"
+
+
 def _anchor_ratio(anchors: dict[str, Any], group: str, a: str, b: str, conc: int) -> str:
     idx = _anchor_index(anchors)
     x = idx.get((group, a.removesuffix(UNSETTLED), conc))
@@ -369,10 +379,11 @@ def _render_throughput(
         add("")
         add(
             f"| client | conc | {unit}s/s | × raw | Δ µs/{unit} vs raw | client CPU µs/{unit} |"
-            f" server CPU µs/{unit} | page faults /req | peak RSS MiB | 1st request ms |"
+            f" server CPU µs/{unit} | page faults /req | GC ms /run | peak RSS MiB |"
+            " 1st request ms |"
             f" others' load | anchors' {unit}s/s |"
         )
-        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         clients: list[str] = []
         for k in keys:
             if k[1] not in clients:
@@ -413,7 +424,7 @@ def _render_throughput(
                 anchor = anchor_idx.get((group, client.removesuffix(UNSETTLED), conc))
                 add(
                     f"| {name} | {conc} | {mmm([r['units_per_s'] for r in rs])} | {ratio} | "
-                    f"{delta} | {cpu:.0f} | {srv:.0f} | {faults} | "
+                    f"{delta} | {cpu:.0f} | {srv:.0f} | {faults} | {_gc_ms(rs)} | "
                     f"{mmm([float(r['maxrss_kib']) for r in rs], scale=1 / 1024)} | "
                     f"{med([r['first_request_s'] for r in rs]) * 1e3:.1f} | "
                     f"{others(rs)} | {anchor['units_per_s'] if anchor else '–'} |"
@@ -426,7 +437,9 @@ def _render_throughput(
         " per unit served (warm-up included, 10 ms ticks); page faults = the client process's"
         " minor page faults per request in the timed part, median and maximum (about two or"
         " more per request: its socket reads are being served by mmap; a few tenths: they are"
-        " not; see bench/README.md); peak RSS = ru_maxrss of the client process, imports"
+        " not; see bench/README.md); GC ms = the time the client's garbage collector took in"
+        " the timed part, median and maximum, and the median count of full collections (see"
+        " bench/README.md); peak RSS = ru_maxrss of the client process, imports"
         " included; 1st request = the first call in a fresh process (lazy"
         " imports, plugin discovery, connection set-up); others' load = CPU the rest of the"
         " machine used during the run, in cores (busy time in /proc/stat minus the client and"
