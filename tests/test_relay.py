@@ -396,22 +396,61 @@ async def test_a_short_retry_after_is_waited_even_with_another_provider_behind(
 async def test_the_last_provider_waits_as_long_as_its_policy_allows(
     server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
 ) -> None:
-    """Only a provider with another behind it has its wait cut to the backoff cap (a policy
-    built once per policy; one already below it kept as it is); a lone provider's Retry-After
-    is waited and the provider asked again."""
-    from llmrelay._call import RetryPolicy
-    from llmrelay._relay import _with_another_behind
+    """Only a provider with another behind it has its wait cut: the last one, asked for 9 s
+    (over the 8 s cut, under the 60 s cap), would wait, which here passes the deadline."""
+    base, _ = server
+    path = "/status/429?retry_after=9"
+    install(use_plugins, fake("first", base, path), fake("second", base, path))
+    with pytest.raises(errors.ProviderTimeout) as info:
+        await llmrelay.relay("shared", MESSAGES, timeout=1.0, max_retries=1).text()
+    first, second = info.value.__cause__.errors  # type: ignore[union-attr]
+    assert type(first) is errors.RateLimited  # handed over at once
+    assert type(second) is errors.ProviderTimeout  # would have waited
+    assert "leaves no time to retry" in str(second)
 
-    policy = RetryPolicy()
-    assert _with_another_behind(policy).max_retry_after == policy.max_backoff
-    assert _with_another_behind(policy) is _with_another_behind(policy)  # built once
-    short = RetryPolicy(max_retry_after=2.0)
-    assert _with_another_behind(short) is short
+
+async def test_no_hand_over_to_a_provider_that_is_failing(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    """Handing over to a provider that just failed (or is not marked working) would trade a
+    wait for a failure: the first provider's Retry-After is waited as usual."""
+    from llmrelay._routing import health
+
+    base, _ = server
+    install(
+        use_plugins, fake("first", base, "/status/429?retry_after=9"), fake("second", base, "/ok")
+    )
+    health.failed("second")
+    stream = llmrelay.relay("shared", MESSAGES, timeout=1.0, max_retries=1)
+    assert await stream.text() == "second:ok"  # (after the first gave up on the deadline)
+    (first,) = stream.errors
+    assert type(first) is errors.ProviderTimeout
+    assert "leaves no time to retry" in str(first)
+    health.reset()
+    install(
+        use_plugins,
+        fake("first", base, "/status/429?retry_after=9"),
+        fake("second", base, "/ok", working=False),
+    )
+    stream = llmrelay.relay("shared", MESSAGES, timeout=1.0, max_retries=1)
+    assert await stream.text() == "second:ok"
+    assert type(stream.errors[0]) is errors.ProviderTimeout
+
+
+async def test_the_provider_that_asked_for_a_wait_is_asked_last_meanwhile(
+    server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
+) -> None:
+    """Its cool-down lasts as long as it asked: the next requests go to the other first."""
+    from llmrelay._routing import health
+
     base, state = server
-    install(use_plugins, fake("only", base, "/status/429?retry_after=0.3"))
-    with pytest.raises(errors.RateLimited):
-        await llmrelay.relay("shared", MESSAGES, max_retries=1).text()
-    assert state.hits["/status/429"] == 2
+    install(
+        use_plugins, fake("first", base, "/status/429?retry_after=30"), fake("second", base, "/ok")
+    )
+    assert await llmrelay.relay("shared", MESSAGES).text() == "second:ok"
+    assert health.cooldown("first") > 25  # not the 5 s one failure earns
+    assert await llmrelay.relay("shared", MESSAGES).text() == "second:ok"
+    assert state.hits["/status/429"] == 1  # the second request did not ask it again
 
 
 async def test_a_relay_deadline_is_quoted_as_given(

@@ -120,6 +120,23 @@ def test_the_cool_down_doubles_up_to_the_cap_and_resets_on_success() -> None:
     assert tracker.cooldown("b", 2, 10) == 10
 
 
+def test_a_provider_that_asked_for_a_wait_cools_down_at_least_that_long() -> None:
+    """A rate limit's Retry-After of 30 s outlasts the 2 s the first failure earns: the
+    provider is asked later for the 30 s (within the cap), not again after 2."""
+    clock = Clock()
+    tracker = Health(clock)
+    tracker.failed("a", retry_after=30)
+    assert tracker.cooldown("a", 2, 300) == 30
+    assert tracker.cooldown("a", 2, 10) == 10  # the cap bounds it too
+    clock.now += 5
+    tracker.failed("a")  # a later failure with no wait asked: the asked time still holds
+    assert tracker.cooldown("a", 2, 300) == 25
+    tracker.failed("b", retry_after=1)  # shorter than the failures' own span: that span
+    assert tracker.cooldown("b", 2, 300) == 2
+    tracker.succeeded("a")
+    assert tracker.cooldown("a", 2, 300) == 0
+
+
 def test_requests_in_flight_when_a_provider_fails_count_as_one_failure() -> None:
     """Ten requests sent together into one blip counted ten consecutive failures: the longest
     cool-down at once. A request sent before the last failure was counted fails in the same

@@ -668,6 +668,29 @@ async def test_those_fields_holding_values_that_ask_for_nothing_are_taken_as_uns
     assert answer.choices[0].message.content
     sent = replica.last_body
     assert sent.keys().isdisjoint({"logprobs", "modalities", "parallel_tool_calls", "tool_choice"})
+    nulls = {"tools": None, "functions": None, "parallel_tool_calls": True, "function_call": "none"}
+    answer = await client(server).chat.completions.create(
+        model="llama3", messages=HI, tool_choice="none", extra_body=nulls
+    )
+    assert answer.choices[0].message.content
+    assert replica.last_body.keys().isdisjoint({*nulls, "tool_choice"})
+
+
+async def test_with_tools_the_fields_that_steer_them_are_refused_with_them(
+    replica: ReplicaState, relay_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    for steering in ({"parallel_tool_calls": False}, {"tool_choice": "none"}):
+        body = {"model": "llama3", "messages": HI, "tools": tools, **steering}
+        lenient = await relay_server(ServerSettings(drop_unsupported=True, shutdown_grace=2))
+        async with http.post(f"{lenient.url}/v1/chat/completions", json=body) as response:
+            assert response.status == 200
+        assert replica.last_body.keys().isdisjoint({"tools", *steering})  # dropped, not sent
+        hits = replica.hits
+        strict = await relay_server()
+        async with http.post(f"{strict.url}/v1/chat/completions", json=body) as response:
+            assert response.status == 400
+        assert replica.hits == hits
 
 
 async def test_a_forwarded_number_json_cannot_carry_is_400(

@@ -181,13 +181,23 @@ class RelayStream(ChunkStream):
                 if remaining <= 0:
                     break
                 call.timeout = remaining
-            if self._tried < len(self._candidates):  # another provider waits behind it
+            if self._ready_behind():
                 call.retry = _with_another_behind(call.retry)
             self.provider = provider.name
             self._started = self._health.clock()
             return provider, model, call
         self._finished = True
         raise self._final_error()
+
+    def _ready_behind(self) -> bool:
+        """Whether a provider after the one being started can likely answer at once: one
+        marked working, with no failure since its last success. Only then is a long
+        Retry-After not waited (see :func:`_with_another_behind`): handing over to a provider
+        that is failing, or not expected to work, would trade a wait for a failure."""
+        return any(
+            provider.working and not self._health.failures(provider.name)
+            for provider, _, _ in self._candidates[self._tried :]
+        )
 
     def _open(self, provider: type[Provider], model: str, call: Call) -> ChunkStream:
         """The stream of one candidate, now the one answering."""
@@ -217,7 +227,7 @@ class RelayStream(ChunkStream):
         (only the provider answering can have: an earlier one that had would have ended the
         relay here)."""
         if _provider_side(exc):
-            self._health.failed(provider, since=self._started)
+            self._health.failed(provider, since=self._started, retry_after=exc.retry_after)
         if delivered or isinstance(exc, errors.StreamInterrupted | SessionClosed):
             self._finished = True  # (closed under it: the next provider's session, too)
             raise exc
@@ -256,12 +266,14 @@ class RelayStream(ChunkStream):
 
 @functools.lru_cache(maxsize=16)
 def _with_another_behind(policy: RetryPolicy) -> RetryPolicy:
-    """``policy`` for a provider with another behind it: a Retry-After longer than a backoff
-    can be (``max_backoff``) is not waited, and the next provider is tried at once. A rate
-    limit of 30 s would otherwise hold the answer 30 s, twice over, while another provider
-    could give it now; the provider that asked is cooled down (see ``Health``) and its error
-    kept, ``retry_after`` included, in :attr:`RelayStream.errors`. The last provider waits
-    as long as its policy allows: there is nothing else to try."""
+    """``policy`` for a provider with a sound one behind it (see
+    :meth:`RelayStream._ready_behind`): a Retry-After longer than a backoff can be
+    (``max_backoff``) is not waited, and the next provider is tried at once. A rate limit of
+    30 s would otherwise hold the answer 30 s, twice over, while another provider could give
+    it now; the provider that asked is cooled down for as long as it asked (see ``Health``),
+    and its error kept, ``retry_after`` included, in :attr:`RelayStream.errors`. The last
+    provider waits as long as its policy allows: there is nothing else to try. (A provider
+    that replaces ``create_async_generator`` builds its own calls, with its own policy.)"""
     if policy.max_retry_after <= policy.max_backoff:
         return policy
     return dataclasses.replace(policy, max_retry_after=policy.max_backoff)

@@ -39,6 +39,8 @@ DEFAULT_MAX_COOLDOWN = 300.0
 class _Record:
     failures: int = 0
     last_failure: float = 0.0
+    #: Until when (on the clock) the provider asked not to be called again (Retry-After).
+    asked_until: float = 0.0
 
 
 class Health:
@@ -52,20 +54,29 @@ class Health:
         self._records: dict[str, _Record] = {}
         self._lock = threading.Lock()
 
-    def failed(self, provider: str, since: float | None = None) -> None:
+    def failed(
+        self, provider: str, since: float | None = None, retry_after: float | None = None
+    ) -> None:
         """Count a failure of ``provider``, of a request sent at ``since`` (on ``clock``).
 
         A request sent before the last failure was counted fails in the same outage: it
         counts once with it. Ten requests in flight when a provider blipped counted ten
         consecutive failures, the longest cool-down at once, where the docs promise a
         cool-down that grows with each failed attempt after one.
+
+        ``retry_after`` is how long the provider asked not to be called (a rate limit's
+        Retry-After): its cool-down lasts at least that long (within the cool-down's cap), so
+        requests meanwhile ask the others first instead of collecting the same 429.
         """
         with self._lock:
             record = self._records.setdefault(provider, _Record())
+            now = self.clock()
+            if retry_after is not None:
+                record.asked_until = max(record.asked_until, now + retry_after)
             if since is not None and record.failures and record.last_failure >= since:
                 return
             record.failures += 1
-            record.last_failure = self.clock()
+            record.last_failure = now
 
     def succeeded(self, provider: str) -> None:
         if provider not in self._records:  # healthy already: nearly every call, no lock
@@ -87,13 +98,17 @@ class Health:
         """Seconds this provider is still cooling down (0 when healthy).
 
         The cool-down after ``n`` consecutive failures is ``base * 2 ** (n - 1)``, at most
-        ``cap``, counted from the last failure.
+        ``cap``, counted from the last failure; or, if longer, until the time the provider
+        asked for (``retry_after``), at most ``cap`` after the last failure.
         """
         record = self._records.get(provider)
         if record is None:
             return 0.0
         span = min(cap, base * 2.0 ** min(record.failures - 1, 64))
-        return max(0.0, record.last_failure + span - self.clock())
+        until = max(
+            record.last_failure + span, min(record.asked_until, record.last_failure + cap)
+        )
+        return max(0.0, until - self.clock())
 
     def reset(self) -> None:
         with self._lock:

@@ -230,13 +230,15 @@ def _asks_nothing(name: str, value: object, options: dict[str, Any]) -> bool:
     clients and frameworks send on every request. Unset, as null is, so they do not cost the
     request its providers (a ``400`` naming them): ``logprobs: false``, ``modalities:
     ["text"]``, and without ``tools`` or ``functions`` the tool fields that only steer them
-    (``parallel_tool_calls``, ``tool_choice: "none"``)."""
+    (``parallel_tool_calls``, ``tool_choice: "none"``, the older ``function_call: "none"``)."""
     if name == "logprobs":
         return value is False
     if name == "modalities":
         return value == ["text"]
-    if name == "parallel_tool_calls" or (name == "tool_choice" and value == "none"):
-        return "tools" not in options and "functions" not in options
+    if name == "parallel_tool_calls" or (
+        name in ("tool_choice", "function_call") and value == "none"
+    ):
+        return options.get("tools") is None and options.get("functions") is None  # (null: unset)
     return False
 
 
