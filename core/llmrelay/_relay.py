@@ -181,7 +181,7 @@ class RelayStream(ChunkStream):
                 if remaining <= 0:
                     break
                 call.timeout = remaining
-            if self._ready_behind():
+            if self._tried < len(self._candidates) and self._ready_behind():  # (one: no slice)
                 call.retry = _with_another_behind(call.retry)
             self.provider = provider.name
             self._started = self._health.clock()

@@ -105,9 +105,7 @@ class Health:
         if record is None:
             return 0.0
         span = min(cap, base * 2.0 ** min(record.failures - 1, 64))
-        until = max(
-            record.last_failure + span, min(record.asked_until, record.last_failure + cap)
-        )
+        until = max(record.last_failure + span, min(record.asked_until, record.last_failure + cap))
         return max(0.0, until - self.clock())
 
     def reset(self) -> None:
