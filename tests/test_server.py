@@ -1058,6 +1058,64 @@ async def test_every_provider_asking_to_wait_past_the_deadline_is_still_told_to_
     assert "x-should-retry" not in headers
 
 
+async def test_a_long_upstream_wait_is_passed_on_at_once_not_waited_out(
+    fakes: Callable[..., Registry],
+    relay_server: StartServer,
+    client: MakeClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An upstream asking for 30 s: waited out, twice with retries, it would hold the client
+    a minute before the same 429. The server answers at once with the upstream's wait."""
+    monkeypatch.setenv("LLMRELAY_MAX_RETRIES", "2")
+    fakes(busy("only", 429, 30))
+    server = await relay_server()
+    started = time.monotonic()
+    with pytest.raises(openai.RateLimitError) as info:
+        await client(server).chat.completions.create(model="shared", messages=HI)
+    assert time.monotonic() - started < 5
+    assert info.value.response.headers["retry-after"] == "30"
+    assert "x-should-retry" not in info.value.response.headers
+
+
+async def test_a_short_upstream_wait_is_still_waited_out(
+    fakes: Callable[..., Registry],
+    relay_server: StartServer,
+    client: MakeClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A wait no longer than a backoff of the server's own is absorbed: the client gets
+    the answer the retry brings."""
+    from llmrelay.server._chat import MAX_UPSTREAM_WAIT
+
+    assert MAX_UPSTREAM_WAIT == 8.0
+    monkeypatch.setenv("LLMRELAY_MAX_RETRIES", "1")
+    attempts = 0
+
+    class Blip(Echo):
+        name = "blip"
+        models = ("shared",)
+        default_model = "shared"
+
+        @classmethod
+        async def generate(
+            cls, model: str, messages: list[Message], call: Call
+        ) -> AsyncGenerator[Chunk, None]:
+            async def attempt() -> None:
+                nonlocal attempts
+                attempts += 1
+                if attempts == 1:
+                    raise errors.RateLimited("HTTP 429", provider=cls.name, retry_after=0.2)
+
+            await call.with_retries(attempt)
+            yield "after the wait"
+            yield FinishReason("stop")
+
+    fakes(Blip)
+    server = await relay_server()
+    answer = await client(server).chat.completions.create(model="shared", messages=HI)
+    assert (answer.choices[0].message.content, attempts) == ("after the wait", 2)
+
+
 async def test_fallback_names_the_provider_that_answered(
     fakes: Callable[..., Registry], relay_server: StartServer, http: aiohttp.ClientSession
 ) -> None:

@@ -57,6 +57,7 @@ class RelayStream(ChunkStream):
         options: dict[str, Any],
         tracker: Health = health,
         timeout: float | None = None,
+        max_retry_after: float | None = None,
     ) -> None:
         self.model = model
         self.provider = candidates[0][0].name
@@ -69,6 +70,7 @@ class RelayStream(ChunkStream):
         self._proxy = proxy
         self._options = options
         self._timeout = timeout
+        self._max_retry_after = max_retry_after
         self._deadline: float | None = None
         self._current: ChunkStream | None = None
         self._started = 0.0  # when the current candidate was started (on the health clock)
@@ -181,8 +183,10 @@ class RelayStream(ChunkStream):
                 if remaining <= 0:
                     break
                 call.timeout = remaining
+            if self._max_retry_after is not None:
+                call.retry = _capped(call.retry, self._max_retry_after)
             if self._tried < len(self._candidates) and self._ready_behind():  # (one: no slice)
-                call.retry = _with_another_behind(call.retry)
+                call.retry = _capped(call.retry, call.retry.max_backoff)
             self.provider = provider.name
             self._started = self._health.clock()
             return provider, model, call
@@ -192,7 +196,7 @@ class RelayStream(ChunkStream):
     def _ready_behind(self) -> bool:
         """Whether a provider after the one being started can likely answer at once: one
         marked working, with no failure since its last success. Only then is a long
-        Retry-After not waited (see :func:`_with_another_behind`): handing over to a provider
+        Retry-After not waited (see :func:`_capped`): handing over to a provider
         that is failing, or not expected to work, would trade a wait for a failure."""
         return any(
             provider.working and not self._health.failures(provider.name)
@@ -265,18 +269,22 @@ class RelayStream(ChunkStream):
 
 
 @functools.lru_cache(maxsize=16)
-def _with_another_behind(policy: RetryPolicy) -> RetryPolicy:
-    """``policy`` for a provider with a sound one behind it (see
-    :meth:`RelayStream._ready_behind`): a Retry-After longer than a backoff can be
-    (``max_backoff``) is not waited, and the next provider is tried at once. A rate limit of
+def _capped(policy: RetryPolicy, max_retry_after: float) -> RetryPolicy:
+    """``policy`` waiting out a provider's Retry-After only up to ``max_retry_after``: a
+    longer one fails at once, with ``retry_after`` kept (see :class:`RetryPolicy`).
+
+    The relay caps a provider with a sound one behind it (see
+    :meth:`RelayStream._ready_behind`) at a backoff's cap (``max_backoff``): a rate limit of
     30 s would otherwise hold the answer 30 s, twice over, while another provider could give
-    it now; the provider that asked is cooled down for as long as it asked (see ``Health``),
-    and its error kept, ``retry_after`` included, in :attr:`RelayStream.errors`. The last
-    provider waits as long as its policy allows: there is nothing else to try. (A provider
-    that replaces ``create_async_generator`` builds its own calls, with its own policy.)"""
-    if policy.max_retry_after <= policy.max_backoff:
+    it now. The provider that asked is cooled down for as long as it asked (see ``Health``)
+    and its error kept in :attr:`RelayStream.errors`. The last provider waits as long as its
+    policy allows, unless the caller capped every wait (``llmrelay serve`` does: see
+    :func:`relay_options`). A provider that replaces ``create_async_generator`` builds its own
+    calls, with its own policy. Built once per policy and cap.
+    """
+    if policy.max_retry_after <= max_retry_after:
         return policy
-    return dataclasses.replace(policy, max_retry_after=policy.max_backoff)
+    return dataclasses.replace(policy, max_retry_after=max_retry_after)
 
 
 def _overrides_entry(provider: type[Provider]) -> bool:
@@ -350,13 +358,16 @@ def relay_options(
     registry: Registry | None,
     options: dict[str, Any],
     caller_honours: Collection[str] = (),
+    max_retry_after: float | None = None,
 ) -> RelayStream:
     """:func:`relay` with the request options as a dict (no keyword of its own can collide
     with one a caller passes on, as ``llmrelay serve`` passes a request's fields).
 
     Options named in ``caller_honours`` are ones the caller acts on itself (the client's
     ``stream_options``): passed only to the providers that declare them, and never a reason
-    to skip one.
+    to skip one. ``max_retry_after`` caps how long any provider's Retry-After is waited out
+    (a longer one fails at once, with its ``retry_after``): for a caller that would rather
+    pass the wait on than hold its own client, as ``llmrelay serve`` does.
     """
     if not options.keys().isdisjoint(_RESERVED_OPTIONS):
         clash = sorted(_RESERVED_OPTIONS & options.keys())
@@ -386,4 +397,6 @@ def relay_options(
         assert first_refusal is not None
         raise first_refusal
     timeout = options.get("timeout", config.timeout)
-    return RelayStream(model, usable, checked, proxy, options, timeout=timeout)
+    return RelayStream(
+        model, usable, checked, proxy, options, timeout=timeout, max_retry_after=max_retry_after
+    )

@@ -24,7 +24,7 @@ from .. import errors
 from .._client import completion_id
 from .._config import get_config
 from .._registry import Registry, get_registry
-from .._relay import RelayStream, relay
+from .._relay import RelayStream, relay_options
 from .._routing import route
 from .._types import Chunk, Reasoning, Usage
 from ._errors import (
@@ -57,6 +57,13 @@ from ._wire import DONE, ChunkEncoder, completion_body, frame
 __all__ = ["chat_completions"]
 
 log = logging.getLogger("llmrelay.server")
+
+#: The longest wait an upstream asks for (Retry-After, with a 429 or 503) that the server
+#: waits out before answering, as a backoff of its own would be at most. A longer one is
+#: passed on at once (429 or 503 with the upstream's Retry-After, which OpenAI's SDKs honour):
+#: waited out, it would hold the client, and its place under ``--max-concurrency``, for up to
+#: a minute per retry, past the 60 s a proxy in front gives an answer by default.
+MAX_UPSTREAM_WAIT = 8.0
 
 #: The headers of every whole answer but the provider's: built once, copied per response.
 _JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
@@ -196,15 +203,17 @@ def _open(chat: ChatRequest, state: ServerState) -> RelayStream:
     if forwarded:
         supported = _supported(chat.model, state.registry)
         sent, moved = forwarding(options, forwarded, supported)
-    extra: dict[str, Any] = {"drop_unsupported": True} if state.settings.drop_unsupported else {}
+    asked = {**sent, "stream": bool(chat.stream)}
+    if state.settings.drop_unsupported:
+        asked["drop_unsupported"] = True
     try:
-        return relay(
+        return relay_options(
             chat.model,
             chat.messages,
-            registry=state.registry,
-            stream=bool(chat.stream),
-            **sent,
-            **extra,
+            None,
+            state.registry,
+            asked,
+            max_retry_after=MAX_UPSTREAM_WAIT,
         )
     except errors.InvalidRequest as exc:
         param = _unsupported(chat.model, options, moved, state.registry)
