@@ -409,6 +409,19 @@ async def test_the_last_provider_waits_as_long_as_its_policy_allows(
     assert "leaves no time to retry" in str(second)
 
 
+def test_a_capped_policy_is_built_once_per_policy_and_cap() -> None:
+    from llmrelay._call import RetryPolicy
+    from llmrelay._relay import _capped
+
+    policy, short = RetryPolicy(), RetryPolicy(max_retry_after=2.0)
+    eight = _capped(policy, 8.0)
+    assert (eight.max_retry_after, eight.max_retries) == (8.0, policy.max_retries)
+    assert _capped(policy, 8.0) is eight
+    assert _capped(policy, 5.0).max_retry_after == 5.0  # another cap: not the last one's
+    assert _capped(policy, 8.0) is eight
+    assert _capped(short, 8.0) is short  # already within it
+
+
 async def test_no_hand_over_to_a_provider_that_is_failing(
     server: tuple[str, FaultState], use_plugins: Callable[..., Registry]
 ) -> None:

@@ -930,7 +930,14 @@ async def test_upstream_429_is_passed_on_with_retry_after(
         # The deadline left no time for the wait an upstream asked: its status, not a 504.
         (lambda p: _cut_short(p, 429), 429, "rate_limit_exceeded"),
         (lambda p: _cut_short(p, 503), 503, "upstream_unavailable"),
-        (lambda p: _cut_short(p, 500), 502, "upstream_error"),
+        # An upstream 500 asking to come back in 45 s: passed on, not final.
+        (lambda p: _cut_short(p, 500), 503, "upstream_unavailable"),
+        (lambda p: _cut_short(p, 500, wait=None), 502, "upstream_error"),
+        (
+            lambda p: errors.ServerError("HTTP 500", provider=p, status=500, retry_after=45),
+            503,
+            None,
+        ),
     ],
 )
 async def test_one_failing_provider_maps_to_a_status(
@@ -953,7 +960,9 @@ async def test_one_failing_provider_maps_to_a_status(
     headers = info.value.response.headers
     # llmrelay has retried already: a client's retries would only multiply the requests.
     assert headers.get("x-should-retry") == ("false" if status in (500, 502, 504) else None)
-    if status in (429, 503) and "cut short" in info.value.body["message"]:
+    if status in (429, 503) and (
+        "cut short" in info.value.body["message"] or "500" in str(info.value.body["message"])
+    ):
         assert headers["retry-after"] == "45"
     if status == 400:
         assert isinstance(info.value, openai.BadRequestError)
@@ -963,14 +972,14 @@ async def test_one_failing_provider_maps_to_a_status(
         assert isinstance(info.value, openai.InternalServerError)
 
 
-def _cut_short(provider: str, status: int) -> errors.ProviderTimeout:
+def _cut_short(provider: str, status: int, wait: float | None = 45.0) -> errors.ProviderTimeout:
     """What ``Call`` raises when the deadline leaves no time to wait out an upstream answer."""
     return errors.ProviderTimeout(
         f"deadline of 10s leaves no time to retry (cut short) after HTTP {status}",
         provider=provider,
         status=status,
         retryable=False,
-        retry_after=45.0,
+        retry_after=wait,
     )
 
 
@@ -989,6 +998,27 @@ async def test_all_providers_failing_is_502_listing_each(
     assert info.value.body["code"] == "all_providers_failed"
     assert "first: HTTP 500" in info.value.message
     assert "second: refused" in info.value.message
+
+
+async def test_one_provider_asking_to_come_back_later_makes_the_answer_retryable(
+    fakes: Callable[..., Registry], relay_server: StartServer, client: MakeClient
+) -> None:
+    """The first asked for 30 s (handed over, not waited out), the second failed outright:
+    the client may come back when the first said, not told that retrying cannot help."""
+    fakes(
+        failing(
+            "first",
+            lambda p: errors.RateLimited("HTTP 429", provider=p, status=429, retry_after=30),
+        ),
+        failing("second", lambda p: errors.ServerError("HTTP 500", provider=p, status=500)),
+    )
+    server = await relay_server()
+    with pytest.raises(openai.APIStatusError) as info:
+        await client(server).chat.completions.create(model="shared", messages=HI)
+    assert info.value.status_code == 429  # (the only one asking to wait was rate limited)
+    assert info.value.response.headers["retry-after"] == "30"
+    assert "x-should-retry" not in info.value.response.headers
+    assert "second: HTTP 500" in info.value.message
 
 
 async def test_all_providers_rate_limited_is_429_with_the_shortest_wait(

@@ -268,7 +268,6 @@ class RelayStream(ChunkStream):
         return errors.AllProvidersFailed(self.model, self.errors)
 
 
-@functools.lru_cache(maxsize=16)
 def _capped(policy: RetryPolicy, max_retry_after: float) -> RetryPolicy:
     """``policy`` waiting out a provider's Retry-After only up to ``max_retry_after``: a
     longer one fails at once, with ``retry_after`` kept (see :class:`RetryPolicy`).
@@ -280,10 +279,25 @@ def _capped(policy: RetryPolicy, max_retry_after: float) -> RetryPolicy:
     and its error kept in :attr:`RelayStream.errors`. The last provider waits as long as its
     policy allows, unless the caller capped every wait (``llmrelay serve`` does: see
     :func:`relay_options`). A provider that replaces ``create_async_generator`` builds its own
-    calls, with its own policy. Built once per policy and cap.
+    calls, with its own policy. Built once per policy and cap; the last one is found by
+    identity, without hashing the policy (``llmrelay serve`` caps every request's).
     """
+    global _last_capped
     if policy.max_retry_after <= max_retry_after:
         return policy
+    last = _last_capped
+    if last is not None and last[0] is policy and last[1] == max_retry_after:
+        return last[2]
+    capped = _build_capped(policy, max_retry_after)
+    _last_capped = (policy, max_retry_after, capped)  # (one assignment: safe across threads)
+    return capped
+
+
+_last_capped: tuple[RetryPolicy, float, RetryPolicy] | None = None
+
+
+@functools.lru_cache(maxsize=16)
+def _build_capped(policy: RetryPolicy, max_retry_after: float) -> RetryPolicy:
     return dataclasses.replace(policy, max_retry_after=max_retry_after)
 
 

@@ -16,11 +16,16 @@ BadRequest (upstream 400/422)          400     upstream rejected what the client
 ModelNotFound                          404     as OpenAI answers an unknown model
 RateLimited (upstream 429)             429     passed on with ``Retry-After``, so clients wait
 ServerError with upstream 503          503     upstream is overloaded: retry later
+another retryable failure with         503     the upstream named when to come back: a wait
+Retry-After (a 500 asking for 30 s)            the server passed on (longer than it waits
+                                               out itself) or could not finish (deadline)
 ProviderTimeout after an upstream      429     the deadline left no time to wait as long as
 429 / 503 (its Retry-After too long)   / 503   the upstream asked: its status and Retry-After
 ProviderTimeout                        504     the upstream did not answer in time
 any other ProviderError                502     upstream failed or misbehaved (bad gateway)
-AllProvidersFailed                     502     429 / 504 when every provider failed that way
+AllProvidersFailed                     502     429 / 503 when any provider asked to come back
+                                               later (the shortest wait of those), 504 when
+                                               every one timed out
 ConfigError, anything unexpected       500     the server's fault; details go to the log only
 =====================================  ======  ================================================
 
@@ -131,8 +136,8 @@ def _provider_error(exc: errors.ProviderError) -> APIError:
         return _come_back_later([exc], message)
     if isinstance(exc, errors.ProviderTimeout):
         tried = exc.__cause__  # the relay's deadline, after several providers
-        if isinstance(tried, errors.AllProvidersFailed) and _all_busy(tried.errors):
-            return _all_failed(tried)  # each asked to be called again later: say so
+        if isinstance(tried, errors.AllProvidersFailed) and any(map(_busy, tried.errors)):
+            return _all_failed(tried)  # one asked to be called again later: say so
         if exc.status is not None:  # the deadline cut the retries of an upstream failure
             return APIError(502, message, type="upstream_error", code="upstream_error")
         return APIError(504, message, type="upstream_error", code="upstream_timeout")
@@ -149,8 +154,9 @@ def _all_failed(exc: errors.AllProvidersFailed) -> APIError:
     knows it was time (504). A wait is the shortest any provider asked for."""
     failures = exc.errors
     message = str(exc)
-    if _all_busy(failures):
-        return _come_back_later(failures, message)
+    busy = [e for e in failures if _busy(e)]
+    if busy:  # one asked to be called again later: the client may, and find it ready then
+        return _come_back_later(busy, message)
     if failures and all(
         isinstance(e, errors.ProviderTimeout) and e.status is None for e in failures
     ):
@@ -171,15 +177,18 @@ def _come_back_later(failures: list[errors.ProviderError], message: str) -> APIE
     )
 
 
-def _all_busy(failures: list[errors.ProviderError]) -> bool:
-    return bool(failures) and all(_busy(e) for e in failures)
-
-
 def _busy(exc: errors.ProviderError) -> bool:
-    """Whether a provider said "not now, later": 429 or 503, or the deadline that ended the
-    wait it asked for."""
-    return _rate_limited(exc) or (
-        isinstance(exc, errors.ServerError | errors.ProviderTimeout) and exc.status == 503
+    """Whether a provider said "not now, later": 429 or 503, or any retryable failure that
+    named a time to come back (``Retry-After``, with a 500, say), which the server passed on
+    rather than waited out (see ``MAX_UPSTREAM_WAIT``), or the deadline that ended the wait
+    it asked for."""
+    return (
+        _rate_limited(exc)
+        or (isinstance(exc, errors.ServerError | errors.ProviderTimeout) and exc.status == 503)
+        or (
+            exc.retry_after is not None
+            and (exc.retryable or isinstance(exc, errors.ProviderTimeout))
+        )
     )
 
 
