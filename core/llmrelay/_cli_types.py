@@ -12,7 +12,7 @@ import click
 if TYPE_CHECKING:
     from click.decorators import FC
 
-    from .errors import InvalidRequest, UnsupportedOption
+    from .errors import UnsupportedOption
 
 __all__ = [
     "NO_DEADLINE",
@@ -164,15 +164,10 @@ def option_flags(options: dict[str, Any]) -> list[str]:
     return flags
 
 
-def unsupported_here(exc: UnsupportedOption, *, can_drop: bool) -> InvalidRequest:
+def unsupported_here(exc: UnsupportedOption, *, can_drop: bool) -> UnsupportedOption:
     """``exc`` in the command line's words: the options it names came from ``--option``,
     and ``drop_unsupported=True`` is the ``--drop-unsupported`` flag where there is one."""
-    from .errors import InvalidRequest
-
     fix = "remove the --option"
     if can_drop:
         fix += ", or add --drop-unsupported to send the request without it"
-    return InvalidRequest(
-        f"provider {exc.provider!r} does not support option(s) {', '.join(exc.options)} "
-        f"(it supports: {', '.join(exc.supported) or 'none'}); {fix}"
-    )
+    return type(exc)(exc.provider, exc.options, exc.supported, fix=fix)

@@ -93,18 +93,24 @@ class UnsupportedOption(InvalidRequest):
 
     ``provider`` names it, ``options`` the options it refused and ``supported`` the ones it
     takes, so a caller can leave them out (or pass ``drop_unsupported=True``) and try again,
-    and a front end can say what to change in its own terms (``llmrelay chat`` names its
-    ``--option`` and ``--drop-unsupported`` flags).
+    and a front end can say what to change in its own terms (``fix``: ``llmrelay chat`` names
+    its ``--option`` and ``--drop-unsupported`` flags).
     """
 
-    def __init__(self, provider: str, options: Sequence[str], supported: Sequence[str]) -> None:
+    def __init__(
+        self,
+        provider: str,
+        options: Sequence[str],
+        supported: Sequence[str],
+        *,
+        fix: str = "remove them or pass drop_unsupported=True",
+    ) -> None:
         self.provider = provider
         self.options = list(options)
         self.supported = list(supported)
         super().__init__(
             f"provider {provider!r} does not support option(s) {', '.join(self.options)} "
-            f"(it supports: {', '.join(self.supported) or 'none'}); "
-            "remove them or pass drop_unsupported=True"
+            f"(it supports: {', '.join(self.supported) or 'none'}); {fix}"
         )
 
 
